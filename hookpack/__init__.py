@@ -1,0 +1,3 @@
+"""hookpack: Ganeti KVM hook pack."""
+
+__version__ = "0.1.0"
