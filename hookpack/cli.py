@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.add_parser("check", help="validate the configuration file")
     _config_arg(p)
     p.set_defaults(handler=cmd_config_check)
+    p = config.add_parser("reference", help="print the configuration reference (Markdown)")
+    p.add_argument("--write", metavar="PATH", help="write it to PATH instead")
+    p.set_defaults(handler=cmd_config_reference)
 
     hooks = sub.add_parser("hooks", help="Ganeti hooks tree").add_subparsers(metavar="ACTION")
     p = hooks.add_parser("install", help="lay the entry scripts out into a hooks tree")
@@ -146,6 +149,17 @@ def cmd_config_check(ns: argparse.Namespace) -> int:
     where = cfg.path or "(no file: defaults)"
     print(f"{where}: {'invalid' if problems else 'valid'}")
     return 1 if problems else 0
+
+
+def cmd_config_reference(ns: argparse.Namespace) -> int:
+    from hookpack.docsgen import reference
+
+    text = reference()
+    if ns.write:
+        Path(ns.write).write_text(text)
+    else:
+        print(text, end="")
+    return 0
 
 
 def cmd_hooks_install(ns: argparse.Namespace) -> int:
