@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/etc/ganeti/hooks")
     p.set_defaults(handler=cmd_hooks_uninstall)
 
+    p = sub.add_parser("doctor", help="check that this node is ready (exit 1 on a failure)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_doctor)
+
     p = sub.add_parser("actions", help="list the actions and where they act")
     _config_arg(p)
     p.set_defaults(handler=cmd_actions)
@@ -180,6 +185,18 @@ def cmd_hooks_uninstall(ns: argparse.Namespace) -> int:
         print(change)
     print(f"{ns.root}: {len(changes)} change(s)")
     return 0
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    from hookpack.doctor import FAIL, run_checks
+
+    checks = run_checks(load(ns))
+    if ns.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 def cmd_actions(ns: argparse.Namespace) -> int:
