@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hookpack import __version__, registry
 from hookpack.errors import HookpackError
+
+if TYPE_CHECKING:
+    from hookpack.config import Config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -105,7 +109,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
                         "/etc/hookpack/hookpack.toml)")
 
 
-def load(ns: argparse.Namespace):
+def load(ns: argparse.Namespace) -> Config:
     from hookpack.config import config_path, load_config
 
     path, required = config_path(ns.config)
