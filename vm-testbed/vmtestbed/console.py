@@ -62,14 +62,16 @@ class SerialConsole:
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         """Wait until ``pattern`` (a regex, multiline) appears after the cursor.
 
-        Returns the match and moves the cursor past it; raises
-        :class:`ConsoleTimeout` with the console's last lines.
+        Only complete lines are searched, so ``size=(\\d+)`` never matches half a
+        number that is still arriving. Returns the match and moves the cursor
+        past it; raises :class:`ConsoleTimeout` with the console's last lines.
         """
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                m = regex.search(self._buf, self._pos)
+                complete = self._buf.rfind("\n") + 1
+                m = regex.search(self._buf, self._pos, complete) if complete > self._pos else None
                 if m:
                     self._pos = m.end()
                     return m
