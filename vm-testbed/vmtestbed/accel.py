@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from vmtestbed import host, paths
+from vmtestbed.ganeti_kvm import QEMU
 from vmtestbed.guest import BOOT_MARKER, GuestImage
 
-QEMU = "qemu-system-x86_64"
 # One thread per vCPU under TCG too (MTTCG): what vCPU pinning tests need.
 TCG_ARGS = ("-accel", "tcg,thread=multi")
 KVM_ARGS = ("-accel", "kvm")
