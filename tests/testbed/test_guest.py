@@ -1,6 +1,7 @@
 """Real QEMU guests laid out like Ganeti's KVM node: boot, runtime files, disk grow, ACPI."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from vmtestbed.qmp import QMPClient
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow]
 
 MIB = 1024 * 1024
-BOOT_BUDGET_S = 10.0
+# Issue #3: boot to marker <= 10 s on the development machine (2 cores). A slower or
+# busier machine can raise it with VMTESTBED_BOOT_BUDGET (seconds).
+BOOT_BUDGET_S = float(os.environ.get("VMTESTBED_BOOT_BUDGET", "10"))
 
 
 def _cmdline(pid):
