@@ -58,6 +58,9 @@ def test_boot_and_ganeti_runtime_layout(boot_guest, kvmnode, netnode, record_pro
     # the tap is on the node's bridge, and the guest reaches upstream through it
     assert f"master {netnode.bridge}" in netnode.exec(["ip", "link", "show", inst.taps[0]]).stdout
     inst.console.run(f"ping -c 1 -W 3 {netnode.upstream_ip}")
+    # iproute2's tc (by full path: busybox sh prefers its own applet) and the modules
+    inst.console.run("modprobe sch_htb && /sbin/tc qdisc add dev eth0 root handle 1: htb")
+    assert "qdisc htb 1:" in inst.console.run("/sbin/tc qdisc show dev eth0")
 
     # -smp 2 under MTTCG: one host thread per vCPU, both threads of the QEMU process
     threads = inst.vcpu_threads()
