@@ -65,5 +65,5 @@ def test_runtime_file_has_the_ids_hooks_look_up():
 def test_kernel_command_line():
     nics = [NicSpec(ip="192.0.2.10/24"), NicSpec(ip=None)]
     assert ganeti_kvm.kernel_append("web1.example.test", nics, "hp.gw=192.0.2.1") == (
-        "root=/dev/vda1 ro quiet hp.hostname=web1 hp.ip=192.0.2.10/24,- hp.gw=192.0.2.1 "
-        "console=ttyS0,38400")
+        "root=/dev/vda1 ro quiet cryptomgr.notests hp.hostname=web1 hp.ip=192.0.2.10/24,- "
+        "hp.gw=192.0.2.1 console=ttyS0,38400")
