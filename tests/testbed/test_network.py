@@ -49,3 +49,15 @@ def test_fake_vm_throughput_to_upstream(netnode, record_property):
     record_property("fakevm_down_mbit", round(down))
     print(f"fake VM -> upstream {up:.0f} Mbit/s, upstream -> fake VM {down:.0f} Mbit/s")
     assert up > 500 and down > 500
+
+
+@pytest.mark.slow
+def test_concurrent_flows_on_their_own_sink_ports(netnode):
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = netnode.start_iperf_server(5202)
+    a, b = netnode.add_fake_vm(), netnode.add_fake_vm()
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(measure, a.check_output, netnode.upstream_ip, 2)
+        fb = pool.submit(measure, b.check_output, netnode.upstream_ip, 2, port=port)
+        assert fa.result() > 100 and fb.result() > 100

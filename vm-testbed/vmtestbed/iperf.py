@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 
 from vmtestbed.errors import TestbedError
@@ -13,17 +14,25 @@ Runner = Callable[[Sequence[str], float], str]
 
 
 def measure(client_runner: Runner, server_ip: str, seconds: float = 3, reverse: bool = False,
-            port: int = 5201, extra_args: Sequence[str] = ()) -> float:
+            port: int = 5201, extra_args: Sequence[str] = (), attempts: int = 2) -> float:
     """Run ``iperf3 -c server_ip -J`` through ``client_runner``; return Mbit/s received.
 
     ``reverse=True`` (``-R``): the server sends, so the client's download is
     measured. The number is the receiver's (``end.sum_received``), which is what
-    a shaper on the path limits.
+    a shaper on the path limits. A failed run (the sink still busy with the
+    previous test, a control connection reset under load) is retried up to
+    ``attempts`` times in all.
     """
     argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J",
             *(["-R"] if reverse else []), *extra_args]
-    out = client_runner(argv, seconds + 30)
-    return parse_json(out)
+    for attempt in range(1, attempts + 1):
+        try:
+            return parse_json(client_runner(argv, seconds + 30))
+        except TestbedError:
+            if attempt == attempts:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def parse_json(output: str) -> float:
