@@ -49,7 +49,9 @@ def accelerator(image: GuestImage) -> str:
         pass
     result = "kvm" if probe_kvm(image) else "tcg"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "accel": result}))
+    tmp = cache.with_name(f".accel.{os.getpid()}.json")
+    tmp.write_text(json.dumps({"key": key, "accel": result}))
+    tmp.replace(cache)  # atomic: parallel test runs may probe at the same time
     return result
 
 
