@@ -124,12 +124,16 @@ def test_guest_and_fake_vm_throughput_to_upstream(boot_guest, netnode, record_pr
         "guest_down": measure(inst.check_output, netnode.upstream_ip, seconds=3, reverse=True),
         "fakevm_up": measure(fvm.check_output, netnode.upstream_ip, seconds=3),
         "fakevm_down": measure(fvm.check_output, netnode.upstream_ip, seconds=3, reverse=True),
+        # east-west: a fake VM sends to a sink inside the guest, through the guest's tap
+        "fakevm_to_guest": measure(fvm.check_output, inst.ips[0], seconds=3,
+                                   port=inst.start_iperf_server(5202)),
     }
     for key, mbit in results.items():
         record_property(f"{key}_mbit", round(mbit))
     print("  ".join(f"{k}={v:.0f} Mbit/s" for k, v in results.items()))
     # Under TCG a guest still moves well over 100 Mbit/s with TSO; a fake VM is ~10x that.
     assert results["guest_up"] > 50 and results["guest_down"] > 50
+    assert results["fakevm_to_guest"] > 50
     assert results["fakevm_up"] > results["guest_up"]
 
 

@@ -93,6 +93,15 @@ class RunningInstance:
         """Run argv in the guest (over the console); runner for ``iperf.measure``."""
         return self.console.run(shlex.join(argv), timeout=timeout)
 
+    def start_iperf_server(self, port: int = 5201, timeout: float = 20.0) -> int:
+        """Run ``iperf3 -s -D`` in the guest (a sink for traffic towards it)."""
+        self.console.run(f"iperf3 -s -D -p {port}", timeout=timeout)
+        # -D returns before the server listens; wait until it does
+        self.console.run(f"i=0; until netstat -ltn | grep -q ':{port} '; do "
+                         f"i=$((i+1)); [ $i -gt 50 ] && exit 1; usleep 100000; done",
+                         timeout=timeout)
+        return port
+
     def alive(self) -> bool:
         return host.pid_alive(self.pid)
 
