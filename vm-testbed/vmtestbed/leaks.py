@@ -69,16 +69,18 @@ def _root_links() -> frozenset[str]:
     return frozenset(found)
 
 
-def stale(protected_netns: set[str], protected_pids: set[int]) -> Snapshot:
+def stale(protected_netns: set[str], protected_pids: set[int],
+          owner: int | None = None) -> Snapshot:
     """Testbed objects whose owner process is gone (a run killed with SIGKILL).
 
     ``protected_*`` are objects of testbeds brought up by ``vm-testbed up``, whose
-    owner (the finished command) is gone on purpose.
+    owner (the finished command) is gone on purpose. ``owner`` limits the search
+    to what that one pid left.
     """
-    def owner_dead(owner: str) -> bool:
-        return owner.isdigit() and not host.pid_alive(int(owner))
+    def owner_dead(tag: str) -> bool:
+        return tag.isdigit() and not host.pid_alive(int(tag))
 
-    snap = snapshot()
+    snap = snapshot(owner=str(owner) if owner is not None else None)
     netns = frozenset(n for n in snap.netns if n not in protected_netns
                       and owner_dead(n.removeprefix(host.NAME_PREFIX).split("-")[0]))
     owners = host.owned_pids()
@@ -90,11 +92,12 @@ def stale(protected_netns: set[str], protected_pids: set[int]) -> Snapshot:
     return Snapshot(netns, pids, loops, frozenset())
 
 
-def stale_tempdirs() -> list[Path]:
+def stale_tempdirs(owner: int | None = None) -> list[Path]:
     """``$TMPDIR/hpt-<pid>-*`` work directories (KVM roots, netnode dirs) of dead owners."""
     found = []
-    for d in Path(tempfile.gettempdir()).glob(f"{host.NAME_PREFIX}*-*"):
-        owner = d.name.removeprefix(host.NAME_PREFIX).split("-")[0]
-        if d.is_dir() and owner.isdigit() and not host.pid_alive(int(owner)):
+    pattern = f"{host.NAME_PREFIX}{owner if owner is not None else '*'}-*"
+    for d in Path(tempfile.gettempdir()).glob(pattern):
+        tag = d.name.removeprefix(host.NAME_PREFIX).split("-")[0]
+        if d.is_dir() and tag.isdigit() and not host.pid_alive(int(tag)):
             found.append(d)
     return found
