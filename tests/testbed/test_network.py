@@ -49,6 +49,9 @@ def test_fake_vm_throughput_to_upstream(netnode, record_property):
     record_property("fakevm_down_mbit", round(down))
     print(f"fake VM -> upstream {up:.0f} Mbit/s, upstream -> fake VM {down:.0f} Mbit/s")
     assert up > 500 and down > 500
+    udp = measure(fvm.check_output, netnode.upstream_ip, seconds=2, udp_mbit=40)
+    record_property("fakevm_udp40_mbit", round(udp, 1))
+    assert 30 < udp < 42
 
 
 @pytest.mark.slow
