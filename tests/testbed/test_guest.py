@@ -134,6 +134,16 @@ def test_guest_and_fake_vm_throughput_to_upstream(boot_guest, netnode, record_pr
     # Under TCG a guest still moves well over 100 Mbit/s with TSO; a fake VM is ~10x that.
     assert results["guest_up"] > 50 and results["guest_down"] > 50
     assert results["fakevm_to_guest"] > 50
+
+    # HTB on the guest's tap (egress = towards the guest) limits what the guest gets
+    netnode.exec(["tc", "qdisc", "replace", "dev", inst.taps[0], "root", "handle", "1:", "htb",
+                  "default", "10"])
+    netnode.exec(["tc", "class", "replace", "dev", inst.taps[0], "parent", "1:", "classid",
+                  "1:10", "htb", "rate", "20mbit", "ceil", "20mbit"])
+    shaped = measure(inst.check_output, netnode.upstream_ip, seconds=3, reverse=True)
+    record_property("guest_down_shaped20_mbit", round(shaped, 1))
+    print(f"guest download with its tap shaped to 20 Mbit/s: {shaped:.1f} Mbit/s")
+    assert 15 < shaped < 21.5
     assert results["fakevm_up"] > results["guest_up"]
 
 
