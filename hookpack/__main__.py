@@ -1,0 +1,5 @@
+import sys
+
+from hookpack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""What an action gets to work with: the parsed hook, its roles, its settings, a deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hookpack.config import Config
+from hookpack.deadline import Deadline
+from hookpack.env import HookEnv
+from hookpack.roles import Role
+
+
+@dataclass(frozen=True)
+class Paths:
+    hooks_dir: Path
+    kvm_dir: Path
+    instance_disks_dir: Path
+    ganeti_data_dir: Path
+    sysfs_root: Path
+    proc_root: Path
+    state_dir: Path
+    spool_dir: Path
+    run_dir: Path
+
+    @classmethod
+    def from_config(cls, config: Config) -> Paths:
+        return cls(**{name: config.path_of(name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    env: HookEnv
+    roles: frozenset[Role]
+    fqdn: str
+    config: Config
+    settings: Mapping[str, Any]
+    deadline: Deadline
+    paths: Paths
+    redact: Callable[[str], None] = lambda secret: None
+
+    def has_role(self, *roles: Role) -> bool:
+        return bool(self.roles.intersection(roles))

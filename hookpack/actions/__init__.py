@@ -1,0 +1,1 @@
+"""One module per action: SETTINGS (its config section) and run(ctx) -> Result."""

@@ -1,0 +1,182 @@
+"""The `hookpack` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hookpack import __version__, registry
+from hookpack.errors import HookpackError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["hook"] and len(args) <= 3:
+        return _hook_fast(args)
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    handler: Handler | None = getattr(ns, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(ns)
+    except HookpackError as err:
+        print(f"hookpack: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _hook_fast(args: list[str]) -> int:
+    # `hookpack hook [--config PATH]` skips argparse: it is on Ganeti's hot path.
+    from hookpack.hook import main as hook_main
+
+    config = None
+    if len(args) == 3 and args[1] == "--config":
+        config = args[2]
+    elif len(args) == 2 and args[1].startswith("--config="):
+        config = args[1].split("=", 1)[1]
+    elif len(args) != 1:
+        print("usage: hookpack hook [--config PATH]", file=sys.stderr)
+        return 2
+    return hook_main(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookpack", description="Ganeti KVM hook pack.")
+    parser.add_argument("--version", action="version", version=f"hookpack {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("hook", help="run the actions for the hook Ganeti is running (entry)")
+    _config_arg(p)
+
+    p = sub.add_parser("env", help="print a hook environment parsed, as JSON")
+    p.add_argument("file", nargs="?", help="KEY=VALUE dump (default: this environment)")
+    p.add_argument("--fqdn", help="resolve roles for this node name (default: this node)")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_env)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(metavar="ACTION")
+    p = config.add_parser("check", help="validate the configuration file")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_config_check)
+
+    hooks = sub.add_parser("hooks", help="Ganeti hooks tree").add_subparsers(metavar="ACTION")
+    p = hooks.add_parser("install", help="lay the entry scripts out into a hooks tree")
+    p.add_argument("--root", default="/etc/ganeti/hooks", help="Ganeti's hooks directory")
+    p.add_argument("--python", help="interpreter for the entry scripts (default: this one)")
+    p.add_argument("--entry-config", help="config file the entry scripts pass to hookpack")
+    p.set_defaults(handler=cmd_hooks_install)
+    p = hooks.add_parser("uninstall", help="remove hookpack's entries (and only those)")
+    p.add_argument("--root", default="/etc/ganeti/hooks")
+    p.set_defaults(handler=cmd_hooks_uninstall)
+
+    p = sub.add_parser("actions", help="list the actions and where they act")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_actions)
+
+    for spec in registry.ACTIONS:
+        if spec.cli:
+            importlib.import_module(spec.module).add_cli(sub)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
+                        "/etc/hookpack/hookpack.toml)")
+
+
+def load(ns: argparse.Namespace):
+    from hookpack.config import config_path, load_config
+
+    path, required = config_path(ns.config)
+    return load_config(path, required=required)
+
+
+def cmd_env(ns: argparse.Namespace) -> int:
+    from hookpack.env import parse_env, read_env_dump
+    from hookpack.roles import resolve_roles, system_fqdn
+
+    if ns.file:
+        try:
+            environ = read_env_dump(Path(ns.file).read_text(errors="surrogateescape"))
+        except OSError as err:
+            raise HookpackError(f"{ns.file}: cannot read it: {err.strerror}") from None
+    else:
+        environ = dict(os.environ)
+    env = parse_env(environ)
+    fqdn = ns.fqdn or load(ns).core["node"]["fqdn"] or system_fqdn()
+    data = env.to_dict()
+    data["node"] = fqdn
+    data["roles"] = sorted(role.value for role in resolve_roles(env, fqdn))
+    data["actions"] = [s.name for s in registry.candidates(env.hpath, environ.get(
+        "GANETI_HOOKS_PHASE", ""))]
+    print(json.dumps(data, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_config_check(ns: argparse.Namespace) -> int:
+    cfg = load(ns)
+    problems = 0
+    for spec in registry.ACTIONS:
+        module = importlib.import_module(spec.module)
+        try:
+            cfg.section(spec.section, getattr(module, "SETTINGS", {}))
+        except HookpackError as err:
+            print(f"FAIL {spec.section}: {err}")
+            problems += 1
+            continue
+        state = "enabled" if cfg.section_enabled(spec.section, spec.enabled_by_default) \
+            else "disabled"
+        print(f"ok   {spec.section}: {state}")
+    known = set(cfg.core) | {s.section for s in registry.ACTIONS}
+    for section in sorted(set(cfg.raw) - known):
+        print(f"FAIL {section}: unknown section; known: {', '.join(sorted(known))}")
+        problems += 1
+    where = cfg.path or "(no file: defaults)"
+    print(f"{where}: {'invalid' if problems else 'valid'}")
+    return 1 if problems else 0
+
+
+def cmd_hooks_install(ns: argparse.Namespace) -> int:
+    from hookpack.hooksinstall import install
+
+    changes = install(Path(ns.root), python=ns.python, config=ns.entry_config)
+    for change in changes:
+        print(change)
+    print(f"{ns.root}: {len(changes)} change(s)")
+    return 0
+
+
+def cmd_hooks_uninstall(ns: argparse.Namespace) -> int:
+    from hookpack.hooksinstall import uninstall
+
+    changes = uninstall(Path(ns.root))
+    for change in changes:
+        print(change)
+    print(f"{ns.root}: {len(changes)} change(s)")
+    return 0
+
+
+def cmd_actions(ns: argparse.Namespace) -> int:
+    cfg = load(ns)
+    for spec in registry.ACTIONS:
+        state = "on " if cfg.section_enabled(spec.section, spec.enabled_by_default) else "off"
+        hpaths = "all hooks" if spec.hpaths == registry.GANETI_HPATHS else ",".join(spec.hpaths)
+        roles = ",".join(spec.roles) or "any node"
+        print(f"{state} {spec.name:12} {'/'.join(spec.phases):9} {roles:22} {hpaths}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The explicit list of actions and where each one acts.
+
+Kept free of imports beyond the standard library's basics: the hook entry point
+reads it before anything else to decide, in a few milliseconds, that most hook runs
+have nothing to do. Adding an action = its module + one line in ACTIONS.
+"""
+
+from __future__ import annotations
+
+# Every hooks path Ganeti 3.0 knows (HPATH of lib/cmdlib/*.py at v3.0.2, plus
+# config-update from src/Ganeti/Constants.hs).
+GANETI_HPATHS = (
+    "cluster-destroy", "cluster-init", "cluster-modify", "cluster-rename", "cluster-verify",
+    "config-update", "disk-grow",
+    "group-add", "group-evacuate", "group-modify", "group-remove", "group-rename",
+    "instance-add", "instance-change-group", "instance-export", "instance-failover",
+    "instance-migrate", "instance-modify", "instance-move", "instance-reboot",
+    "instance-recreate-disks", "instance-reinstall", "instance-remove", "instance-rename",
+    "instance-start", "instance-stop",
+    "mirrors-replace",
+    "network-add", "network-connect", "network-disconnect", "network-modify", "network-remove",
+    "node-add", "node-migrate", "node-modify", "node-remove",
+)
+INSTANCE_HPATHS = (*(h for h in GANETI_HPATHS if h.startswith("instance-")),
+                   "disk-grow", "mirrors-replace")
+PHASES = ("pre", "post")
+
+# hpaths whose instance may change where it runs or whether its QEMU runs.
+INSTANCE_LIFECYCLE = ("instance-start", "instance-stop", "instance-reboot",
+                      "instance-migrate", "instance-failover", "instance-move",
+                      "instance-modify", "instance-remove", "instance-add")
+
+
+class ActionSpec:
+    """One action: which hooks it runs on, on which node roles, and its config section.
+
+    A plain class (not a NamedTuple or dataclass): importing typing or dataclasses
+    costs milliseconds on every hook run, most of which have nothing to do.
+    """
+
+    __slots__ = ("cli", "enabled_by_default", "hpaths", "module", "name", "phases", "roles",
+                 "section")
+
+    def __init__(self, name: str, module: str, hpaths: tuple[str, ...],
+                 phases: tuple[str, ...], roles: tuple[str, ...], section: str,
+                 enabled_by_default: bool = False, cli: bool = False) -> None:
+        self.name = name
+        self.module = module
+        self.hpaths = hpaths
+        self.phases = phases
+        self.roles = roles  # empty: on every node the hook runs on
+        self.section = section  # config section; `enabled` there switches the action
+        self.enabled_by_default = enabled_by_default
+        self.cli = cli  # the module adds `hookpack <name> ...` commands (add_cli)
+
+    def __repr__(self) -> str:
+        return f"ActionSpec({self.name!r})"
+
+    def matches(self, hpath: str, phase: str) -> bool:
+        return hpath in self.hpaths and phase in self.phases
+
+
+ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
+    ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
+               ("pre",), ("master",), "policy"),
+)
+
+
+def candidates(hpath: str, phase: str,
+               actions: tuple[ActionSpec, ...] = ACTIONS) -> list[ActionSpec]:
+    """The actions registered for this hook path and phase (phase in either case)."""
+    phase = phase.strip().lower()
+    return [spec for spec in actions if spec.matches(hpath, phase)]
+
+
+def layout(actions: tuple[ActionSpec, ...] = ACTIONS) -> list[str]:
+    """The `<hpath>-<phase>.d` directories that need an entry script."""
+    return sorted({f"{h}-{p}.d" for spec in actions for h in spec.hpaths for p in spec.phases})
+
+
+def by_name(name: str, actions: tuple[ActionSpec, ...] = ACTIONS) -> ActionSpec | None:
+    return next((spec for spec in actions if spec.name == name), None)

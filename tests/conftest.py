@@ -1,0 +1,47 @@
+"""Shared fixtures: the recorded Ganeti environments and a throwaway hookpack config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hookpack.env import read_env_dump
+
+SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared/reference/ganeti-env-samples"
+_RECORDED_ON = re.compile(r"recorded on (\S+)")
+
+
+def sample_files() -> list[Path]:
+    """The env dumps recorded on a real Ganeti 3.0.2 cluster (shared/reference)."""
+    return sorted(SAMPLES.glob("*.env"))
+
+
+def load_sample(path: Path) -> tuple[dict[str, str], str]:
+    """A dump's environment and the node it was recorded on (from its header)."""
+    text = path.read_text()
+    match = _RECORDED_ON.search(text.splitlines()[0])
+    assert match, f"{path} has no 'recorded on <node>' header"
+    return read_env_dump(text), match.group(1)
+
+
+@pytest.fixture
+def sample():
+    def get(name: str) -> tuple[dict[str, str], str]:
+        return load_sample(SAMPLES / f"{name}.env")
+    return get
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a hookpack.toml whose paths all point into tmp_path; returns its path."""
+    def write(extra: str = "", mode: int = 0o600) -> Path:
+        path = tmp_path / "hookpack.toml"
+        paths = "\n".join(f'{key} = "{tmp_path / key}"' for key in (
+            "hooks_dir", "kvm_dir", "instance_disks_dir", "ganeti_data_dir", "state_dir",
+            "spool_dir", "run_dir"))
+        path.write_text(f"[log]\nsyslog = false\n\n[paths]\n{paths}\n\n{extra}\n")
+        path.chmod(mode)
+        return path
+    return write

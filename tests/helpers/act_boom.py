@@ -1,0 +1,4 @@
+"""Test action: boom."""
+
+def run(ctx):
+    raise RuntimeError('boom')

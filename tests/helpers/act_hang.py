@@ -1,0 +1,7 @@
+"""Test action: hang."""
+
+import time
+
+
+def run(ctx):
+    time.sleep(3600)

@@ -1,0 +1,5 @@
+"""Test action: spin."""
+
+def run(ctx):
+    while True:
+        pass
