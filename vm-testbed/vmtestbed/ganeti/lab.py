@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmtestbed.ganeti import hosts, osdef, packages, proc
+from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.guest import LabGuest, lab_guest
 from vmtestbed.ganeti.layout import (
@@ -237,6 +237,36 @@ class Lab:
         yield
         self.timings[what] = round(time.monotonic() - t0, 1)
         self._save()
+
+    def install_hookpack(self) -> dict[str, float]:
+        """Build the hookpack venv from this checkout and install it on every node."""
+        if not self.is_up:
+            raise LabError("the lab is not up: run `vm-testbed ganeti up` first")
+        with self._timed("hookpack_venv"):
+            if hookpack_install.build_venv():
+                self._state["hookpack_venv"] = str(hookpack_install.VENV.parent)
+            else:
+                self._state.setdefault("hookpack_venv", None)
+            self._save()
+        with self._timed("hookpack_nodes"):
+            for node in self.nodes:
+                hookpack_install.install_on(node)
+        self._state["hookpack"] = True
+        self._save()
+        return dict(self.timings)
+
+    def records(self, node: NodeRef) -> list[dict[str, Any]]:
+        """The recording action's lines on ``node`` (empty if none yet)."""
+        path = self.node_file(node, hookpack_install.RECORD_PATH)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def clear_records(self) -> None:
+        for node in self.nodes:
+            self.node_file(node, hookpack_install.RECORD_PATH).unlink(missing_ok=True)
 
     # -- instances --------------------------------------------------------------------------
     def add_instance(
