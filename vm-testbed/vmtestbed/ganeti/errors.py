@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 
+from vmtestbed.errors import TestbedError
 
-class LabError(Exception):
+
+class LabError(TestbedError):
     """Base error of the Ganeti lab: says what failed and what to do."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmtestbed.console import SerialConsole
 from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.guest import LabGuest, lab_guest
@@ -292,6 +293,42 @@ class Lab:
         out = self.gnt("gnt-instance", "list", "--no-headers", "--separator=|",
                        "-o", ",".join(fields), name).stdout.strip()
         return dict(zip(fields, out.split("|"), strict=True))
+
+    def primary_of(self, instance: str) -> Node:
+        return self.node(self.instance_info(instance, ["pnode"])["pnode"])
+
+    def qemu_pid(self, instance: str, node: NodeRef) -> int | None:
+        """QEMU's pid from Ganeti's pid file on ``node``, if the file is there."""
+        pid_file = self.node_root(node) / f"run/ganeti/kvm-hypervisor/pid/{instance}"
+        try:
+            return int(pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def console(self, instance: str, node: NodeRef | None = None) -> SerialConsole:
+        """The instance's serial console (Ganeti's ``ctrl/<inst>.serial`` socket), reached
+        through ``/proc/<holder>/root`` because it lives in the node's private ``/run``."""
+        where = self.node(node) if node is not None else self.primary_of(instance)
+        path = self.node_root(where) / f"run/ganeti/kvm-hypervisor/ctrl/{instance}.serial"
+        return SerialConsole(path)
+
+    def guest_run(self, instance: str, command: str, timeout: float = 30) -> str:
+        """Run ``command`` in the guest's console shell (needs the testbed guest)."""
+        con = self.console(instance)
+        try:
+            return con.run(command, timeout=timeout)
+        finally:
+            con.close()
+
+    def ping(self, node: NodeRef, ip: str, timeout: float = 30) -> bool:
+        """Whether ``ip`` answers a ping from ``node`` within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.run_on(node, ["busybox", "ping", "-c1", "-W1", ip], timeout=10)
+            if r.returncode == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
 
     # -- down -------------------------------------------------------------------------------
     def down(self) -> DownReport:
