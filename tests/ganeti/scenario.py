@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.ganeti.hooktable import expected_nodes, expected_roles
 from vmtestbed.errors import TestbedError
 from vmtestbed.ganeti import Lab
+
+from tests.ganeti.hooktable import expected_nodes, expected_roles
 
 MASTER = "node1.example.test"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from vmtestbed.ganeti.layout import CLUSTER_NAME
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]

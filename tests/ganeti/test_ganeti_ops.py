@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from vmtestbed.ganeti.lab import SHARED_STORAGE
+from vmtestbed.ganeti.layout import instance_ip, instance_name
 
 from tests.ganeti.scenario import (
     MASTER,
@@ -15,8 +17,6 @@ from tests.ganeti.scenario import (
     run_op,
     wait_guest,
 )
-from vmtestbed.ganeti.lab import SHARED_STORAGE
-from vmtestbed.ganeti.layout import instance_ip, instance_name
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from vmtestbed.ganeti import machine
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
