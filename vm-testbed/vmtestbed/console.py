@@ -9,6 +9,7 @@ the non-interactive shell the guest's init serves on ttyS0 (see
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import socket
@@ -109,10 +110,8 @@ class SerialConsole:
         return output
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
         self._thread.join(timeout=2)
         if self._log:

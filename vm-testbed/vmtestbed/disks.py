@@ -94,7 +94,7 @@ class LoopDisk:
     def create(self, workdir: Path | None = None) -> Path:
         # The backing file goes to its own hpt-loop-* directory (not workdir) so the
         # leak check can tell our loop devices from anyone else's.
-        d = Path(tempfile.mkdtemp(prefix=LOOP_DIR_PREFIX))
+        d = Path(tempfile.mkdtemp(prefix=f"{LOOP_DIR_PREFIX}{host.owner_tag()}-"))
         self.backing = d / "backing.img"
         self.backing.touch()
         os.truncate(self.backing, self.size_mib * MIB)

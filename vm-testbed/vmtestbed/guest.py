@@ -235,7 +235,9 @@ def _collect_files(modules_dir: Path, busybox: Path) -> dict[str, Path]:
     mod_root = f"lib/modules/{modules_dir.name}"
     rel_modules = list(BOOT_MODULES) + list(EXTRA_MODULES)
     for d in EXTRA_MODULE_DIRS:
-        rel_modules += sorted(str(p.relative_to(modules_dir)) for p in (modules_dir / d).glob("*.ko"))
+        rel_modules += sorted(
+            str(p.relative_to(modules_dir)) for p in (modules_dir / d).glob("*.ko")
+        )
     for rel in rel_modules:
         src = modules_dir / rel
         if not src.exists():
@@ -270,7 +272,7 @@ def _cache_key(kernel: Path, files: dict[str, Path]) -> str:
     h.update(_BUILD_VERSION.encode())
     for text in (INIT_SCRIPT, UEVENT_SCRIPT, POWEROFF_SCRIPT, "\n".join(BOOT_MODULES)):
         h.update(text.encode())
-    for dest, src in sorted(files.items()) + [("vmlinuz", kernel)]:
+    for dest, src in [*sorted(files.items()), ("vmlinuz", kernel)]:
         st = src.stat()
         h.update(f"{dest}={src}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

@@ -7,6 +7,7 @@ by the pids they recorded, never by name patterns.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -168,7 +169,5 @@ def wait_dead(pid: int, timeout: float) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -38,7 +38,7 @@ from typing import Any
 
 from vmtestbed import accel, host
 from vmtestbed.console import SerialConsole
-from vmtestbed.disks import DiskSpec
+from vmtestbed.disks import DiskSpec, LoopDisk
 from vmtestbed.errors import TestbedError
 from vmtestbed.guest import BOOT_MARKER, GuestImage, build_guest_image
 from vmtestbed.netnode import NetNode, random_mac
@@ -392,12 +392,12 @@ class KvmNode:
         self.close()
 
     def to_state(self) -> dict[str, Any]:
+        """What ``vm-testbed down`` needs to remove this node's objects later."""
+        loops = [d.backend for d in self._disks if isinstance(d.backend, LoopDisk)]
         return {"root": str(self.root),
                 "instances": {n: i.pid for n, i in self.instances.items()},
-                "loop_devices": [str(d.backend.device) for d in self._disks
-                                 if getattr(d.backend, "device", None)],
-                "loop_backings": [str(d.backend.backing) for d in self._disks
-                                  if getattr(d.backend, "backing", None)]}
+                "loop_devices": [str(b.device) for b in loops if b.device],
+                "loop_backings": [str(b.backing) for b in loops if b.backing]}
 
 
 def _hvinfo(driver: str, kvm_id: str, slot: int) -> dict[str, str]:

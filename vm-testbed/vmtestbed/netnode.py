@@ -252,8 +252,8 @@ class NetNode:
         """A veth end in its own netns on the bridge; ``ip`` defaults to a free one."""
         idx = len(self.fake_vms)
         ns = f"{self.name}-f{idx}"
-        fvm = FakeVM(netns=ns, host_ifname=f"fvm{idx}", ip=self.with_prefix(ip or self.allocate_ip()),
-                     mac=mac or random_mac())
+        fvm = FakeVM(netns=ns, host_ifname=f"fvm{idx}",
+                     ip=self.with_prefix(ip or self.allocate_ip()), mac=mac or random_mac())
         self._add_netns(ns)
         self.exec(["ip", "link", "add", fvm.host_ifname, "type", "veth", "peer", "name", "eth0",
                    "address", fvm.mac, "netns", ns])
