@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vmtestbed.errors import TestbedError
 from vmtestbed.ganeti import Lab
 
 from tests.ganeti.hooktable import expected_nodes, expected_roles
@@ -38,22 +37,12 @@ def run_op(lab: Lab, timings: dict[str, float], label: str, hpath: str, argv: li
 
 
 def wait_guest(lab: Lab, instance: str, ip: str, timeout: float = 90) -> None:
-    """Until the guest answers a ping from its primary and its console shell answers."""
-    node = lab.primary_of(instance)
-    assert lab.ping(node, ip, timeout=timeout), f"{instance} ({ip}) does not answer on {node.name}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            lab.guest_run(instance, "true", timeout=5)
-            return
-        except TestbedError:
-            if time.monotonic() > deadline:
-                raise
+    lab.wait_guest(instance, ip, timeout)
 
 
 def guest_uptime(lab: Lab, instance: str) -> float:
-    return float(lab.guest_run(instance, "cut -d' ' -f1 /proc/uptime").strip())
+    return lab.guest_uptime(instance)
 
 
 def guest_disk_bytes(lab: Lab, instance: str) -> int:
-    return int(lab.guest_run(instance, "cat /sys/block/vda/size").strip()) * 512
+    return lab.guest_disk_bytes(instance)

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from vmtestbed.ganeti import demo
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.lab import Lab
 
@@ -23,6 +24,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                     help="do not install hookpack on the nodes")
     sub.add_parser("down", help="destroy the cluster, leave the machine as found")
     sub.add_parser("status", help="nodes, instances and timings, as JSON")
+    demo = sub.add_parser("demo", help="up, hookpack, a scenario with a summary table, down")
+    demo.add_argument("--nodes", type=int, default=2)
+    demo.add_argument("--keep", action="store_true", help="leave the lab up at the end")
     return p
 
 
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
             report = lab.down()
             print(json.dumps(report.__dict__, indent=2))
             return 1 if report.problems else 0
+        elif args.ganeti_cmd == "demo":
+            return demo.main(nodes=args.nodes, keep=args.keep)
         else:
             print(json.dumps(lab.status(), indent=2))
     except LabError as e:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vmtestbed.console import SerialConsole
+from vmtestbed.errors import TestbedError
 from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.guest import LabGuest, lab_guest
@@ -319,6 +320,27 @@ class Lab:
             return con.run(command, timeout=timeout)
         finally:
             con.close()
+
+    def wait_guest(self, instance: str, ip: str, timeout: float = 90) -> None:
+        """Until the guest answers a ping from its primary and its console shell answers."""
+        node = self.primary_of(instance)
+        if not self.ping(node, ip, timeout=timeout):
+            raise LabError(f"{instance} ({ip}) does not answer pings on {node.name} "
+                           f"after {timeout:.0f} s")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.guest_run(instance, "true", timeout=5)
+                return
+            except TestbedError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def guest_uptime(self, instance: str) -> float:
+        return float(self.guest_run(instance, "cut -d' ' -f1 /proc/uptime").strip())
+
+    def guest_disk_bytes(self, instance: str, dev: str = "vda") -> int:
+        return int(self.guest_run(instance, f"cat /sys/block/{dev}/size").strip()) * 512
 
     def ping(self, node: NodeRef, ip: str, timeout: float = 30) -> bool:
         """Whether ``ip`` answers a ping from ``node`` within ``timeout`` seconds."""
