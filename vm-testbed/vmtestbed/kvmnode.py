@@ -82,6 +82,7 @@ class RunningInstance:
     vcpus: int
     console: SerialConsole
     boot_seconds: float | None = None
+    start_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def disk_ids(self) -> list[str]:
@@ -206,7 +207,8 @@ class KvmNode:
                 assert self.netnode is not None
                 nic.ip = self.netnode.allocate_ip()
         for idx, disk in enumerate(disks):
-            self._disks.append(disk)
+            if all(disk is not known for known in self._disks):
+                self._disks.append(disk)
             target = disk.backend.create(self.root / "file-storage" / name)
             link = self.disk_link(name, idx)
             link.unlink(missing_ok=True)
@@ -260,6 +262,9 @@ class KvmNode:
                 kvmd_path=self.ctrl(name, "kvmd"), serial_path=self.ctrl(name, "serial"),
                 runtime_path=self.runtime_file(name), taps=taps, disks=disks, nics=nics,
                 vcpus=vcpus, console=console,
+                start_args={"vcpus": vcpus, "memory_mib": memory_mib, "disks": disks,
+                            "nics": nics, "variant": variant, "extra_args": extra_args,
+                            "kernel_args": kernel_args},
             )
             self.instances[name] = inst
             if wait_boot:
@@ -368,6 +373,17 @@ class KvmNode:
         shutil.rmtree(self.nic_dir(name), ignore_errors=True)
         for link in (self.root / "instance-disks").glob(f"{name}:*"):
             link.unlink(missing_ok=True)
+
+    def restart_instance(self, name: str, wait_boot: bool = True,
+                         boot_timeout: float = 60.0) -> RunningInstance:
+        """Stop and start again with the same disks and NICs, as Ganeti's KVM reboot
+        does: a new QEMU process, new taps (the kernel may reuse a freed tapN name),
+        new vCPU threads, disks kept."""
+        old = self.instances[name]
+        args = dict(old.start_args)
+        old.stop()
+        return self.start_instance(name, wait_boot=wait_boot, boot_timeout=boot_timeout,
+                                   **args)
 
     # -- teardown ------------------------------------------------------------
     def close(self) -> None:
