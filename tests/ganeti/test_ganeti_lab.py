@@ -43,3 +43,11 @@ def test_hookpack_is_installed_on_every_node(ganeti_lab):
         assert lab.node_file(node, "/etc/hookpack/hookpack.toml").exists()
         r = lab.run_on(node, ["/opt/hookpack-lab/venv/bin/hookpack", "config", "check"])
         assert r.returncode == 0, r.stderr
+
+
+def test_hookpack_doctor_passes_on_every_node(ganeti_lab):
+    lab = ganeti_lab
+    for node in lab.nodes:
+        r = lab.run_on(node, ["/opt/hookpack-lab/venv/bin/hookpack", "doctor"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Ganeti 3.0" in r.stdout
