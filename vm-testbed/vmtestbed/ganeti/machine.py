@@ -1,7 +1,8 @@
 """What the lab may leave behind, observed: to prove ``down`` restores the machine.
 
 Only lab-owned things are looked at (names the lab uses, paths it creates, processes
-of Ganeti, of sshd on the lab's addresses and of QEMU with the lab's instances), so
+of Ganeti, of sshd on the lab's addresses and of QEMU started by Ganeti: its pid file
+is under Ganeti's ``/var/run/ganeti/kvm-hypervisor``, the testbed's are in ``/tmp``), so
 other users of the machine (other testbeds booting QEMU) do not disturb the check.
 """
 
@@ -76,7 +77,7 @@ def _lab_processes() -> list[str]:
             continue  # kernel thread or zombie
         exe = os.path.basename(args[0])
         if (exe.startswith("ganeti-")
-                or ("qemu" in exe and f".{DOMAIN}" in cmd)
+                or ("qemu" in exe and " /var/run/ganeti/kvm-hypervisor/" in cmd)
                 or (exe == "sshd" and f"ListenAddress={NET_PREFIX}." in cmd)
                 or str(STATE_DIR) in cmd):
             out.append(f"{entry} {cmd[:120]}")
