@@ -149,7 +149,7 @@ def main(nodes: int = 2, keep: bool = False) -> int:
     print("== waiting for the lab (one per machine)", flush=True)
     lock.acquire()
     try:
-        lab.clear_leftover()
+        lab.clear_leftover(wait=1800)
     except BaseException:
         lock.release()
         raise

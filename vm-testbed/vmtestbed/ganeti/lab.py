@@ -133,10 +133,21 @@ class Lab:
         return Path(f"/proc/{pid}/root")
 
     # -- up ---------------------------------------------------------------------------------
-    def clear_leftover(self) -> None:
+    def clear_leftover(self, wait: float = 0) -> None:
         """Bring down a lab whose owning session died; refuse to touch a lab that a human
-        brought up (``owner: cli``). Call with the :class:`LabLock` held: then no live
-        session owns the lab."""
+        brought up (``owner: cli``). A lab whose owner is alive or unknown may be in use:
+        wait up to ``wait`` seconds for it to go away. Call with the :class:`LabLock`
+        held."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._clear_leftover()
+            except LabError as e:
+                if "may be in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def _clear_leftover(self) -> None:
         self._state = self._load()
         if not self._state and not STATE_FILE.exists():
             return

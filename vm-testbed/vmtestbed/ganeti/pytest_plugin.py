@@ -58,7 +58,7 @@ def ganeti_lab_lock() -> Iterator[None]:
 def ganeti_machine_before(ganeti_lab_lock: None) -> dict[str, list[str]]:
     if os.geteuid() != 0:
         pytest.skip("the Ganeti lab needs root")
-    Lab().clear_leftover()  # a lab left over by a crashed or killed session
+    Lab().clear_leftover(wait=LOCK_WAIT)  # left by a killed session, or wait for it
     return machine.snapshot()
 
 
