@@ -392,7 +392,13 @@ class Lab:
         """Destroy the cluster, kill the processes in the lab's namespaces, remove the
         namespaces, links, ``/etc/hosts`` lines and directories the lab made."""
         report = DownReport()
-        self._state = self._load() or self._state  # another Lab object may have changed it
+        on_disk = self._load()
+        mine, theirs = self._state.get("owner"), on_disk.get("owner")
+        if mine and on_disk and theirs != mine:
+            # this object's lab is gone and another session's lab is up: not ours to remove
+            raise LabError(f"the lab that is up belongs to {theirs}, not to {mine}: "
+                           "not bringing it down")
+        self._state = on_disk or self._state
         specs = [NodeSpec(i) for i in range(1, MAX_NODES + 1)]
         if self.is_up and self.master.holder_pid() is not None:
             report.cluster_destroyed = self._destroy_cluster(report)
