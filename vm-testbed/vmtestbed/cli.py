@@ -22,6 +22,7 @@ from typing import Any
 from vmtestbed import host, leaks
 from vmtestbed.disks import DiskSpec, FileDisk, LoopDisk
 from vmtestbed.errors import TestbedError
+from vmtestbed.ganeti import cli as ganeti_cli
 from vmtestbed.guest import build_guest_image
 from vmtestbed.kvmnode import KvmNode, NicSpec
 from vmtestbed.netnode import NetNode
@@ -51,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     gc = sub.add_parser("gc", help="remove what killed test runs left behind")
     gc.add_argument("--dry-run", action="store_true")
     gc.add_argument("--owner", type=int, help="only what this (dead) pid left behind")
+    ganeti_cli.build_parser(
+        sub.add_parser("ganeti", help="a real Ganeti 3.0 cluster (up|down|status)"))
     args = parser.parse_args(argv)
 
     # SIGTERM tears down like Ctrl-C does (context managers and except blocks run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.command == "ganeti":
+        return ganeti_cli.run(args)
     try:
         if args.command == "up":
             return cmd_up(args)
