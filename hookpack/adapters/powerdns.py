@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -117,7 +116,7 @@ class Client:
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()
             raw = response.read()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise PowerDnsUnavailable(
                 f"PowerDNS API at {self.host}:{self.port} did not answer within "
                 f"{timeout:.1f} s") from None
