@@ -47,6 +47,13 @@ def run(ctx: ActionContext) -> Result:
             return Result.veto(
                 f"instance name {name!r} does not match the site rule '{pattern}'")
     warnings: list[str] = []
+    if checks:
+        from hookpack.validate import instance_name
+
+        try:
+            instance_name(name)  # before it goes into a DNS or NetBox query
+        except HookpackError as err:
+            return Result.veto(str(err))
     if ctx.settings["dns_check"]:
         verdict = _external("DNS", ctx.settings["dns_fail_closed"], name, warnings,
                             lambda: _dns_conflict(ctx, name))

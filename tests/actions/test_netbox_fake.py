@@ -118,7 +118,7 @@ def test_bad_token_and_unreachable_netbox_fail_cleanly(netbox, nb_hooks, tmp_pat
     line = hook(root, "instance-add", NAME, ["198.51.100.21"])
     assert ": failed: NetBox refused " in line and "HTTP 403" in line
     assert "wrong-token-abc" not in line
-    netbox.delay = 3.0  # longer than the 1 s timeout
+    netbox.delay = 2.0  # longer than the 1 s timeout
     (tmp_path / "netbox.token").write_text(netbox.token)
     line = hook(root, "instance-add", NAME, ["198.51.100.21"])
     assert ": failed: NetBox did not answer in time" in line
