@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,8 @@ from hookpack.errors import ActionError, ConfigError
 from hookpack.result import Outcome, Result
 
 if TYPE_CHECKING:  # typing only: the adapter imports http.client, kept off the hot path
+    import argparse
+
     from hookpack.adapters.powerdns import Change, Client, RRset
     from hookpack.env import Instance
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,8 @@ def _guard(what: str, call: Callable[[], Any]) -> Any:
 
 
 def find_vm(api: Any, name: str) -> Any:
-    found = list(_guard(f"lookup of {name}",
+    """The VM named ``name``, or None."""
+    found: list[Any] = list(_guard(f"lookup of {name}",
                         lambda: list(api.virtualization.virtual_machines.filter(name=name))))
     return found[0] if found else None
 
@@ -165,7 +167,7 @@ def _sync(api: Any, settings: Mapping[str, Any], old: str, new: str, instance: I
         raise ActionError(f"NetBox has no cluster named {cluster_name!r}; create it or set "
                           "netbox.cluster")
     cluster_id = int(clusters[0].id)
-    vm = find_vm(api, old) if old and old != new else None
+    vm: Any = find_vm(api, old) if old and old != new else None
     if vm is None:
         vm = find_vm(api, new)
     desired = _desired_vm(settings, instance, new, cluster_id)
@@ -178,14 +180,14 @@ def _sync(api: Any, settings: Mapping[str, Any], old: str, new: str, instance: I
         current = _current_vm(vm)
         diff = {k: v for k, v in desired.items() if v is not None and current.get(k) != v}
         if diff:
-            _guard("VM update", lambda: vm.update(diff))
+            _guard("VM update", partial(vm.update, diff))
             changes.append(f"updated VM {new}: {', '.join(sorted(diff))}")
     primaries = _sync_interfaces(api, settings, vm, instance, changes)
     want = {"primary_ip4": primaries.get(4), "primary_ip6": primaries.get(6)}
-    vm = _guard("VM reload", lambda: virt.virtual_machines.get(vm.id))
+    vm = _guard("VM reload", partial(virt.virtual_machines.get, vm.id))
     diff = {k: v for k, v in want.items() if _ref_id(getattr(vm, k, None)) != v}
     if diff:
-        _guard("primary IP update", lambda: vm.update(diff))
+        _guard("primary IP update", partial(vm.update, diff))
         changes.append(f"set {', '.join(sorted(diff))} of VM {new}")
 
 
@@ -208,12 +210,12 @@ def _sync_interfaces(api: Any, settings: Mapping[str, Any], vm: Any, instance: I
         mac = (nic.mac or "").upper() or None
         if iface is None:
             tag = tag if tag is not None else _tag_id(api)
-            iface = _guard("interface creation",
-                           lambda n=ifname, m=mac, t=tag: virt.interfaces.create(
-                               virtual_machine=vm.id, name=n, mac_address=m, tags=[t]))
+            iface = _guard("interface creation", partial(
+                virt.interfaces.create, virtual_machine=vm.id, name=ifname, mac_address=mac,
+                tags=[tag]))
             changes.append(f"created interface {ifname}")
         elif mac and (getattr(iface, "mac_address", None) or "").upper() != mac:
-            _guard("interface update", lambda i=iface, m=mac: i.update({"mac_address": m}))
+            _guard("interface update", partial(iface.update, {"mac_address": mac}))
             changes.append(f"set MAC of {ifname}")
         try:
             ip = ipaddress.ip_address((nic.ip or "").strip())
@@ -225,10 +227,10 @@ def _sync_interfaces(api: Any, settings: Mapping[str, Any], vm: Any, instance: I
                       and getattr(r, "assigned_object_id", None) == iface.id), None)
         if match is None:
             tag = tag if tag is not None else _tag_id(api)
-            match = _guard("IP creation",
-                           lambda a=address, i=iface, t=tag: ipam.ip_addresses.create(
-                               address=a, status="active", assigned_object_id=i.id,
-                               assigned_object_type="virtualization.vminterface", tags=[t]))
+            match = _guard("IP creation", partial(
+                ipam.ip_addresses.create, address=address, status="active",
+                assigned_object_type="virtualization.vminterface",
+                assigned_object_id=iface.id, tags=[tag]))
             changes.append(f"added IP {address} to {ifname}")
         if primaries[ip.version] is None:
             primaries[ip.version] = int(match.id)

@@ -204,3 +204,19 @@ def test_client_rejects_a_non_http_url():
     from hookpack.adapters.powerdns import PowerDnsError
     with pytest.raises(PowerDnsError, match="not an http"):
         Client("ftp://x", "k")
+
+
+def test_cli_dns_check_reads_each_configured_zone(zones, dns_hooks, tmp_path):
+    dns_hooks()
+    config = tmp_path / "hookpack.toml"
+    r = subprocess.run([sys.executable, "-m", "hookpack", "dns", "check", "--config",
+                        str(config)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"zone {FWD}: ok", f"zone {REV4}: ok", f"zone {REV6}: ok"]
+    config.write_text(config.read_text().replace('forward_zones = ["example.test"]',
+                                                 'forward_zones = ["missing.test"]'))
+    r = subprocess.run([sys.executable, "-m", "hookpack", "dns", "check", "--config",
+                        str(config)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[0].startswith("zone missing.test.: PowerDNS API GET ")
+    assert "HTTP 404" in r.stdout.splitlines()[0]
