@@ -258,12 +258,9 @@ def cmd_check(ns: argparse.Namespace) -> int:
     config = load(ns)
     settings = config.section("dns", SETTINGS)
 
-    class _Ctx:  # make_client needs only redact
-        @staticmethod
-        def redact(secret: str) -> None:
-            return None
-
-    client = make_client(settings, _Ctx())  # type: ignore[arg-type]
+    client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
+    if not settings["forward_zones"] and not settings["reverse_zones"]:
+        raise ActionError("dns: no forward_zones or reverse_zones configured")
     bad = 0
     for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
         try:
@@ -273,6 +270,38 @@ def cmd_check(ns: argparse.Namespace) -> int:
             bad += 1
         else:
             print(f"zone {fqdn(zone)}: ok")
-    if not settings["forward_zones"] and not settings["reverse_zones"]:
-        raise ActionError("dns: no forward_zones or reverse_zones configured")
     return 1 if bad else 0
+
+
+# --- hookpack doctor ---------------------------------------------------------------------
+
+def doctor(cfg: Any, paths: Any) -> list[Any]:
+    """Key file root-only, API answering, every configured zone present."""
+    from hookpack.adapters.powerdns import PowerDnsError
+    from hookpack.doctor import FAIL, PASS, WARN, Check
+
+    settings = cfg.section("dns", SETTINGS)
+    if not settings["forward_zones"] and not settings["reverse_zones"]:
+        return [Check("dns", WARN, "no forward_zones or reverse_zones: nothing to keep in step",
+                      "set [dns] forward_zones (and reverse_zones)")]
+    try:
+        client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
+    except ConfigError as err:
+        return [Check("dns", FAIL, str(err), f"put the API key in {settings['api_key_file']}, "
+                      "mode 600, owned by root")]
+    checks = []
+    for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
+        try:
+            client.rrsets(fqdn(zone), fqdn(zone))
+        except PowerDnsError as err:
+            checks.append(Check("dns", FAIL, f"zone {fqdn(zone)}: {err}",
+                                "create the zone in PowerDNS, or fix api_url/api_key_file"))
+        else:
+            checks.append(Check("dns", PASS, f"zone {fqdn(zone)} readable at {client.host}"))
+    return checks
+
+
+class _NoRedact:
+    @staticmethod
+    def redact(secret: str) -> None:
+        return None

@@ -273,3 +273,38 @@ def _remove(api: Any, name: str, changes: list[str]) -> None:
             changes.append(f"removed IP {record.address}")
     _guard("VM deletion", vm.delete)
     changes.append(f"deleted VM {name}")
+
+
+def doctor(cfg: Any, paths: Any) -> list[Any]:
+    """Token file root-only, NetBox answering with the token, the cluster known."""
+    from hookpack.doctor import FAIL, PASS, Check
+
+    settings = cfg.section("netbox", SETTINGS)
+
+    class _NoRedact:
+        @staticmethod
+        def redact(secret: str) -> None:
+            return None
+
+    try:
+        api = connect(settings, _NoRedact(), float(settings["timeout"]))  # type: ignore[arg-type]
+    except ConfigError as err:
+        return [Check("netbox", FAIL, str(err), "set [netbox] url and a root-only token_file")]
+    cluster = settings["cluster"] or _ganeti_cluster(paths)
+    try:
+        found = _guard("cluster lookup", lambda: list(
+            api.virtualization.clusters.filter(name=cluster)))
+    except ActionError as err:
+        return [Check("netbox", FAIL, str(err), "check [netbox] url, token_file and the "
+                      "token's permissions")]
+    if not found:
+        return [Check("netbox", FAIL, f"NetBox has no cluster named {cluster!r}",
+                      "create it in NetBox or set [netbox] cluster")]
+    return [Check("netbox", PASS, f"NetBox answers; cluster {cluster!r} found")]
+
+
+def _ganeti_cluster(paths: Any) -> str:
+    try:
+        return str((paths.ganeti_data_dir / "ssconf_cluster_name").read_text().strip())
+    except OSError:
+        return ""

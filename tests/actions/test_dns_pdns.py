@@ -220,3 +220,17 @@ def test_cli_dns_check_reads_each_configured_zone(zones, dns_hooks, tmp_path):
     assert r.returncode == 1
     assert r.stdout.splitlines()[0].startswith("zone missing.test.: PowerDNS API GET ")
     assert "HTTP 404" in r.stdout.splitlines()[0]
+
+
+def test_doctor_reports_each_zone(zones, dns_hooks, tmp_path):
+    dns_hooks()
+    config = tmp_path / "hookpack.toml"
+    config.write_text(config.read_text().replace('forward_zones = ["example.test"]',
+                                                 'forward_zones = ["missing.test"]'))
+    r = subprocess.run([sys.executable, "-m", "hookpack", "doctor", "--config", str(config)],
+                       capture_output=True, text=True, timeout=60)
+    lines = [line for line in r.stdout.splitlines() if " dns: " in line]
+    assert lines[0].startswith("FAIL dns: zone missing.test.: PowerDNS API GET ")
+    assert lines[1:] == [f"PASS dns: zone {REV4} readable at 127.0.0.1",
+                         f"PASS dns: zone {REV6} readable at 127.0.0.1"]
+    assert r.returncode == 1

@@ -122,3 +122,22 @@ def test_bad_token_and_unreachable_netbox_fail_cleanly(netbox, nb_hooks, tmp_pat
     (tmp_path / "netbox.token").write_text(netbox.token)
     line = hook(root, "instance-add", NAME, ["198.51.100.21"])
     assert ": failed: NetBox did not answer in time" in line
+
+
+def test_doctor_checks_token_reachability_and_cluster(netbox, nb_hooks, tmp_path):
+    nb_hooks('cluster = "cluster1.example.test"')
+    config = tmp_path / "hookpack.toml"
+
+    def doctor() -> list[str]:
+        r = subprocess.run([sys.executable, "-m", "hookpack", "doctor", "--config",
+                            str(config)], capture_output=True, text=True, timeout=60)
+        return [line for line in r.stdout.splitlines() if " netbox: " in line]
+
+    assert doctor() == ["PASS netbox: NetBox answers; cluster 'cluster1.example.test' found"]
+    config.write_text(config.read_text().replace('cluster = "cluster1.example.test"',
+                                                 'cluster = "nope"'))
+    assert doctor() == ["FAIL netbox: NetBox has no cluster named 'nope' -> create it in "
+                        "NetBox or set [netbox] cluster"]
+    (tmp_path / "netbox.token").chmod(0o644)
+    [line] = doctor()
+    assert line.startswith("FAIL netbox: ") and "chmod 600" in line
