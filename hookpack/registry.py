@@ -64,6 +64,10 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
     ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
+    ActionSpec("dns", "hookpack.actions.dns", ("instance-add", "instance-rename",
+               "instance-remove", "instance-modify"), ("post",), ("master",), "dns", cli=True),
+    ActionSpec("netbox", "hookpack.actions.netbox", ("instance-add", "instance-rename",
+               "instance-remove", "instance-modify"), ("post",), ("master",), "netbox"),
 )
 
 
