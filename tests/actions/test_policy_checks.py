@@ -27,14 +27,15 @@ from tests.helpers import pdns
 from tests.helpers.ganeti_env import instance_env
 from tests.helpers.netbox_fake import FakeNetBox
 
-needs_pdns = pytest.mark.skipif(bool(pdns.available()), reason=pdns.available() or "ok")
+# A real pdns_server (scripts/setup installs it): a missing one fails, never skips.
+needs_pdns = pytest.mark.slow
 NAME = "inst1.example.test"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if pdns.available():
-        pytest.skip(pdns.available())
+        pytest.fail(pdns.available())
     with pdns.running_pdns(tmp_path_factory.mktemp("pdns-policy")) as srv:
         client = srv.client()
         client.create_zone("example.test.", ["ns1.example.test."])

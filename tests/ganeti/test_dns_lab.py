@@ -17,8 +17,7 @@ from vmtestbed.ganeti.layout import instance_ip, instance_name
 from tests.ganeti.scenario import MASTER
 from tests.helpers import pdns
 
-pytestmark = [pytest.mark.ganeti, pytest.mark.slow,
-              pytest.mark.skipif(bool(pdns.available()), reason=pdns.available() or "ok")]
+pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
 OK_NAME, OK_IP = instance_name(5), instance_ip(5)
 TAKEN_NAME, TAKEN_IP = instance_name(6), instance_ip(6)
