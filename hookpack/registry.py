@@ -64,6 +64,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
     ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
+    ActionSpec("announce", "hookpack.actions.announce", ("instance-migrate", "instance-failover"),
+               ("pre", "post"), ("master",), "announce", cli=True),
 )
 
 
