@@ -109,9 +109,11 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
     try:
         if target.scheme == "https":
             sock = _wrap_tls(sock, target, ca_file, give_up)
-        sock.settimeout(max(0.001, give_up - time.monotonic()))
+        # The killer timer, not the socket timeout, ends a late exchange: it fires first
+        # and turns every blocked call into an EOF/error at the same moment.
+        sock.settimeout(max(0.001, give_up - time.monotonic()) + 0.5)
         sock.sendall(_request(target, body, headers))
-        status, reply = _read_response(sock, give_up)
+        status, reply = _read_response(sock)
     except HttpError:
         raise
     except (OSError, ValueError, http.client.HTTPException) as err:
@@ -207,17 +209,20 @@ def _request(target: Target, body: bytes, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _read_response(sock: socket.socket, give_up: float) -> tuple[int, bytes]:
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
     """Status and (bounded) body of an HTTP/1.x answer; reads until close or length."""
     import http.client
 
     # http.client parses status line, headers, chunked and Content-Length bodies; the
-    # socket's timeout bounds each recv and the killer timer bounds them all.
-    sock.settimeout(max(0.001, give_up - time.monotonic()))
+    # killer timer bounds them all. Once a 2xx status line is in, the event counts as
+    # accepted even if the rest of the answer is cut at the limit (we never use it).
     response = http.client.HTTPResponse(sock, method="POST")
     response.begin()
     try:
         body = response.read(MAX_RESPONSE)
+    except (OSError, http.client.HTTPException):
+        # Cut by the killer (a reset may beat the EOF when the peer keeps writing).
+        body = b""
     finally:
         response.close()
     return response.status, body
