@@ -25,8 +25,10 @@ GRAFANA_KEYS = {"time", "timeEnd", "tags", "text", "dashboardUID", "panelId"}
 
 
 class Receiver:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, host: str = "127.0.0.1", journal: str = "") -> None:
         self.kind = kind
+        self.host = host
+        self.journal = journal  # also append each valid request here (JSON lines)
         self.mode = "ok"
         self.received: list[tuple[str, Any]] = []  # every valid request: (key, body)
         self.applied: dict[str, Any] = {}  # what a deduplicating consumer acted on
@@ -51,7 +53,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -70,7 +72,7 @@ class Receiver:
     @property
     def url(self) -> str:
         path = {"slack": SLACK_PATH, "grafana": "", "webhook": "/hooks/ganeti"}[self.kind]
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     # -- requests -------------------------------------------------------------------
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
@@ -93,6 +95,10 @@ class Receiver:
         with self._lock:
             self.received.append((key, body))
             self.applied.setdefault(key, body)
+            if self.journal:
+                with open(self.journal, "a") as out:
+                    out.write(json.dumps({"kind": self.kind, "key": key, "body": body,
+                                          "peer": req.client_address[0]}) + "\n")
         if self.mode == "record-then-hang":
             self.release.wait(30)
             return
@@ -162,3 +168,20 @@ class Receiver:
         if body.get("id") != req.headers.get("X-Hookpack-Idempotency-Key"):
             return "webhook: id differs from the idempotency key"
         return ""
+
+
+def main() -> None:
+    """``python3 receivers.py HOST JOURNAL``: the three receivers on HOST until killed;
+    prints their URLs as JSON (the lab test runs this inside a node's namespace)."""
+    import sys
+    import time
+
+    host, journal = sys.argv[1], sys.argv[2]
+    made = {kind: Receiver(kind, host, journal) for kind in ("slack", "grafana", "webhook")}
+    print(json.dumps({kind: r.url for kind, r in made.items()}), flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
