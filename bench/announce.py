@@ -1,0 +1,134 @@
+"""Benchmark: what announce adds to the instance-migrate post hook on the master.
+
+hookpack is installed from a wheel into a fresh venv (as bench/hook_latency.py does);
+the installed entry runs through the emulator (cleared environment, cwd /, closed stdin)
+on the recorded migrate environment of node1 (the master). Receivers are real local
+HTTP servers (tests/helpers/receivers.py). Medians over RUNS runs of:
+
+  baseline  the same hook with announce enabled but `migrations = "none"` (env parsed,
+            action imported, skipped): the no-op hook, measured in the same run;
+  refused   every sink's port closed (connection refused at once): event queued;
+  hanging   every receiver accepts and never answers: the hook waits out the cap
+            (attempt_timeout = CAP) and queues the event;
+  up        receivers answer 200: delivered from the hook; also the delivery latency,
+            hook start to the receiver having the request (Python start included).
+
+Target (issue #8): added latency with the receiver down <= 30 ms beyond the cap,
+i.e. refused - baseline <= 30 ms and hanging - baseline - CAP <= 30 ms.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.hook_latency import wheel_venv  # noqa: E402
+from hookpack.emulator import run_hooks  # noqa: E402
+from hookpack.env import read_env_dump  # noqa: E402
+from hookpack.hooksinstall import install  # noqa: E402
+from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY, Receiver  # noqa: E402
+
+# The checkout sits next to shared/ (/work/main) or one level deeper (/work/wt/<branch>).
+SAMPLES = next(p / "shared/reference/ganeti-env-samples" for p in REPO.parents
+               if (p / "shared/reference/ganeti-env-samples").is_dir())
+RUNS = 21
+CAP = 0.5
+
+
+def config_text(work: Path, receivers: dict[str, Receiver], extra: str) -> str:
+    secrets = work / "secrets"
+    secrets.mkdir(exist_ok=True)
+    for name, value in (("slack", receivers["slack"].url), ("token", GRAFANA_TOKEN),
+                        ("webhook", receivers["webhook"].url), ("hmac", HMAC_KEY)):
+        (secrets / name).write_text(value)
+        (secrets / name).chmod(0o600)
+    paths = "\n".join(f'{key} = "{work / key}"' for key in ("state_dir", "spool_dir",
+                                                             "run_dir"))
+    return (f'[log]\nsyslog = false\n[node]\nfqdn = "node1.example.test"\n[paths]\n{paths}\n'
+            f"[announce]\nenabled = true\nattempt_timeout = {CAP}\n"
+            f'allow_insecure_hosts = ["127.0.0.1"]\n'
+            f'slack_webhook_url_file = "{secrets / "slack"}"\n'
+            f'grafana_url = "http://127.0.0.1:{receivers["grafana"].port}"\n'
+            f'grafana_token_file = "{secrets / "token"}"\n'
+            f'webhook_url_file = "{secrets / "webhook"}"\n'
+            f'webhook_hmac_key_file = "{secrets / "hmac"}"\n{extra}')
+
+
+def measure(work: Path, python: str, receivers: dict[str, Receiver], extra: str,
+            label: str) -> tuple[float, list[float]]:
+    """Median wall time of the post hook (ms) and the per-run arrival latencies (ms)."""
+    root = work / label
+    root.mkdir()
+    config = root / "hookpack.toml"
+    config.write_text(config_text(root, receivers, extra))
+    config.chmod(0o600)
+    install(root / "hooks", python=python, config=str(config),
+            dirs=["instance-migrate-pre.d", "instance-migrate-post.d"])
+    pre = read_env_dump((SAMPLES / "instance-migrate-pre-node1.env").read_text())
+    post = read_env_dump((SAMPLES / "instance-migrate-post-node1.env").read_text())
+    times, arrivals = [], []
+    for i in range(RUNS + 1):
+        run_hooks(root / "hooks", "instance-migrate", "pre", pre)
+        before = len(receivers["grafana"].received)
+        start = time.perf_counter()
+        [result] = run_hooks(root / "hooks", "instance-migrate", "post", post)
+        elapsed = (time.perf_counter() - start) * 1000
+        assert result.status == "success", result.output
+        if i == 0:
+            print(f"  {label}: {result.output.splitlines()[0][:150] if result.output else ''}")
+            continue  # warm-up
+        times.append(elapsed)
+        if len(receivers["grafana"].received) > before:
+            arrivals.append((receivers["grafana"].arrivals[-1] - start) * 1000)
+        shutil.rmtree(root / "spool_dir", ignore_errors=True)  # every run starts empty
+    return statistics.median(times), arrivals
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="hookpack-bench-announce-"))
+    python = wheel_venv(work)
+    receivers = {kind: Receiver(kind) for kind in ("slack", "grafana", "webhook")}
+    for r in receivers.values():
+        r.arrivals = []  # type: ignore[attr-defined]
+        original = r._handle
+
+        def timed(req, r=r, original=original):
+            r.arrivals.append(time.perf_counter())
+            original(req)
+        r._handle = timed  # type: ignore[method-assign]
+    try:
+        base, _ = measure(work, python, receivers, 'migrations = "none"\n', "baseline")
+        up, arrivals = measure(work, python, receivers, "", "up")
+        for r in receivers.values():
+            r.mode = "hang"
+        hang, _ = measure(work, python, receivers, "", "hanging")
+        for r in receivers.values():
+            r.refuse()
+        refused, _ = measure(work, python, receivers, "", "refused")
+    finally:
+        for r in receivers.values():
+            r.stop()
+    print(f"runs per case: {RUNS} (after 1 warm-up), attempt cap {CAP:g} s")
+    print(f"baseline (no-op hook, announce skipped)  {base:7.1f} ms")
+    print(f"receivers up (3 sinks delivered)         {up:7.1f} ms  +{up - base:6.1f} ms")
+    if arrivals:
+        print(f"  delivery latency, hook start -> Grafana has the request: "
+              f"median {statistics.median(arrivals):.1f} ms")
+    added_refused = refused - base
+    added_hang = hang - base - CAP * 1000
+    print(f"receivers refused (queued)               {refused:7.1f} ms  +{added_refused:6.1f} ms "
+          f"({'OK' if added_refused <= 30 else 'OVER'} target 30 ms)")
+    print(f"receivers hanging (queued at the cap)    {hang:7.1f} ms  +{added_hang:6.1f} ms "
+          f"beyond the {CAP:g} s cap ({'OK' if added_hang <= 30 else 'OVER'} target 30 ms)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
