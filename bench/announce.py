@@ -61,66 +61,79 @@ def config_text(work: Path, receivers: dict[str, Receiver], extra: str) -> str:
             f'webhook_hmac_key_file = "{secrets / "hmac"}"\n{extra}')
 
 
-def measure(work: Path, python: str, receivers: dict[str, Receiver], extra: str,
-            label: str) -> tuple[float, list[float]]:
-    """Median wall time of the post hook (ms) and the per-run arrival latencies (ms)."""
-    root = work / label
-    root.mkdir()
-    config = root / "hookpack.toml"
-    config.write_text(config_text(root, receivers, extra))
-    config.chmod(0o600)
-    install(root / "hooks", python=python, config=str(config),
-            dirs=["instance-migrate-pre.d", "instance-migrate-post.d"])
-    pre = read_env_dump((SAMPLES / "instance-migrate-pre-node1.env").read_text())
-    post = read_env_dump((SAMPLES / "instance-migrate-post-node1.env").read_text())
-    times, arrivals = [], []
-    for i in range(RUNS + 1):
-        run_hooks(root / "hooks", "instance-migrate", "pre", pre)
-        before = len(receivers["grafana"].received)
+class Case:
+    """One configuration with its own receivers and hooks tree."""
+
+    def __init__(self, work: Path, python: str, label: str, mode: str, extra: str = "") -> None:
+        self.label = label
+        self.root = work / label.replace(" ", "_")
+        self.root.mkdir()
+        self.receivers = {kind: Receiver(kind) for kind in ("slack", "grafana", "webhook")}
+        self.arrival: list[float] = []
+        grafana = self.receivers["grafana"]
+        original = grafana._handle
+
+        def timed(req, original=original):
+            self.arrival.append(time.perf_counter())
+            original(req)
+        grafana._handle = timed  # type: ignore[method-assign]
+        config = self.root / "hookpack.toml"
+        config.write_text(config_text(self.root, self.receivers, extra))
+        config.chmod(0o600)
+        for r in self.receivers.values():
+            if mode == "refuse":
+                r.refuse()
+            else:
+                r.mode = mode
+        install(self.root / "hooks", python=python, config=str(config),
+                dirs=["instance-migrate-pre.d", "instance-migrate-post.d"])
+        self.times: list[float] = []
+        self.latencies: list[float] = []
+
+    def run(self, pre: dict[str, str], post: dict[str, str], keep: bool) -> str:
+        run_hooks(self.root / "hooks", "instance-migrate", "pre", pre)
+        self.arrival.clear()
         start = time.perf_counter()
-        [result] = run_hooks(root / "hooks", "instance-migrate", "post", post)
+        [result] = run_hooks(self.root / "hooks", "instance-migrate", "post", post)
         elapsed = (time.perf_counter() - start) * 1000
         assert result.status == "success", result.output
-        if i == 0:
-            print(f"  {label}: {result.output.splitlines()[0][:150] if result.output else ''}")
-            continue  # warm-up
-        times.append(elapsed)
-        if len(receivers["grafana"].received) > before:
-            arrivals.append((receivers["grafana"].arrivals[-1] - start) * 1000)
-        shutil.rmtree(root / "spool_dir", ignore_errors=True)  # every run starts empty
-    return statistics.median(times), arrivals
+        if keep:
+            self.times.append(elapsed)
+            if self.arrival:
+                self.latencies.append((self.arrival[0] - start) * 1000)
+        shutil.rmtree(self.root / "spool_dir", ignore_errors=True)  # every run starts empty
+        return result.output
+
+    def stop(self) -> None:
+        for r in self.receivers.values():
+            r.stop()
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hookpack-bench-announce-"))
     python = wheel_venv(work)
-    receivers = {kind: Receiver(kind) for kind in ("slack", "grafana", "webhook")}
-    for r in receivers.values():
-        r.arrivals = []  # type: ignore[attr-defined]
-        original = r._handle
-
-        def timed(req, r=r, original=original):
-            r.arrivals.append(time.perf_counter())
-            original(req)
-        r._handle = timed  # type: ignore[method-assign]
+    pre = read_env_dump((SAMPLES / "instance-migrate-pre-node1.env").read_text())
+    post = read_env_dump((SAMPLES / "instance-migrate-post-node1.env").read_text())
+    cases = [Case(work, python, "baseline", "ok", 'migrations = "none"\n'),
+             Case(work, python, "up", "ok"), Case(work, python, "refused", "refuse"),
+             Case(work, python, "hanging", "hang")]
     try:
-        base, _ = measure(work, python, receivers, 'migrations = "none"\n', "baseline")
-        up, arrivals = measure(work, python, receivers, "", "up")
-        for r in receivers.values():
-            r.mode = "hang"
-        hang, _ = measure(work, python, receivers, "", "hanging")
-        for r in receivers.values():
-            r.refuse()
-        refused, _ = measure(work, python, receivers, "", "refused")
+        # Interleaved, so load from other users of the machine hits every case alike.
+        for i in range(RUNS + 1):
+            for case in cases:
+                out = case.run(pre, post, keep=i > 0)
+                if i == 0:
+                    print(f"  {case.label}: {out.splitlines()[0][:160] if out else ''}")
     finally:
-        for r in receivers.values():
-            r.stop()
-    print(f"runs per case: {RUNS} (after 1 warm-up), attempt cap {CAP:g} s")
+        for case in cases:
+            case.stop()
+    base, up, refused, hang = (statistics.median(c.times) for c in cases)
+    print(f"runs per case: {RUNS} (after 1 warm-up, interleaved), attempt cap {CAP:g} s")
     print(f"baseline (no-op hook, announce skipped)  {base:7.1f} ms")
     print(f"receivers up (3 sinks delivered)         {up:7.1f} ms  +{up - base:6.1f} ms")
-    if arrivals:
+    if cases[1].latencies:
         print(f"  delivery latency, hook start -> Grafana has the request: "
-              f"median {statistics.median(arrivals):.1f} ms")
+              f"median {statistics.median(cases[1].latencies):.1f} ms")
     added_refused = refused - base
     added_hang = hang - base - CAP * 1000
     print(f"receivers refused (queued)               {refused:7.1f} ms  +{added_refused:6.1f} ms "

@@ -98,8 +98,13 @@ class Outbox:
         return data
 
     # -- writing ------------------------------------------------------------------
-    def write(self, event: str, data: Mapping[str, Any]) -> None:
-        """Atomically replace (or create) the event file: tmp, fsync, rename, fsync dir."""
+    def write(self, event: str, data: Mapping[str, Any], *, new: bool = False) -> None:
+        """Atomically replace (or create) the event file: tmp, fsync, rename.
+
+        A new event also fsyncs the directory, so its name survives a crash. A state
+        update does not: losing the rename loses only an attempt count (the event is
+        retried a little sooner), and it saves ~5 ms on the hook's path.
+        """
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = self.dir / f"{event}.json"
         tmp = self.dir / f".tmp-{event}-{os.getpid()}"
@@ -111,12 +116,14 @@ class Outbox:
         finally:
             os.close(fd)
         os.rename(tmp, final)
-        self._sync_dir()
+        if new:
+            self._sync_dir()
 
     def remove(self, event: str) -> None:
+        # No directory fsync: if a crash undoes the unlink, the event is sent once more
+        # (at least once, same idempotency key), which is the promise anyway.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.dir / f"{event}.json")
-            self._sync_dir()
 
     def _sync_dir(self) -> None:
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -150,7 +157,7 @@ class Outbox:
             if not locked:  # pragma: no cover - a fresh id is never held by anyone
                 raise BadInput(f"outbox event {event} is busy")
             held = Held(self, event, {"format": FORMAT, **data})
-            held.save()
+            self.write(event, held.data, new=True)
             yield held
 
     @contextlib.contextmanager

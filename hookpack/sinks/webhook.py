@@ -41,10 +41,22 @@ def payload(event: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, 
 
 
 def signature(key: str, body: bytes) -> str:
-    import hashlib
-    import hmac
+    """``sha256=`` + hex HMAC-SHA256 (RFC 2104) of ``body``.
 
-    return "sha256=" + hmac.new(key.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    Written out over the builtin _sha256 module: hmac and hashlib load OpenSSL, which
+    costs the hook ~10 ms; tests check it equals hmac.new(key, body, sha256).
+    """
+    try:
+        from _sha256 import sha256
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import sha256
+    block = 64
+    raw = key.encode("utf-8")
+    if len(raw) > block:
+        raw = sha256(raw).digest()
+    raw = raw.ljust(block, b"\0")
+    inner = sha256(bytes(b ^ 0x36 for b in raw) + body).digest()
+    return "sha256=" + sha256(bytes(b ^ 0x5C for b in raw) + inner).hexdigest()
 
 
 def request(body: bytes, settings: Mapping[str, Any],

@@ -383,3 +383,20 @@ def test_entry_is_installed_for_migrate_and_failover(tmp_path, setup):
     for d in ("instance-migrate-pre.d", "instance-migrate-post.d", "instance-failover-pre.d",
               "instance-failover-post.d"):
         assert (tmp_path / "hooks" / d / ENTRY_NAME).exists()
+
+
+def test_an_unreadable_event_file_is_reported_and_the_others_still_flushed(
+        tmp_path, sample, setup, receivers, capsys):
+    config = setup(sinks=("slack",))
+    receivers["slack"].mode = "error"
+    migrate(tmp_path, sample)
+    migrate(tmp_path, sample)
+    first, second = outbox(tmp_path).ids()
+    (tmp_path / "spool_dir/outbox" / f"{first}.json").write_text("{truncated")
+    receivers["slack"].mode = "ok"
+    code, out = flush(config, capsys, "--force")
+    assert code == 1 and f"{first}: outbox event {first}: unreadable" in out
+    assert f"delivered {second} slack" in out
+    assert cli(["outbox", "list", "--config", str(config)]) == 0
+    assert "unreadable" in capsys.readouterr().out
+    assert outbox(tmp_path).ids() == [first]  # kept for the operator to look at

@@ -85,3 +85,9 @@ def test_webhook_signature_is_hmac_sha256_of_the_exact_body():
     assert webhook.signature("key", body) == f"sha256={expected}"
     # same event, same bytes: a retry carries the same signature
     assert dumps(webhook.payload(event(), SETTINGS)) == body
+
+
+@given(key=st.text(max_size=100), body=st.binary(max_size=300))
+def test_signature_equals_the_standard_library_hmac(key, body):
+    expected = hmac.new(key.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    assert webhook.signature(key, body) == f"sha256={expected}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext
 from hookpack.config import Field
 from hookpack.env import Phase
 from hookpack.result import Result
+
+if TYPE_CHECKING:  # argparse stays off the hook's hot path
+    import argparse
 
 _TEXT = "Ganeti $kind of $instance: $source → $target ($duration)"
 

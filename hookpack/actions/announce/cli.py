@@ -80,7 +80,12 @@ def cmd_list(ns: argparse.Namespace) -> int:
     outbox, _, _, _ = _setup(ns)
     rows = 0
     for event in outbox.ids():
-        data = outbox.read(event)
+        try:
+            data = outbox.read(event)
+        except BadInput as err:
+            rows += 1
+            print(json.dumps({"id": event, "error": str(err)}) if ns.json else f"{err}")
+            continue
         if data is None:
             continue
         for name, d in sorted(data["deliveries"].items()):
