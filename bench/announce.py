@@ -38,7 +38,7 @@ from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY, Receiver  # noqa: E
 # The checkout sits next to shared/ (/work/main) or one level deeper (/work/wt/<branch>).
 SAMPLES = next(p / "shared/reference/ganeti-env-samples" for p in REPO.parents
                if (p / "shared/reference/ganeti-env-samples").is_dir())
-RUNS = 21
+RUNS = 31
 CAP = 0.5
 
 
@@ -128,6 +128,12 @@ def main() -> None:
         for case in cases:
             case.stop()
     base, up, refused, hang = (statistics.median(c.times) for c in cases)
+    for case in cases:
+        q = statistics.quantiles(case.times, n=4)
+        print(f"  {case.label:9} min {min(case.times):6.1f}  p25 {q[0]:6.1f}  median "
+              f"{q[1]:6.1f}  p75 {q[2]:6.1f} ms")
+    print(f"  min-based: refused +{min(cases[2].times) - min(cases[0].times):.1f} ms, hanging "
+          f"+{min(cases[3].times) - min(cases[0].times) - CAP * 1000:.1f} ms beyond the cap")
     print(f"runs per case: {RUNS} (after 1 warm-up, interleaved), attempt cap {CAP:g} s")
     print(f"baseline (no-op hook, announce skipped)  {base:7.1f} ms")
     print(f"receivers up (3 sinks delivered)         {up:7.1f} ms  +{up - base:6.1f} ms")

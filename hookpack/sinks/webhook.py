@@ -56,7 +56,8 @@ def signature(key: str, body: bytes) -> str:
         raw = sha256(raw).digest()
     raw = raw.ljust(block, b"\0")
     inner = sha256(bytes(b ^ 0x36 for b in raw) + body).digest()
-    return "sha256=" + sha256(bytes(b ^ 0x5C for b in raw) + inner).hexdigest()
+    outer: str = sha256(bytes(b ^ 0x5C for b in raw) + inner).hexdigest()
+    return "sha256=" + outer
 
 
 def request(body: bytes, settings: Mapping[str, Any],

@@ -42,7 +42,7 @@ def _ids(p: argparse.ArgumentParser) -> None:
     _config(p)
 
 
-def _setup(ns: argparse.Namespace) -> tuple[Any, Any, Any]:
+def _setup(ns: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from hookpack import registry
     from hookpack.action import Paths
     from hookpack.actions import announce
