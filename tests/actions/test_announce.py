@@ -43,7 +43,7 @@ def setup(tmp_path, write_config, receivers):
             (secrets / name).chmod(0o600)
         lines = [f'[node]\nfqdn = "{node}"\n', "[announce]", "enabled = true",
                  'allow_insecure_hosts = ["127.0.0.1"]', f"attempt_timeout = {CAP}",
-                 "backoff_base = 0.0", "flush_timeout = 2.0"]
+                 "backoff_base = 0.0", "flush_timeout = 0.5"]
         if "slack" in sinks:
             lines.append(f'slack_webhook_url_file = "{secrets / "slack_url"}"')
         if "grafana" in sinks:
