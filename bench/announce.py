@@ -13,12 +13,17 @@ HTTP servers (tests/helpers/receivers.py). Medians over RUNS runs of:
   up        receivers answer 200: delivered from the hook; also the delivery latency,
             hook start to the receiver having the request (Python start included).
 
+The wall times include Python start-up, which on a loaded machine varies by more
+than the effect measured; the dispatcher's own per-action time (the "N ms" of its log
+line) is printed too, per case, as the low-noise measure of what announce adds.
+
 Target (issue #8): added latency with the receiver down <= 30 ms beyond the cap,
 i.e. refused - baseline <= 30 ms and hanging - baseline - CAP <= 30 ms.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import sys
@@ -88,6 +93,7 @@ class Case:
         install(self.root / "hooks", python=python, config=str(config),
                 dirs=["instance-migrate-pre.d", "instance-migrate-post.d"])
         self.times: list[float] = []
+        self.action_ms: list[int] = []  # the dispatcher's own "N ms" for the action
         self.latencies: list[float] = []
 
     def run(self, pre: dict[str, str], post: dict[str, str], keep: bool) -> str:
@@ -99,6 +105,8 @@ class Case:
         assert result.status == "success", result.output
         if keep:
             self.times.append(elapsed)
+            self.action_ms.append(int(re.search(r", (\d+) ms\)$", result.output.splitlines()[0])
+                                      .group(1)))
             if self.arrival:
                 self.latencies.append((self.arrival[0] - start) * 1000)
         shutil.rmtree(self.root / "spool_dir", ignore_errors=True)  # every run starts empty
@@ -132,6 +140,11 @@ def main() -> None:
         q = statistics.quantiles(case.times, n=4)
         print(f"  {case.label:9} min {min(case.times):6.1f}  p25 {q[0]:6.1f}  median "
               f"{q[1]:6.1f}  p75 {q[2]:6.1f} ms")
+    act = [statistics.median(c.action_ms) for c in cases]
+    print("  in-process action time (the dispatcher's ms, no Python start-up noise): "
+          + ", ".join(f"{c.label} {a:.0f} ms" for c, a in zip(cases, act, strict=True)))
+    print(f"  added by announce, in-process: refused +{act[2] - act[0]:.0f} ms, hanging "
+          f"+{act[3] - act[0] - CAP * 1000:.0f} ms beyond the cap, up +{act[1] - act[0]:.0f} ms")
     print(f"  min-based: refused +{min(cases[2].times) - min(cases[0].times):.1f} ms, hanging "
           f"+{min(cases[3].times) - min(cases[0].times) - CAP * 1000:.1f} ms beyond the cap")
     print(f"runs per case: {RUNS} (after 1 warm-up, interleaved), attempt cap {CAP:g} s")

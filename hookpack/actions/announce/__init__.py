@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hookpack.action import ActionContext
 from hookpack.config import Field
@@ -11,6 +11,8 @@ from hookpack.result import Result
 
 if TYPE_CHECKING:  # argparse stays off the hook's hot path
     import argparse
+
+    from hookpack.actions.announce.events import Move, Starts
 
 _TEXT = "Ganeti $kind of $instance: $source → $target ($duration)"
 
@@ -75,7 +77,7 @@ def run(ctx: ActionContext) -> Result:
     return _announce(ctx, move, starts, expired)
 
 
-def _announce(ctx: ActionContext, move: Any, starts: Any, expired: list[str]) -> Result:
+def _announce(ctx: ActionContext, move: Move, starts: Starts, expired: list[str]) -> Result:
     from hookpack.actions.announce import delivery
     from hookpack.actions.announce.events import build_event
     from hookpack.outbox import Outbox, event_id, now_ms
