@@ -9,11 +9,9 @@ import pytest
 
 from hookpack.env import read_env_dump
 
-# The checkout sits next to shared/ (/work/main) or one level deeper (/work/wt/<branch>).
-SAMPLES = next((p / "shared/reference/ganeti-env-samples"
-                for p in Path(__file__).resolve().parents
-                if (p / "shared/reference/ganeti-env-samples").is_dir()),
-               Path(__file__).resolve().parents[2] / "shared/reference/ganeti-env-samples")
+# Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
+# shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "ganeti-env-samples"
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
