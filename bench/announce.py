@@ -34,15 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.hook_latency import wheel_venv  # noqa: E402
+from bench.hook_latency import SAMPLES, wheel_venv  # noqa: E402
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.env import read_env_dump  # noqa: E402
 from hookpack.hooksinstall import install  # noqa: E402
 from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY, Receiver  # noqa: E402
 
-# The checkout sits next to shared/ (/work/main) or one level deeper (/work/wt/<branch>).
-SAMPLES = next(p / "shared/reference/ganeti-env-samples" for p in REPO.parents
-               if (p / "shared/reference/ganeti-env-samples").is_dir())
 RUNS = 31
 CAP = 0.5
 
