@@ -68,6 +68,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "instance-remove", "instance-modify"), ("post",), ("master",), "dns", cli=True),
     ActionSpec("netbox", "hookpack.actions.netbox", ("instance-add", "instance-rename",
                "instance-remove", "instance-modify"), ("post",), ("master",), "netbox"),
+    ActionSpec("announce", "hookpack.actions.announce", ("instance-migrate", "instance-failover"),
+               ("pre", "post"), ("master",), "announce", cli=True),
 )
 
 
