@@ -64,6 +64,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
     ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
+    ActionSpec("pinning", "hookpack.actions.pinning", ("instance-start", "instance-reboot",
+               "instance-migrate", "instance-failover"), ("post",), ("host",), "pinning",
+               cli=True),
 )
 
 
