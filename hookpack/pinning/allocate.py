@@ -152,7 +152,7 @@ def _eligible(topo: Topology, node: _Node, taken: Mapping[int, str], owner: str,
     # "allow": fill the holes in partly used cores first, keep whole cores free.
     def key(cpu: int) -> tuple[int, int, int]:
         busy = any(s in taken for s in topo.siblings[cpu])
-        return (0 if busy else 1, topo.core_of(cpu), cpu)
+        return (0 if busy else 1, -topo.core_of(cpu), cpu)
     return sorted(node.free, key=key)
 
 
@@ -165,9 +165,11 @@ def _choose(topo: Topology, node: _Node, taken: Mapping[int, str], vcpus: int,
     if vcpus > room:
         return None, room
     if policy.smt == "avoid":
-        # Whole cores in core order; the instance's vCPUs sit on sibling threads.
-        eligible = sorted(eligible, key=lambda c: (topo.core_of(c), c))
-    return eligible[:vcpus], room
+        # Whole cores, the instance's vCPUs on sibling threads of the same cores.
+        eligible = sorted(eligible, key=lambda c: (-topo.core_of(c), c))
+    # Dedicated CPUs come from the top of the node: the low CPUs (CPU 0 takes most
+    # housekeeping and interrupts) stay for the host and emulator threads.
+    return sorted(eligible[:vcpus]), room
 
 
 def _keep_current(topo: Topology, taken: Mapping[int, str], req: Request,
