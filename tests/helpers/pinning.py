@@ -32,12 +32,13 @@ def start_env(name: str, node: str = NODE, cpu_mask: str = "all",
 
 
 def write_config(path: Path, kvm_dir: Path, run_dir: Path, pinning: str = "",
-                 sysfs_root: str = "/sys", proc_root: str = "/proc") -> Path:
+                 sysfs_root: str = "/sys", proc_root: str = "/proc",
+                 enabled: bool = True) -> Path:
     path.write_text(
         f'[log]\nsyslog = false\n\n[node]\nfqdn = "{NODE}"\n\n'
         f'[paths]\nkvm_dir = "{kvm_dir}"\nrun_dir = "{run_dir}"\n'
         f'sysfs_root = "{sysfs_root}"\nproc_root = "{proc_root}"\n'
         f'state_dir = "{run_dir}/state"\nspool_dir = "{run_dir}/spool"\n\n'
-        f"[pinning]\nenabled = true\n{pinning}\n")
+        f"[pinning]\nenabled = {str(enabled).lower()}\n{pinning}\n")
     path.chmod(0o600)
     return path
