@@ -52,7 +52,8 @@ class Plan:
             return (f"{len(self.vcpu_cpus)} vCPU(s) 1:1 on NUMA node {self.node} CPU(s) "
                     f"{','.join(map(str, self.vcpu_cpus))}, emulator threads on "
                     f"{format_cpulist(self.emulator)}")
-        return f"floating on CPU(s) {format_cpulist(self.pool)}: {self.reason}"
+        where = "" if self.node is None else f" (NUMA node {self.node})"
+        return f"floating on CPU(s) {format_cpulist(self.pool)}{where}: {self.reason}"
 
 
 @dataclass
@@ -67,11 +68,13 @@ def usable_cpus(topo: Topology, policy: Policy) -> frozenset[int]:
 
 
 def plan_instance(topo: Topology, taken: Mapping[int, str], other_vcpus: int,
-                  req: Request, policy: Policy) -> Plan:
+                  req: Request, policy: Policy, held: frozenset[int] = frozenset()) -> Plan:
     """Plan one instance while the others stay where they are.
 
     ``taken``: CPU -> instance it is dedicated to (never ``req.name``'s own CPUs).
     ``other_vcpus``: vCPUs of every other instance running on the node, pinned or not.
+    ``held``: CPUs a whole other QEMU sits on (see threads.observe_process): never
+    given to a vCPU, but still fine for emulator threads and floating ones.
     """
     usable = usable_cpus(topo, policy)
     taken = {cpu: name for cpu, name in taken.items() if name != req.name}
@@ -88,7 +91,7 @@ def plan_instance(topo: Topology, taken: Mapping[int, str], other_vcpus: int,
     fits: list[tuple[int, int, list[int], frozenset[int]]] = []
     best_room = 0
     for node in nodes:
-        choice, room = _choose(topo, node, taken, req.vcpus, policy)
+        choice, room = _choose(topo, node, taken, req.vcpus, policy, held)
         best_room = max(best_room, room)
         if choice is not None:
             emulator = frozenset(node.free) - frozenset(choice)
@@ -107,7 +110,8 @@ def plan_instance(topo: Topology, taken: Mapping[int, str], other_vcpus: int,
 
 
 def plan_node(topo: Topology, fixed: Mapping[int, str], fixed_vcpus: int,
-              requests: Sequence[Request], policy: Policy) -> list[Plan]:
+              requests: Sequence[Request], policy: Policy,
+              held: frozenset[int] = frozenset()) -> list[Plan]:
     """Plan every instance of the node from scratch (rebalance).
 
     ``fixed``: CPUs dedicated to instances hookpack leaves alone (own ``cpu_mask``);
@@ -125,7 +129,7 @@ def plan_node(topo: Topology, fixed: Mapping[int, str], fixed_vcpus: int,
     else:
         for req in order:
             fresh = Request(req.name, req.vcpus)
-            plan = plan_instance(topo, taken, 0, fresh, policy)
+            plan = plan_instance(topo, taken, 0, fresh, policy, held)
             if plan.mode == PINNED:
                 pinned.append(plan)
                 taken.update(dict.fromkeys(plan.vcpu_cpus, req.name))
@@ -157,9 +161,9 @@ def _eligible(topo: Topology, node: _Node, taken: Mapping[int, str], owner: str,
 
 
 def _choose(topo: Topology, node: _Node, taken: Mapping[int, str], vcpus: int,
-            policy: Policy) -> tuple[list[int] | None, int]:
+            policy: Policy, held: frozenset[int]) -> tuple[list[int] | None, int]:
     """The CPUs for the vCPUs on this node (None if it does not fit), and the room."""
-    eligible = _eligible(topo, node, taken, "", policy)
+    eligible = [c for c in _eligible(topo, node, taken, "", policy) if c not in held]
     # Room: how many vCPUs could go here while keeping emulator_cpus non-dedicated.
     room = max(0, min(len(eligible), len(node.free) - policy.emulator_cpus))
     if vcpus > room:
@@ -204,13 +208,11 @@ def _floating(topo: Topology, taken: Mapping[int, str], req: Request, policy: Po
     if policy.floating == "numa_node":
         candidates = []
         for nid, cpus in topo.nodes.items():
-            node_pool = _pool(frozenset(cpus) & usable, taken)
-            if node_pool:
-                candidates.append((-len(node_pool), nid, node_pool))
+            free = frozenset(c for c in cpus if c in usable and c not in taken)
+            if free:
+                candidates.append((-len(free), nid, free))
         if candidates:
-            candidates.sort(key=lambda c: (c[0], c[1]))
-            _, node_id, pool = candidates[0]
-            reason += f"; confined to NUMA node {node_id}"
+            _, node_id, pool = min(candidates, key=lambda c: (c[0], c[1]))
     return Plan(req.name, FLOATING, pool=pool, node=node_id, reason=reason)
 
 

@@ -51,6 +51,11 @@ class NodeState:
         return {cpu: name for name, obs in self.observed.items() if name != exclude
                 for cpu in obs.dedicated}
 
+    def held(self, exclude: str = "") -> frozenset[int]:
+        """CPUs a whole 1-vCPU QEMU sits on: no other vCPU goes there."""
+        return frozenset(obs.held for name, obs in self.observed.items()
+                         if name != exclude and obs.held is not None)
+
     def vcpus(self, exclude: str = "") -> int:
         return sum(obs.vcpus for name, obs in self.observed.items() if name != exclude)
 
@@ -128,7 +133,7 @@ def pin_instance(state: NodeState, name: str, policy: Policy) -> Outcome:
                     if len(obs.affinities[t]) == 1)
     req = Request(name, len(obs.vcpu_tids), current)
     plan = plan_instance(state.topo, state.taken(exclude=name), state.vcpus(exclude=name),
-                         req, policy)
+                         req, policy, state.held(exclude=name))
     moves = moves_for(plan, obs) + trim_moves(state, plan, skip=set())
     return Outcome([plan], moves)
 
@@ -142,7 +147,9 @@ def rebalance(state: NodeState, policy: Policy, unknown: set[str]) -> Outcome:
     fixed_vcpus = sum(state.observed[n].vcpus for n in fixed_names)
     requests = [Request(n, len(o.vcpu_tids)) for n, o in sorted(state.observed.items())
                 if n not in fixed_names]
-    plans = plan_node(state.topo, fixed, fixed_vcpus, requests, policy)
+    held = frozenset(state.observed[n].held for n in fixed_names
+                     if state.observed[n].held is not None)
+    plans = plan_node(state.topo, fixed, fixed_vcpus, requests, policy, held)
     moves = [m for p in plans for m in moves_for(p, state.observed[p.name])]
     notes = [f"{n}: left alone ({'cpu_mask ' + state.cpu_masks[n]} set)"
              if state.cpu_masks.get(n, "all") != "all" else f"{n}: left alone (no vCPU ids)"

@@ -109,6 +109,7 @@ class Observed:
     vcpu_tids: tuple[int, ...]  # by vCPU index when known (names/QMP), else by tid
     dedicated: tuple[int, ...]  # single CPUs of those vCPU threads (1:1 pinned ones)
     named: bool  # vCPU threads recognised by their names
+    held: int | None = None  # the one CPU a whole 1-vCPU QEMU sits on (not dedicated)
 
     @property
     def vcpus(self) -> int:
@@ -141,12 +142,14 @@ def observe_process(proc_root: Path, process: Process,
         if process.vcpus is not None and len(tids) > process.vcpus:
             tids = ()  # more lone single-CPU threads than vCPUs: not our pinning
     dedicated = tuple(next(iter(affinities[t])) for t in tids if len(affinities[t]) == 1)
+    held = None
     if not dedicated and vcpu_tids is None and process.vcpus == 1 and _one_cpu(affinities):
         # A 1-vCPU instance with every thread on one CPU: pinned 1:1 with its emulator
         # threads on its own CPU (nothing else was left), or floating on a one-CPU
-        # pool. Both hold that CPU: count it as taken.
-        dedicated = (next(iter(next(iter(affinities.values())))),)
-    return Observed(process, affinities, tids, dedicated, named)
+        # pool; /proc cannot tell which. It "holds" that CPU: no other vCPU goes
+        # there, emulator threads may.
+        held = next(iter(next(iter(affinities.values()))))
+    return Observed(process, affinities, tids, dedicated, named, held)
 
 
 def _one_cpu(affinities: dict[int, frozenset[int]]) -> bool:

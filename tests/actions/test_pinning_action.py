@@ -152,3 +152,21 @@ def test_policy_setting_names_match_the_planner():
 
     defaults = {k: f.default for k, f in SETTINGS.items()}
     assert policy_from(defaults) == Policy()
+
+
+def test_two_cpu_host_second_run_keeps_both(tmp_path):
+    """2 CPUs: a is pinned on CPU 1 (emulator threads on 0), b floats on CPU 0 (all its
+    threads there). Running the hook again for either changes nothing."""
+    from hookpack.pinning.node import pin_instance
+
+    write_sysfs(tmp_path / "sys", nodes=1, cores_per_node=2, threads=1)
+    proc, kvm = tmp_path / "proc", tmp_path / "kvm"
+    write_qemu(proc, kvm, "a.example.test", 100, 1, {100: {0}, 101: {0}, 102: {1}})
+    write_qemu(proc, kvm, "b.example.test", 200, 1, {200: {0}, 201: {0}, 202: {0}})
+    for name, vcpu in (("a.example.test", 102), ("b.example.test", 202)):
+        state = observe_node(tmp_path / "sys", kvm, proc, {name: [vcpu]})
+        outcome = pin_instance(state, name, Policy())
+        assert outcome.moves == [], (name, outcome.moves)
+    assert outcome.plans[0].reason.startswith("does not fit")
+    state = observe_node(tmp_path / "sys", kvm, proc)
+    assert state.taken() == {1: "a.example.test"} and state.held() == {0}

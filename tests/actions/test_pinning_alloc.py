@@ -196,11 +196,11 @@ def test_allocation_read_back_from_affinities(case):
             write_qemu(root / "proc", root / "kvm", plan.name, pid, vcpus[i], aff)
         state = observe_node(root / "sys", root / "kvm", root / "proc")
     want = {c: p.name for p in plans if p.mode == PINNED for c in p.vcpu_cpus}
-    taken = state.taken()
-    assert {c: taken.get(c) for c in want} == want
-    # The one ambiguity of unnamed threads: a 1-vCPU floater whose whole pool is one
-    # CPU looks like a 1:1 pinned instance; it is counted as holding that CPU.
-    extra = {next(iter(p.pool)) for i, p in enumerate(plans)
-             if p.mode == FLOATING and vcpus[i] == 1 and len(p.pool) == 1}
-    assert set(taken) - set(want) <= extra
+    # A 1-vCPU instance whose threads all sit on one CPU (pinned with its emulator
+    # threads on its own CPU, or floating on a one-CPU pool) only "holds" that CPU.
+    ambiguous = {p.name: next(iter(p.emulator or p.pool)) for i, p in enumerate(plans)
+                 if vcpus[i] == 1 and len(p.emulator or p.pool) == 1
+                 and (p.emulator or p.pool) == (p.dedicated or p.pool)}
+    assert state.taken() == {c: n for c, n in want.items() if n not in ambiguous}
+    assert state.held() == frozenset(ambiguous.values())
     assert state.vcpus() == sum(vcpus)
