@@ -50,7 +50,8 @@ def allowed(pid: int, tid: int) -> str:
 
 def pinning_lines(lab, node: str) -> list[str]:
     path = lab.node(node).host_path(LOG)
-    return path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [x for x in lines if "hookpack pinning:" in x]
 
 
 def assert_pinned_on(lab, node: str) -> None:
