@@ -46,15 +46,17 @@ def migrations(pid: int, tid: int) -> int:
 @pytest.fixture
 def hook(kvmnode, tmp_path):
     """Run the pinning action as the hook would (dispatcher, recorded env)."""
+    config = tmp_path / "hookpack.toml"
+
     def run(name: str, pinning: str = "", **env_kwargs):
-        config = write_config(tmp_path / "hookpack.toml", kvmnode.hv_dir, tmp_path / "run",
-                              pinning)
+        write_config(config, kvmnode.hv_dir, tmp_path / "run", pinning)
         out = io.StringIO()
         result = dispatch(start_env(name, **env_kwargs), config=config, stream=out)
         runs = [r for r in result.runs if r.spec.name == "pinning"]
         assert len(runs) == 1, out.getvalue()
         print(out.getvalue().strip())
         return runs[0].result
+    run.config = config
     return run
 
 
@@ -74,6 +76,12 @@ def test_one_vcpu_pinned_1to1_and_second_run_changes_nothing(boot_guest, hook):
     second = hook(inst.name)
     assert second.outcome is Outcome.NOCHANGE, second
     assert second.message.startswith("already ")
+    # `hookpack pinning plan` (QMP + /proc, changes nothing) agrees
+    plan = subprocess.run([sys.executable, "-m", "hookpack", "pinning", "plan", inst.name,
+                           "--config", str(hook.config)], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"{inst.name}: 1 vCPU(s) 1:1 on NUMA node 0 CPU(s) {top}" in plan
+    assert "nothing to change" in plan
 
 
 @needs_two
