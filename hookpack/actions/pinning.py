@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext, Paths
 from hookpack.config import Field
 from hookpack.errors import BadInput, ConfigError
 from hookpack.result import Result
+
+if TYPE_CHECKING:  # the hot path imports these lazily
+    from hookpack.pinning.allocate import Plan, Policy
+    from hookpack.pinning.node import Outcome
 
 SETTINGS = {
     "smt": Field(str, "avoid", "SMT siblings: `avoid` never lets two instances share a "
@@ -36,7 +40,7 @@ SETTINGS = {
 QMP_MARGIN = 1.0  # seconds of the deadline kept for planning and applying
 
 
-def policy_from(settings: Mapping[str, Any]) -> Any:
+def policy_from(settings: Mapping[str, Any]) -> Policy:
     from hookpack.pinning.allocate import Policy
     from hookpack.pinning.topology import parse_cpulist
 
@@ -65,8 +69,8 @@ def run(ctx: ActionContext) -> Result:
     return _result(outcome)
 
 
-def pin(paths: Paths, name: str, policy: Any, remaining: Any, lock_timeout: float,
-        dry_run: bool) -> Any:
+def pin(paths: Paths, name: str, policy: Policy, remaining: Callable[[], float],
+        lock_timeout: float, dry_run: bool) -> Result | Outcome:
     """Pin one running instance: QMP for its vCPU ids, then lock, observe, plan, apply.
 
     Returns a Result for the clean skips, else the node.Outcome.
@@ -97,7 +101,7 @@ def pin(paths: Paths, name: str, policy: Any, remaining: Any, lock_timeout: floa
     return outcome
 
 
-def _result(outcome: Any) -> Result:
+def _result(outcome: Outcome) -> Result:
     plan = outcome.plans[0]
     summary = plan.summary()
     if plan.mode == "pinned" and plan.kept and not outcome.moves:
@@ -146,7 +150,7 @@ def _cli(ns: argparse.Namespace) -> int:
     settings = cfg.section("pinning", SETTINGS)
     paths = Paths.from_config(cfg)
     policy = policy_from(settings)
-    give_up = time.monotonic() + ns.timeout
+    give_up = time.monotonic() + float(ns.timeout)
 
     def remaining() -> float:
         return max(0.0, give_up - time.monotonic())
@@ -172,8 +176,8 @@ def _cli(ns: argparse.Namespace) -> int:
     return _rebalance(paths, policy, remaining, settings["lock_timeout"], ns.dry_run, ns.json)
 
 
-def _rebalance(paths: Paths, policy: Any, remaining: Any, lock_timeout: float,
-               dry_run: bool, as_json: bool) -> int:
+def _rebalance(paths: Paths, policy: Policy, remaining: Callable[[], float],
+               lock_timeout: float, dry_run: bool, as_json: bool) -> int:
     from hookpack.adapters.qmp import QmpBusy, QmpError, QmpUnavailable
     from hookpack.locks import node_lock
     from hookpack.pinning import node as pnode
@@ -200,7 +204,7 @@ def _rebalance(paths: Paths, policy: Any, remaining: Any, lock_timeout: float,
     return 0
 
 
-def _print_outcome(outcome: Any, dry_run: bool, as_json: bool) -> None:
+def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool) -> None:
     moves = outcome.moves if dry_run else outcome.done
     if as_json:
         print(json.dumps({
@@ -221,7 +225,7 @@ def _print_outcome(outcome: Any, dry_run: bool, as_json: bool) -> None:
         print("  nothing to change")
 
 
-def _plan_dict(plan: Any) -> dict[str, Any]:
+def _plan_dict(plan: Plan) -> dict[str, Any]:
     return {"instance": plan.name, "mode": plan.mode, "node": plan.node,
             "vcpu_cpus": list(plan.vcpu_cpus), "emulator": sorted(plan.emulator),
             "pool": sorted(plan.pool), "reason": plan.reason, "kept": plan.kept}
@@ -232,13 +236,14 @@ def _show(paths: Paths, as_json: bool) -> int:
     from hookpack.pinning.topology import format_cpulist
 
     state = pnode.observe_node(paths.sysfs_root, paths.kvm_dir, paths.proc_root)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, obs in sorted(state.observed.items()):
         others = {frozenset(c) for t, c in obs.affinities.items() if t not in obs.vcpu_tids}
         mask = state.cpu_masks.get(name, "all")
         pinned = len(obs.dedicated) == obs.vcpus and obs.vcpus > 0
         rows.append({"instance": name, "pid": obs.process.pid, "vcpus": obs.vcpus,
                      "cpu_mask": mask, "pinned": pinned, "dedicated": list(obs.dedicated),
+                     "held": obs.held,
                      "other_threads": sorted(format_cpulist(c) for c in others)})
     if as_json:
         print(json.dumps({"topology": {str(k): list(v) for k, v in state.topo.nodes.items()},
@@ -248,8 +253,12 @@ def _show(paths: Paths, as_json: bool) -> int:
     for node_id, cpus in state.topo.nodes.items():
         print(f"  NUMA node {node_id}: CPUs {format_cpulist(cpus)}")
     for row in rows:
-        where = (f"1:1 on CPU(s) {','.join(map(str, row['dedicated']))}" if row["pinned"]
-                 else "not pinned 1:1")
+        if row["pinned"]:
+            where = f"1:1 on CPU(s) {','.join(map(str, row['dedicated']))}"
+        elif row["held"] is not None:
+            where = f"every thread on CPU {row['held']}"
+        else:
+            where = "not pinned 1:1"
         mask = "" if row["cpu_mask"] == "all" else f", cpu_mask {row['cpu_mask']} (left alone)"
         print(f"{row['instance']}: pid {row['pid']}, {row['vcpus']} vCPU(s), {where}; "
               f"other threads on {' | '.join(row['other_threads']) or '-'}{mask}")

@@ -147,8 +147,7 @@ def rebalance(state: NodeState, policy: Policy, unknown: set[str]) -> Outcome:
     fixed_vcpus = sum(state.observed[n].vcpus for n in fixed_names)
     requests = [Request(n, len(o.vcpu_tids)) for n, o in sorted(state.observed.items())
                 if n not in fixed_names]
-    held = frozenset(state.observed[n].held for n in fixed_names
-                     if state.observed[n].held is not None)
+    held = frozenset(h for n in fixed_names if (h := state.observed[n].held) is not None)
     plans = plan_node(state.topo, fixed, fixed_vcpus, requests, policy, held)
     moves = [m for p in plans for m in moves_for(p, state.observed[p.name])]
     notes = [f"{n}: left alone ({'cpu_mask ' + state.cpu_masks[n]} set)"
