@@ -1,4 +1,5 @@
-"""Real Ganeti lab: after `gnt-instance migrate` the instance is pinned on the target.
+"""Real Ganeti lab: after `gnt-instance migrate` (and failover) the instance is pinned
+on the target.
 
 Ganeti runs hookpack's entry on the target node in instance-migrate/post (role
 "host"); the pinning action pins the new QEMU's vCPU thread 1:1. The lab's nodes
@@ -66,7 +67,7 @@ def assert_pinned_on(lab, node: str) -> None:
 
 
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs 2 host CPUs")
-def test_migrate_pins_on_the_target(lab):
+def test_migrate_and_failover_pin_on_the_target(lab):
     lab.add_instance(7, node=N2)
     lab.wait_guest(INST, instance_ip(7))
     lab.gnt("gnt-instance", "migrate", "-f", INST)
@@ -79,4 +80,9 @@ def test_migrate_pins_on_the_target(lab):
     lab.gnt("gnt-instance", "migrate", "-f", INST)
     assert lab.instance_info(INST, ["pnode"])["pnode"] == N2
     assert_pinned_on(lab, N2)
+    # failover: QEMU restarted on the target, pinned there by instance-failover/post
+    lab.gnt("gnt-instance", "failover", "-f", "--shutdown-timeout=30", INST)
+    assert lab.instance_info(INST, ["pnode"])["pnode"] == N1
+    assert_pinned_on(lab, N1)
+    assert any("instance-failover/post" in x for x in pinning_lines(lab, N1))
 
