@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hookpack import __version__, registry
 from hookpack.errors import HookpackError
+
+if TYPE_CHECKING:
+    from hookpack.config import Config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -79,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/etc/ganeti/hooks", help="Ganeti's hooks directory")
     p.add_argument("--python", help="interpreter for the entry scripts (default: this one)")
     p.add_argument("--entry-config", help="config file the entry scripts pass to hookpack")
+    p.add_argument("--dry-run", action="store_true", help="only say what would change")
     p.set_defaults(handler=cmd_hooks_install)
     p = hooks.add_parser("uninstall", help="remove hookpack's entries (and only those)")
     p.add_argument("--root", default="/etc/ganeti/hooks")
@@ -104,7 +109,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
                         "/etc/hookpack/hookpack.toml)")
 
 
-def load(ns: argparse.Namespace):
+def load(ns: argparse.Namespace) -> Config:
     from hookpack.config import config_path, load_config
 
     path, required = config_path(ns.config)
@@ -170,7 +175,8 @@ def cmd_config_reference(ns: argparse.Namespace) -> int:
 def cmd_hooks_install(ns: argparse.Namespace) -> int:
     from hookpack.hooksinstall import install
 
-    changes = install(Path(ns.root), python=ns.python, config=ns.entry_config)
+    changes = install(Path(ns.root), python=ns.python, config=ns.entry_config,
+                      dry_run=ns.dry_run)
     for change in changes:
         print(change)
     print(f"{ns.root}: {len(changes)} change(s)")

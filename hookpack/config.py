@@ -25,7 +25,7 @@ ENV_VAR = "HOOKPACK_CONFIG"
 
 @dataclass(frozen=True)
 class Field:
-    type: type | tuple[type, ...]
+    kind: type | tuple[type, ...]
     default: Any
     doc: str
     choices: tuple[Any, ...] | None = None
@@ -182,7 +182,7 @@ def validate_section(name: str, raw: Any, schema: Schema, where: str) -> Mapping
 
 
 def validate_value(key: str, value: Any, fld: Field, where: str) -> Any:
-    expected = fld.type if isinstance(fld.type, tuple) else (fld.type,)
+    expected = fld.kind if isinstance(fld.kind, tuple) else (fld.kind,)
     if float in expected and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and bool not in expected:

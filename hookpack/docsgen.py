@@ -58,7 +58,7 @@ def _section(name: str, intro: str, schema: dict[str, Field] | Any) -> str:
 
 
 def _type(fld: Field) -> str:
-    types = fld.type if isinstance(fld.type, tuple) else (fld.type,)
+    types = fld.kind if isinstance(fld.kind, tuple) else (fld.kind,)
     names = {bool: "bool", int: "int", float: "number", str: "string", list: "list",
              dict: "table"}
     text = " or ".join(names.get(t, t.__name__) for t in types)

@@ -39,8 +39,10 @@ def render_entry(python: str, config: str | None) -> str:
 
 
 def install(root: Path, *, python: str | None = None, config: str | None = None,
-            dirs: Iterable[str] | None = None) -> list[str]:
-    """Make ``root`` hold exactly hookpack's entries; return what changed."""
+            dirs: Iterable[str] | None = None, dry_run: bool = False) -> list[str]:
+    """Make ``root`` hold exactly hookpack's entries; return what changed (or would)."""
+    if dry_run:
+        return plan_install(root, python=python, config=config, dirs=dirs)
     wanted = sorted(dirs if dirs is not None else registry.layout())
     content = render_entry(python or sys.executable, config)
     changes: list[str] = []
@@ -57,6 +59,27 @@ def install(root: Path, *, python: str | None = None, config: str | None = None,
     for name in sorted(_dirs_with_entry(root) - set(wanted)):
         changes.extend(_remove_entry(root, name, created))
     _write_manifest(root, created)
+    return changes
+
+
+def plan_install(root: Path, *, python: str | None = None, config: str | None = None,
+                 dirs: Iterable[str] | None = None) -> list[str]:
+    """What `install` would change, without touching anything."""
+    wanted = sorted(dirs if dirs is not None else registry.layout())
+    content = render_entry(python or sys.executable, config).encode()
+    changes = []
+    for name in wanted:
+        entry = root / name / ENTRY_NAME
+        if not (root / name).is_dir():
+            changes.append(f"created {name}/")
+        try:
+            same = entry.read_bytes() == content and os.stat(entry).st_mode & 0o777 == 0o755
+        except OSError:
+            same = False
+        if not same:
+            changes.append(f"wrote {name}/{ENTRY_NAME}")
+    changes += [f"removed {name}/{ENTRY_NAME}"
+                for name in sorted(_dirs_with_entry(root) - set(wanted))]
     return changes
 
 

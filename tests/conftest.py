@@ -9,7 +9,9 @@ import pytest
 
 from hookpack.env import read_env_dump
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared/reference/ganeti-env-samples"
+# Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
+# shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "ganeti-env-samples"
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 

@@ -30,9 +30,10 @@ def run(ctx: ActionContext) -> Result:
         "roles": sorted(role.value for role in ctx.roles),
     }
     if ctx.settings["include_env"]:
-        record["env"] = {f"GANETI_{k}": v for k, v in env.pre.values.items()}
+        environment = {f"GANETI_{k}": v for k, v in env.pre.values.items()}
         if env.post is not None:
-            record["env"].update({f"GANETI_POST_{k}": v for k, v in env.post.values.items()})
+            environment.update({f"GANETI_POST_{k}": v for k, v in env.post.values.items()})
+        record["env"] = environment
     path = Path(ctx.settings["path"])
     _append_line(path, json.dumps(record, sort_keys=True))
     return Result.changed(f"recorded to {path}", [f"appended 1 record to {path}"])

@@ -6,6 +6,7 @@ conftest that is not at the rootdir.
 
 from vmtestbed.ganeti.pytest_plugin import (  # noqa: F401 - fixtures and a hook, by name
     ganeti_lab,
+    ganeti_lab_lock,
     ganeti_machine_before,
     ganeti_timings,
     pytest_terminal_summary,

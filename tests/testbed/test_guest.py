@@ -1,6 +1,7 @@
 """Real QEMU guests laid out like Ganeti's KVM node: boot, runtime files, disk grow, ACPI."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from vmtestbed.qmp import QMPClient
 pytestmark = [pytest.mark.qemu, pytest.mark.netns, pytest.mark.slow]
 
 MIB = 1024 * 1024
-BOOT_BUDGET_S = 10.0
+# Issue #3: boot to marker <= 10 s on the development machine (2 cores). A slower or
+# busier machine can raise it with VMTESTBED_BOOT_BUDGET (seconds).
+BOOT_BUDGET_S = float(os.environ.get("VMTESTBED_BOOT_BUDGET", "10"))
 
 
 def _cmdline(pid):
@@ -55,6 +58,9 @@ def test_boot_and_ganeti_runtime_layout(boot_guest, kvmnode, netnode, record_pro
     # the tap is on the node's bridge, and the guest reaches upstream through it
     assert f"master {netnode.bridge}" in netnode.exec(["ip", "link", "show", inst.taps[0]]).stdout
     inst.console.run(f"ping -c 1 -W 3 {netnode.upstream_ip}")
+    # iproute2's tc (by full path: busybox sh prefers its own applet) and the modules
+    inst.console.run("modprobe sch_htb && /sbin/tc qdisc add dev eth0 root handle 1: htb")
+    assert "qdisc htb 1:" in inst.console.run("/sbin/tc qdisc show dev eth0")
 
     # -smp 2 under MTTCG: one host thread per vCPU, both threads of the QEMU process
     threads = inst.vcpu_threads()
@@ -118,12 +124,26 @@ def test_guest_and_fake_vm_throughput_to_upstream(boot_guest, netnode, record_pr
         "guest_down": measure(inst.check_output, netnode.upstream_ip, seconds=3, reverse=True),
         "fakevm_up": measure(fvm.check_output, netnode.upstream_ip, seconds=3),
         "fakevm_down": measure(fvm.check_output, netnode.upstream_ip, seconds=3, reverse=True),
+        # east-west: a fake VM sends to a sink inside the guest, through the guest's tap
+        "fakevm_to_guest": measure(fvm.check_output, inst.ips[0], seconds=3,
+                                   port=inst.start_iperf_server(5202)),
     }
     for key, mbit in results.items():
         record_property(f"{key}_mbit", round(mbit))
     print("  ".join(f"{k}={v:.0f} Mbit/s" for k, v in results.items()))
     # Under TCG a guest still moves well over 100 Mbit/s with TSO; a fake VM is ~10x that.
     assert results["guest_up"] > 50 and results["guest_down"] > 50
+    assert results["fakevm_to_guest"] > 50
+
+    # HTB on the guest's tap (egress = towards the guest) limits what the guest gets
+    netnode.exec(["tc", "qdisc", "replace", "dev", inst.taps[0], "root", "handle", "1:", "htb",
+                  "default", "10"])
+    netnode.exec(["tc", "class", "replace", "dev", inst.taps[0], "parent", "1:", "classid",
+                  "1:10", "htb", "rate", "20mbit", "ceil", "20mbit"])
+    shaped = measure(inst.check_output, netnode.upstream_ip, seconds=3, reverse=True)
+    record_property("guest_down_shaped20_mbit", round(shaped, 1))
+    print(f"guest download with its tap shaped to 20 Mbit/s: {shaped:.1f} Mbit/s")
+    assert 15 < shaped < 21.5
     assert results["fakevm_up"] > results["guest_up"]
 
 

@@ -13,7 +13,8 @@ def test_image_is_cached_and_has_what_init_needs(tmp_path):
     assert first.modules_dir.name == first.kernel_version
     listing = subprocess.run(["cpio", "-t", "--quiet"], stdin=first.initrd.open("rb"),
                              capture_output=True, text=True, check=True).stdout.split()
-    for needed in ("init", "bin/busybox", "usr/bin/iperf3", "etc/acpi/PWRF/00000080",
+    for needed in ("init", "bin/busybox", "usr/bin/iperf3", "sbin/tc", "sbin/ip",
+                   "etc/acpi/PWRF/00000080",
                    f"lib/modules/{first.kernel_version}/kernel/net/sched/sch_htb.ko",
                    f"lib/modules/{first.kernel_version}/kernel/net/sched/cls_fw.ko"):
         assert needed in listing

@@ -49,3 +49,36 @@ def test_fake_vm_throughput_to_upstream(netnode, record_property):
     record_property("fakevm_down_mbit", round(down))
     print(f"fake VM -> upstream {up:.0f} Mbit/s, upstream -> fake VM {down:.0f} Mbit/s")
     assert up > 500 and down > 500
+    udp = measure(fvm.check_output, netnode.upstream_ip, seconds=2, udp_mbit=40)
+    record_property("fakevm_udp40_mbit", round(udp, 1))
+    assert 30 < udp < 42
+
+
+@pytest.mark.slow
+def test_concurrent_flows_on_their_own_sink_ports(netnode):
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = netnode.start_iperf_server(5202)
+    a, b = netnode.add_fake_vm(), netnode.add_fake_vm()
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(measure, a.check_output, netnode.upstream_ip, 2)
+        fb = pool.submit(measure, b.check_output, netnode.upstream_ip, 2, port=port)
+        assert fa.result() > 100 and fb.result() > 100
+
+
+def _shape(netnode, ifname, mbit):
+    """HTB on the bridge port's egress: limits traffic towards the VM behind it."""
+    netnode.exec(["tc", "qdisc", "replace", "dev", ifname, "root", "handle", "1:", "htb",
+                  "default", "10"])
+    netnode.exec(["tc", "class", "replace", "dev", ifname, "parent", "1:", "classid", "1:10",
+                  "htb", "rate", f"{mbit}mbit", "ceil", f"{mbit}mbit"])
+
+
+@pytest.mark.slow
+def test_htb_on_a_fake_vm_port_limits_its_download(netnode):
+    fvm = netnode.add_fake_vm()
+    _shape(netnode, fvm.host_ifname, 20)
+    tcp = measure(fvm.check_output, netnode.upstream_ip, seconds=3, reverse=True)
+    udp = measure(fvm.check_output, netnode.upstream_ip, seconds=3, reverse=True, udp_mbit=60)
+    print(f"shaped to 20 Mbit/s: tcp {tcp:.1f}, udp {udp:.1f} Mbit/s")
+    assert 15 < tcp < 21.5 and 15 < udp < 21.5

@@ -87,7 +87,9 @@ def test_gc_removes_what_a_killed_run_left(guest_image):
     finally:
         proc.kill()  # SIGKILL: no finalizer runs
         proc.wait()
-    subprocess.run([str(testbed / "vm-testbed"), "gc"], check=True, capture_output=True)
+    # --owner: never touch what other people's runs (same prefix) have left
+    subprocess.run([str(testbed / "vm-testbed"), "gc", "--owner", str(proc.pid)], check=True,
+                   capture_output=True)
     left = leaks.snapshot(owner=str(proc.pid))
     assert not left, f"gc left {left.describe()}"
     assert not list(Path(tempfile.gettempdir()).glob(f"hpt-{proc.pid}-*"))

@@ -6,6 +6,7 @@ import pytest
 from vmtestbed.ganeti import hosts, osdef
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.layout import HOSTS_TAG, NodeSpec
+from vmtestbed.ganeti.lock import LabLock
 from vmtestbed.ganeti.node import Node
 
 from tests.ganeti.hooktable import expected_nodes
@@ -56,3 +57,12 @@ def test_noop_os_definition(tmp_path):
 def test_hooks_table(hpath, target, pre, post):
     assert expected_nodes(hpath, master=M, primary=A, target=target) == \
         {"pre": pre, "post": post}
+
+
+def test_lab_lock_is_exclusive_and_names_its_holder(tmp_path):
+    path = tmp_path / "lab.lock"
+    with LabLock(who="first", path=path), \
+            pytest.raises(LabError, match="in use by another session .*first"):
+        LabLock(wait=0, who="second", path=path).acquire()
+    with LabLock(wait=0, who="second", path=path):
+        assert "second" in path.read_text()

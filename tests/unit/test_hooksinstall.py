@@ -37,6 +37,14 @@ def test_install_is_a_reconcile(tmp_path):
     assert "main('/c.toml')" in (root / "disk-grow-post.d" / ENTRY_NAME).read_text()
 
 
+def test_dry_run_says_what_install_would_do_and_does_nothing(tmp_path):
+    root = tmp_path / "hooks"
+    planned = install(root, python="/py", dry_run=True)
+    assert not root.exists()
+    assert planned == install(root, python="/py")
+    assert install(root, python="/py", dry_run=True) == []
+
+
 def test_install_removes_stale_entries_but_nothing_foreign(tmp_path):
     root = tmp_path / "hooks"
     (root / "old-post.d").mkdir(parents=True)

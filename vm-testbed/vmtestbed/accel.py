@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from vmtestbed import host, paths
+from vmtestbed.ganeti_kvm import QEMU
 from vmtestbed.guest import BOOT_MARKER, GuestImage
 
-QEMU = "qemu-system-x86_64"
 # One thread per vCPU under TCG too (MTTCG): what vCPU pinning tests need.
 TCG_ARGS = ("-accel", "tcg,thread=multi")
 KVM_ARGS = ("-accel", "kvm")
@@ -49,7 +49,9 @@ def accelerator(image: GuestImage) -> str:
         pass
     result = "kvm" if probe_kvm(image) else "tcg"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "accel": result}))
+    tmp = cache.with_name(f".accel.{os.getpid()}.json")
+    tmp.write_text(json.dumps({"key": key, "accel": result}))
+    tmp.replace(cache)  # atomic: parallel test runs may probe at the same time
     return result
 
 

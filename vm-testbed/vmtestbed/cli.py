@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("build", help="build the guest image and print its paths")
     gc = sub.add_parser("gc", help="remove what killed test runs left behind")
     gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--owner", type=int, help="only what this (dead) pid left behind")
     ganeti_cli.build_parser(
         sub.add_parser("ganeti", help="a real Ganeti 3.0 cluster (up|down|status)"))
     args = parser.parse_args(argv)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "down":
             return cmd_down(args.name)
         if args.command == "gc":
-            return cmd_gc(args.dry_run)
+            return cmd_gc(args.dry_run, args.owner)
         image = build_guest_image()
         print(f"kernel {image.kernel}\ninitrd {image.initrd}\nmodules {image.modules_dir}")
         return 0
@@ -177,7 +178,7 @@ def _stop_guest(pid: int, qmp_path: Path, timeout: float = 15.0) -> None:
         host.kill_owned(pid)
 
 
-def cmd_gc(dry_run: bool) -> int:
+def cmd_gc(dry_run: bool, owner: int | None = None) -> int:
     """Remove testbed objects whose owner process died (never those of ``up`` testbeds)."""
     protected_ns: set[str] = set()
     protected_pids: set[int] = set()
@@ -185,7 +186,7 @@ def cmd_gc(dry_run: bool) -> int:
         protected_ns.update(state["netnode"]["namespaces"])
         protected_pids.update(state["netnode"]["pids"])
         protected_pids.update(g["pid"] for g in state["guests"].values())
-    found = leaks.stale(protected_ns, protected_pids)
+    found = leaks.stale(protected_ns, protected_pids, owner=owner)
     print(f"stale: {found.describe()}")
     if dry_run:
         return 0
@@ -200,6 +201,6 @@ def cmd_gc(dry_run: bool) -> int:
             backing.parent.rmdir()
     for ns in found.netns:
         host.run(["ip", "netns", "delete", ns], check=False)
-    for d in leaks.stale_tempdirs():
+    for d in leaks.stale_tempdirs(owner=owner):
         shutil.rmtree(d, ignore_errors=True)
     return 0

@@ -38,7 +38,11 @@ Serial console markers (one line each, ``\\n`` terminated):
 
 Extra kernel modules under ``/lib/modules/<ver>`` in the guest: all of
 ``kernel/net/sched`` (sch_htb, cls_fw, cls_u32, act_mirred, ...), ``ifb`` and
-``modules.dep``, so ``modprobe sch_htb`` works inside the guest.
+``modules.dep``, so ``modprobe sch_htb`` works inside the guest. Programs: busybox
+applets, plus iperf3 and iproute2's ``ip`` and ``tc`` with their libraries. Call
+those two by full path (``/sbin/tc``, ``/sbin/ip``): Debian's busybox is built with
+FEATURE_SH_STANDALONE, so its shell runs its own (limited) applet for a bare ``tc``
+whatever PATH says.
 """
 
 from __future__ import annotations
@@ -80,8 +84,14 @@ BOOT_MODULES = (
 EXTRA_MODULE_DIRS = ("kernel/net/sched",)
 EXTRA_MODULES = ("kernel/drivers/net/ifb.ko",)
 
-# Programs copied with the shared libraries ldd reports.
-DYNAMIC_PROGRAMS = ("/usr/bin/iperf3",)
+# Programs copied with the shared libraries ldd reports: host path -> path in the
+# guest. iproute2's ip and tc replace busybox's applets, which lack HTB classes,
+# filters and JSON output (a shaping test may want to shape inside a guest too).
+DYNAMIC_PROGRAMS = {
+    "/usr/bin/iperf3": "usr/bin/iperf3",
+    "/usr/sbin/tc": "sbin/tc",
+    "/usr/bin/ip": "sbin/ip",
+}
 
 INIT_SCRIPT = r"""#!/bin/sh
 # vmtestbed guest init (PID 1). See vmtestbed/guest.py for the contract.
@@ -245,11 +255,12 @@ def _collect_files(modules_dir: Path, busybox: Path) -> dict[str, Path]:
         files[f"{mod_root}/{rel}"] = src
     for name in ("modules.dep", "modules.alias", "modules.builtin", "modules.order"):
         files[f"{mod_root}/{name}"] = modules_dir / name
-    for prog in DYNAMIC_PROGRAMS:
+    for prog, dest in DYNAMIC_PROGRAMS.items():
         src = Path(prog)
         if not src.exists():
-            raise GuestBuildError(f"{prog} missing: install the Debian package {src.name}")
-        files[prog.lstrip("/")] = src
+            package = "iproute2" if src.name in ("ip", "tc") else src.name
+            raise GuestBuildError(f"{prog} missing: install the Debian package {package}")
+        files[dest] = src
         for lib in _shared_libraries(src):
             # keep the loader's path (/lib64/ld-linux-x86-64.so.2) and the libraries' own
             files[str(lib).lstrip("/")] = lib.resolve()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 
 from vmtestbed.errors import TestbedError
@@ -13,17 +14,32 @@ Runner = Callable[[Sequence[str], float], str]
 
 
 def measure(client_runner: Runner, server_ip: str, seconds: float = 3, reverse: bool = False,
-            port: int = 5201, extra_args: Sequence[str] = ()) -> float:
+            port: int = 5201, extra_args: Sequence[str] = (), attempts: int = 2,
+            udp_mbit: float | None = None) -> float:
     """Run ``iperf3 -c server_ip -J`` through ``client_runner``; return Mbit/s received.
 
     ``reverse=True`` (``-R``): the server sends, so the client's download is
     measured. The number is the receiver's (``end.sum_received``), which is what
-    a shaper on the path limits.
+    a shaper on the path limits. A failed run (the sink still busy with the
+    previous test, a control connection reset under load) is retried up to
+    ``attempts`` times in all.
+
+    ``udp_mbit``: send UDP at that rate (1400-byte datagrams) instead of TCP. A
+    shaper test wants this: TCP backs off, UDP keeps offering more than the
+    shaped rate, so what arrives is the shaper's rate (a TCG guest can offer up
+    to ~100 Mbit/s, see vm-testbed/README.md).
     """
+    udp = ["-u", "-b", f"{udp_mbit}M", "-l", "1400"] if udp_mbit else []
     argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J",
-            *(["-R"] if reverse else []), *extra_args]
-    out = client_runner(argv, seconds + 30)
-    return parse_json(out)
+            *(["-R"] if reverse else []), *udp, *extra_args]
+    for attempt in range(1, attempts + 1):
+        try:
+            return parse_json(client_runner(argv, seconds + 30))
+        except TestbedError:
+            if attempt == attempts:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def parse_json(output: str) -> float:
@@ -38,6 +54,7 @@ def parse_json(output: str) -> float:
     if "error" in data:
         raise TestbedError(f"iperf3: {data['error']}")
     try:
+        # TCP and (iperf3 >= 3.10) UDP: the receiver's side is end.sum_received
         bps = float(data["end"]["sum_received"]["bits_per_second"])
     except (KeyError, TypeError) as exc:
         raise TestbedError(f"iperf3: no end.sum_received in result: {exc}") from exc

@@ -3,9 +3,12 @@
 Only the testbed's own objects are counted, recognised by what it gives them:
 namespaces named ``hpt-<owner>-...``, processes carrying ``VMTESTBED_OWNER``,
 loop devices backed by files under ``hpt-loop-<owner>-...``. Taps, bridges and
-veths live inside those namespaces and go with them; as a safety net the root
-namespace's taps (a tap whose namespace vanished while QEMU held it) and any
-``hpt*`` link there are counted too.
+veths live inside those namespaces and go with them: deleting a namespace
+deletes its taps even while an fd holds them (tun devices have rtnl_link_ops, so
+the kernel does not move them back to the root namespace; checked on this host).
+As a safety net any ``hpt*`` link in the root namespace is counted too. Other
+people's taps in the root namespace are not counted: they would make the check
+flaky on a shared machine.
 """
 
 from __future__ import annotations
@@ -59,26 +62,27 @@ def snapshot(owner: str | None = None) -> Snapshot:
 
 
 def _root_links() -> frozenset[str]:
-    out = host.run(["ip", "-d", "-j", "link", "show"]).stdout
+    out = host.run(["ip", "-j", "link", "show"]).stdout
     found = set()
     for link in json.loads(out or "[]"):
         name = link.get("ifname", "")
-        kind = link.get("linkinfo", {}).get("info_kind")
-        if name.startswith(host.NAME_PREFIX.rstrip("-")) or kind == "tun":
+        if name.startswith(host.NAME_PREFIX.rstrip("-")):
             found.add(name)
     return frozenset(found)
 
 
-def stale(protected_netns: set[str], protected_pids: set[int]) -> Snapshot:
+def stale(protected_netns: set[str], protected_pids: set[int],
+          owner: int | None = None) -> Snapshot:
     """Testbed objects whose owner process is gone (a run killed with SIGKILL).
 
     ``protected_*`` are objects of testbeds brought up by ``vm-testbed up``, whose
-    owner (the finished command) is gone on purpose.
+    owner (the finished command) is gone on purpose. ``owner`` limits the search
+    to what that one pid left.
     """
-    def owner_dead(owner: str) -> bool:
-        return owner.isdigit() and not host.pid_alive(int(owner))
+    def owner_dead(tag: str) -> bool:
+        return tag.isdigit() and not host.pid_alive(int(tag))
 
-    snap = snapshot()
+    snap = snapshot(owner=str(owner) if owner is not None else None)
     netns = frozenset(n for n in snap.netns if n not in protected_netns
                       and owner_dead(n.removeprefix(host.NAME_PREFIX).split("-")[0]))
     owners = host.owned_pids()
@@ -90,11 +94,12 @@ def stale(protected_netns: set[str], protected_pids: set[int]) -> Snapshot:
     return Snapshot(netns, pids, loops, frozenset())
 
 
-def stale_tempdirs() -> list[Path]:
+def stale_tempdirs(owner: int | None = None) -> list[Path]:
     """``$TMPDIR/hpt-<pid>-*`` work directories (KVM roots, netnode dirs) of dead owners."""
     found = []
-    for d in Path(tempfile.gettempdir()).glob(f"{host.NAME_PREFIX}*-*"):
-        owner = d.name.removeprefix(host.NAME_PREFIX).split("-")[0]
-        if d.is_dir() and owner.isdigit() and not host.pid_alive(int(owner)):
+    pattern = f"{host.NAME_PREFIX}{owner if owner is not None else '*'}-*"
+    for d in Path(tempfile.gettempdir()).glob(pattern):
+        tag = d.name.removeprefix(host.NAME_PREFIX).split("-")[0]
+        if d.is_dir() and tag.isdigit() and not host.pid_alive(int(tag)):
             found.append(d)
     return found

@@ -155,20 +155,24 @@ class NetNode:
                   "dev", "eth0"])
         host.run(["ip", "-n", up, "link", "set", "eth0", "up"])
         if self.iperf_server:
-            self._start_iperf_server()
+            self.start_iperf_server(IPERF_PORT)
 
     def _add_netns(self, name: str) -> None:
         host.run(["ip", "netns", "add", name])
         self.namespaces.append(name)
 
-    def _start_iperf_server(self) -> None:
+    def start_iperf_server(self, port: int) -> int:
+        """Run another ``iperf3 -s`` in the upstream namespace (one serves one test at a
+        time: give concurrent flows their own ports). Stopped by :meth:`close`."""
         assert self.workdir is not None
-        log = self.workdir / "iperf3-server.log"
+        log = self.workdir / f"iperf3-server-{port}.log"
         with log.open("w") as out:
+            # --forceflush: iperf3 block-buffers stdout when it is not a tty, and we
+            # wait for its "Server listening" line.
             proc = subprocess.Popen(
                 host.netns_argv(self.upstream_netns,
                                 ["iperf3", "-s", "--forceflush", "-B", self.upstream_ip,
-                                 "-p", str(IPERF_PORT)]),
+                                 "-p", str(port)]),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=host.owned_env(), start_new_session=True,
             )
@@ -176,9 +180,10 @@ class NetNode:
         deadline = time.monotonic() + 10
         while "listening" not in log.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise TestbedError(f"{self.upstream_netns}: iperf3 -s did not start: "
+                raise TestbedError(f"{self.upstream_netns}: iperf3 -s -p {port} did not start: "
                                    f"{log.read_text().strip()}")
             time.sleep(0.05)
+        return port
 
     def close(self) -> None:
         """Remove what this node created; safe to call twice, and after a partial create."""

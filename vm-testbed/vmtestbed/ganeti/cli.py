@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from vmtestbed.ganeti import demo
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.lab import Lab
+from vmtestbed.ganeti.lock import LabLock
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -36,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
     lab = Lab()
     try:
         if args.ganeti_cmd == "up":
-            timings = lab.up(nodes=args.nodes)
-            if not args.no_hookpack:
-                timings = lab.install_hookpack()
+            with LabLock(who="vm-testbed ganeti up"):
+                timings = lab.up(nodes=args.nodes, owner="cli")
+                if not args.no_hookpack:
+                    timings = lab.install_hookpack()
             print(json.dumps({"up": [n.name for n in lab.nodes], "timings": timings}, indent=2))
         elif args.ganeti_cmd == "down":
-            report = lab.down()
+            with LabLock(who="vm-testbed ganeti down"):
+                report = lab.down()
             print(json.dumps(report.__dict__, indent=2))
             return 1 if report.problems else 0
         elif args.ganeti_cmd == "demo":

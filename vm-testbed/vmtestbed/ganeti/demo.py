@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vmtestbed.ganeti.lab import Lab
 from vmtestbed.ganeti.layout import instance_ip, instance_name
+from vmtestbed.ganeti.lock import LabLock
 
 INST = instance_name(1)
 IP = instance_ip(1)
@@ -144,13 +145,18 @@ def run_demo(lab: Lab) -> Demo:
 
 def main(nodes: int = 2, keep: bool = False) -> int:
     lab = Lab()
-    if lab.is_up or lab.nodes:
-        print("== a lab is up already: bringing it down first")
-        lab.down()
+    lock = LabLock(wait=1800, who="vm-testbed ganeti demo")
+    print("== waiting for the lab (one per machine)", flush=True)
+    lock.acquire()
+    try:
+        lab.clear_leftover(wait=1800)
+    except BaseException:
+        lock.release()
+        raise
     t0 = time.monotonic()
     try:
         print(f"== lab up: {nodes} Ganeti nodes (network+UTS+mount namespaces)", flush=True)
-        timings = lab.up(nodes=nodes)
+        timings = lab.up(nodes=nodes, owner="cli" if keep else "demo")
         print(f"   up in {timings[f'up_{nodes}_nodes']:.1f} s: "
               + ", ".join(n.name for n in lab.nodes))
         print("== hookpack rolled out: venv + `hookpack hooks install` on each node", flush=True)
@@ -167,5 +173,6 @@ def main(nodes: int = 2, keep: bool = False) -> int:
             report = lab.down()
             print(f"\n== lab down in {time.monotonic() - t1:.1f} s"
                   + (f"; problems: {report.problems}" if report.problems else ""))
+        lock.release()
     print(f"== demo took {time.monotonic() - t0:.0f} s")
     return 0

@@ -133,11 +133,45 @@ class Lab:
         return Path(f"/proc/{pid}/root")
 
     # -- up ---------------------------------------------------------------------------------
-    def up(self, nodes: int = 2) -> dict[str, float]:
+    def clear_leftover(self, wait: float = 0) -> None:
+        """Bring down a lab whose owning session died; refuse to touch a lab that a human
+        brought up (``owner: cli``). A lab whose owner is alive or unknown may be in use:
+        wait up to ``wait`` seconds for it to go away. Call with the :class:`LabLock`
+        held."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._clear_leftover()
+            except LabError as e:
+                if "may be in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def _clear_leftover(self) -> None:
+        self._state = self._load()
+        if not self._state and not STATE_FILE.exists():
+            return
+        owner = self._state.get("owner", {})
+        if owner.get("kind") == "cli":
+            raise LabError("a lab brought up with `vm-testbed ganeti up` is up (a human may be "
+                           "using it): run `vm-testbed ganeti down` first")
+        if not owner or Path(f"/proc/{owner['pid']}").exists():
+            # no owner: made by code that predates the lock; a live owner: a session that
+            # did not take the lock. Either may be in use: never tear it down from here.
+            raise LabError(f"a lab is up, owned by {owner or 'an unknown session'}; it may be "
+                           "in use: wait for it, or run `vm-testbed ganeti down`")
+        log.info("bringing down a lab left by %s (pid %s)", owner.get("kind", "an unknown "
+                 "session"), owner.get("pid", "?"))
+        self.down()
+
+    def up(self, nodes: int = 2, owner: str = "cli") -> dict[str, float]:
         """Install packages, build ``nodes`` nodes, init the cluster, add the other nodes.
 
-        Raises LabError if a lab is already up (run ``down`` first). On failure the
-        partial lab stays so it can be inspected; ``down`` removes it.
+        ``owner`` (``cli``, ``pytest``, ``demo``) goes into the state: labs of dead
+        sessions are cleaned up by the next session, ``cli`` labs never. Hold a
+        :class:`~vmtestbed.ganeti.lock.LabLock` around it. Raises LabError if a lab is
+        already up (run ``down`` first). On failure the partial lab stays so it can be
+        inspected; ``down`` removes it.
         """
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"--nodes must be 1..{MAX_NODES}, not {nodes}")
@@ -146,7 +180,8 @@ class Lab:
                            "run `vm-testbed ganeti down` first")
         t_install = packages.ensure_installed()
         start = time.monotonic()
-        self._state = {"nodes": [], "created_dirs": [], "timings": {}}
+        self._state = {"nodes": [], "created_dirs": [], "timings": {},
+                       "owner": {"kind": owner, "pid": os.getpid()}}
         if t_install:
             self.timings["packages_install"] = round(t_install, 1)
         self._save()
@@ -257,6 +292,22 @@ class Lab:
         self._save()
         return dict(self.timings)
 
+    @contextmanager
+    def hookpack_config(self, extra: str, nodes: Sequence[NodeRef] | None = None,
+                        ) -> Iterator[None]:
+        """Append ``extra`` (TOML: whole sections) to the lab's hookpack config on
+        ``nodes`` (default: all) for the ``with`` block; the lab config comes back after.
+        Sections the lab config already has (log, record, policy) cannot be repeated."""
+        targets = [self.node(n) for n in nodes] if nodes is not None else self.nodes
+        files = [t.host_path("/etc/hookpack/hookpack.toml") for t in targets]
+        try:
+            for f in files:
+                f.write_text(hookpack_install.LAB_CONFIG + "\n" + extra)
+            yield
+        finally:
+            for f in files:
+                f.write_text(hookpack_install.LAB_CONFIG)
+
     def records(self, node: NodeRef) -> list[dict[str, Any]]:
         """The recording action's lines on ``node`` (empty if none yet)."""
         path = self.node_file(node, hookpack_install.RECORD_PATH)
@@ -357,6 +408,13 @@ class Lab:
         """Destroy the cluster, kill the processes in the lab's namespaces, remove the
         namespaces, links, ``/etc/hosts`` lines and directories the lab made."""
         report = DownReport()
+        on_disk = self._load()
+        mine, theirs = self._state.get("owner"), on_disk.get("owner")
+        if mine and on_disk and theirs != mine:
+            # this object's lab is gone and another session's lab is up: not ours to remove
+            raise LabError(f"the lab that is up belongs to {theirs}, not to {mine}: "
+                           "not bringing it down")
+        self._state = on_disk or self._state
         specs = [NodeSpec(i) for i in range(1, MAX_NODES + 1)]
         if self.is_up and self.master.holder_pid() is not None:
             report.cluster_destroyed = self._destroy_cluster(report)
