@@ -63,7 +63,7 @@ def main() -> None:
         for label, enabled in (("noop", False), ("pin", True)):
             work = root / label
             work.mkdir()
-            config = write_config(work / "hookpack.toml", node.hv_dir, work / "run",
+            config = write_config(work / "hookpack.toml", node.layout.hv_dir, work / "run",
                                   enabled=enabled)
             install(work / "hooks", python=python, config=str(config),
                     dirs=[f"{HPATH}-{PHASE}.d"])

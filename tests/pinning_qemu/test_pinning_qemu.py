@@ -50,7 +50,7 @@ def hook(kvmnode, tmp_path):
     config = tmp_path / "hookpack.toml"
 
     def run(name: str, pinning: str = "", **env_kwargs):
-        write_config(config, kvmnode.hv_dir, tmp_path / "run", pinning)
+        write_config(config, kvmnode.layout.hv_dir, tmp_path / "run", pinning)
         out = io.StringIO()
         result = dispatch(start_env(name, **env_kwargs), config=config, stream=out)
         runs = [r for r in result.runs if r.spec.name == "pinning"]
@@ -177,7 +177,7 @@ def test_concurrent_hooks_for_two_instances_get_distinct_cpus(boot_guest, kvmnod
     taken out); that the lock is held around the work is shown by the lock-held test."""
     a = boot_guest(vcpus=1, nics=[], disks=[])
     b = boot_guest(vcpus=1, nics=[], disks=[])
-    config = write_config(tmp_path / "hookpack.toml", kvmnode.hv_dir, tmp_path / "run",
+    config = write_config(tmp_path / "hookpack.toml", kvmnode.layout.hv_dir, tmp_path / "run",
                           "emulator_cpus = 0")
     procs = [subprocess.Popen([sys.executable, "-m", "hookpack", "hook", "--config",
                                str(config)], env={**start_env(i.name), "PATH": "/usr/bin:/bin"},
