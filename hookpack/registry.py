@@ -70,6 +70,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "instance-remove", "instance-modify"), ("post",), ("master",), "netbox"),
     ActionSpec("announce", "hookpack.actions.announce", ("instance-migrate", "instance-failover"),
                ("pre", "post"), ("master",), "announce", cli=True),
+    ActionSpec("pinning", "hookpack.actions.pinning", ("instance-start", "instance-reboot",
+               "instance-migrate", "instance-failover"), ("post",), ("host",), "pinning",
+               cli=True),
 )
 
 
