@@ -11,7 +11,7 @@ ms). Printed: median wall time of
     import, pid scan; no QMP),
   - the steady state (already pinned: observe, plan, nothing to change),
 and the ratios to the baseline measured in the same run, plus the action's own time
-(from its log line: QMP incl. importing qemu.qmp/asyncio, lock, observe, plan, apply).
+(from its log line: QMP, lock, observe, plan, apply).
 Target (issue #7): <= 300 ms.
 """
 
