@@ -22,6 +22,7 @@ the chain is declared only when it does not exist yet.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -93,6 +94,15 @@ def detect(preferred: str = "auto") -> Tools:
     """The host's iptables backend: ``iptables -V`` prints "(nf_tables)" or "(legacy)"."""
     backend = preferred
     if preferred == "auto":
+        # Debian's alternatives point iptables at xtables-nft-multi or
+        # xtables-legacy-multi: reading the link costs nothing, a process ~10 ms.
+        found = shutil.which("iptables")
+        real = os.path.basename(os.path.realpath(found)) if found else ""
+        if "nft" in real:
+            backend = "nf_tables"
+        elif "legacy" in real:
+            backend = "legacy"
+    if backend == "auto":
         try:
             out = subprocess.run(["iptables", "-V"], capture_output=True, text=True,
                                  timeout=5, check=False).stdout
@@ -123,44 +133,93 @@ class Netfilter:
         return 0 if family == 4 else 1
 
     def observe(self, family: int) -> Observed:
-        cmd = [self.tools.save[self._idx(family)], "-t", "mangle"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=max(1.0, self.timeout), check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ActionError(f"{cmd[0]}: {err}") from None
-        if proc.returncode:
-            raise ActionError(f"{cmd[0]} failed: {_tail(proc.stderr)}")
-        seen = Observed()
-        for line in proc.stdout.splitlines():
-            if line.startswith(f":{CHAIN} "):
-                seen.chain = True
-            elif line.startswith(f"-A {HOOK_CHAIN} ") and line.endswith(f"-j {CHAIN}"):
-                seen.jumps += 1
-            elif line.startswith(f"-A {CHAIN} "):
-                rule = parse_rule(line)
-                if rule is None:
-                    seen.foreign.append(line)
-                else:
-                    seen.rules.append(rule)
-        return seen
+        return self.observe_all((family,))[family]
+
+    def observe_all(self, families: Sequence[int] | None = None) -> dict[int, Observed]:
+        """Save the mangle table of each family, the saves running side by side."""
+        families = self.families if families is None else families
+        cmds = {f: [self.tools.save[self._idx(f)], "-t", "mangle"] for f in families}
+        results = _run_all(cmds, {}, self.timeout)
+        out: dict[int, Observed] = {}
+        for family, (code, stdout, stderr) in results.items():
+            if code:
+                raise ActionError(f"{cmds[family][0]} failed: {_tail(stderr)}")
+            out[family] = parse_save(stdout)
+        return out
 
     def restore(self, family: int, lines: Iterable[str]) -> None:
-        """One ``--noflush`` transaction on the mangle table; nothing when no lines."""
-        body = list(lines)
-        if not body:
-            return
-        text = "*mangle\n" + "\n".join(body) + "\nCOMMIT\n"
+        self.restore_all({family: lines})
+
+    def restore_all(self, changes: dict[int, Iterable[str]]) -> list[str]:
+        """One ``--noflush`` transaction on the mangle table per family (side by side);
+        nothing for a family without lines. Returns the failures."""
         wait = str(max(1, int(self.timeout)))
-        cmd = [self.tools.restore[self._idx(family)], "--noflush", "-w", wait]
-        self.writes += 1
-        try:
-            proc = subprocess.run(cmd, input=text, capture_output=True, text=True,
-                                  timeout=self.timeout + 2, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ActionError(f"{cmd[0]}: {err}") from None
-        if proc.returncode:
-            raise ActionError(f"{cmd[0]} refused the change: {_tail(proc.stderr)}")
+        cmds: dict[int, list[str]] = {}
+        inputs: dict[int, str] = {}
+        for family, lines in changes.items():
+            body = list(lines)
+            if body:
+                cmds[family] = [self.tools.restore[self._idx(family)], "--noflush", "-w", wait]
+                inputs[family] = "*mangle\n" + "\n".join(body) + "\nCOMMIT\n"
+        self.writes += len(cmds)
+        failures = []
+        for family, (code, _out, stderr) in _run_all(cmds, inputs, self.timeout + 2).items():
+            if code:
+                failures.append(f"IPv{family} rules: {cmds[family][0]} refused the change: "
+                                f"{_tail(stderr)}")
+        return failures
+
+
+def parse_save(text: str) -> Observed:
+    seen = Observed()
+    for line in text.splitlines():
+        if line.startswith(f":{CHAIN} "):
+            seen.chain = True
+        elif line.startswith(f"-A {HOOK_CHAIN} ") and line.endswith(f"-j {CHAIN}"):
+            seen.jumps += 1
+        elif line.startswith(f"-A {CHAIN} "):
+            rule = parse_rule(line)
+            if rule is None:
+                seen.foreign.append(line)
+            else:
+                seen.rules.append(rule)
+    return seen
+
+
+def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float
+             ) -> dict[int, tuple[int, str, str]]:
+    """Run the commands concurrently; (exit code, stdout, stderr) per key."""
+    procs: dict[int, subprocess.Popen[str]] = {}
+    results: dict[int, tuple[int, str, str]] = {}
+    try:
+        for key, cmd in cmds.items():
+            try:
+                procs[key] = subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE if key in inputs else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            except OSError as err:
+                results[key] = (127, "", str(err))
+        if len(procs) == 1:
+            ((key, proc),) = procs.items()
+            out, err = proc.communicate(inputs.get(key), timeout=timeout)
+            results[key] = (proc.returncode, out, err)
+            return results
+        for key, proc in procs.items():  # inputs are small: write them all, then read
+            if key in inputs and proc.stdin:
+                proc.stdin.write(inputs[key])
+                proc.stdin.close()
+                proc.stdin = None
+        for key, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            results[key] = (proc.returncode, out, err)
+    except subprocess.TimeoutExpired as err:
+        raise ActionError(f"{err.cmd[0]} did not finish in {timeout:.0f} s") from None
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
 
 
 def changes(seen: Observed, add: Iterable[Rule], delete: Iterable[Rule], *,

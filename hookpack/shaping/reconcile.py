@@ -12,6 +12,7 @@ classes and fw filters under it, and the rules in its own mangle chain.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
     out: dict[str, list[Nic]] = {}
     if only is None:
         try:
-            names = sorted(p.name for p in base.iterdir() if p.is_dir())
+            names = sorted(e.name for e in os.scandir(base) if e.is_dir())
         except OSError:
             names = []
     else:
@@ -94,19 +95,20 @@ def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
             continue
         nics: list[Nic] = []
         try:
-            entries = sorted((base / name).iterdir())
+            entries = sorted(os.listdir(base / name))
         except OSError:
             entries = []
         for entry in entries:
             try:
-                index = validate.device_index(entry.name, "NIC index")
-                tap = validate.interface_name(entry.read_text().strip())
+                idx = validate.device_index(entry, "NIC index")
+                with open(base / name / entry) as handle:
+                    tap = validate.interface_name(handle.read().strip())
             except BadInput as err:
-                notes.append(f"{name}: {entry.name}: {err}")
+                notes.append(f"{name}: {entry}: {err}")
                 continue
             except OSError:
                 continue  # removed while we read: the instance is stopping
-            nics.append(Nic(name, index, tap))
+            nics.append(Nic(name, idx, tap))
         if nics or only is not None:
             out[name] = nics
     return out, notes
@@ -188,7 +190,8 @@ class Reconciler:
                 plan.notes.append(f"IPv{family} chain has {len(seen.foreign)} rule(s) "
                                   "hookpack did not write: left alone")
         # which taps exist right now (a vanished tap is skipped with a note)
-        existing = {tap for tap in desired_taps if tc.ifindex(tap) is not None}
+        index = {tap: tc.ifindex(tap) for tap in desired_taps}
+        existing = {tap for tap, i in index.items() if i is not None}
         for tap in sorted(set(desired_taps) - existing):
             n = desired_taps[tap]
             plan.notes.append(f"{tap} ({n.instance}/{n.index}) does not exist: skipped")
@@ -207,7 +210,8 @@ class Reconciler:
         old_minors = {r.value for rules in scoped_rules.values() for r in rules}
         rule_taps = {r.tap for rules in scoped_rules.values() for r in rules}
         k = observe(self.nl, seen_nf, uplink=s.uplink, major=s.major, fw_prio=s.fw_prio,
-                    taps=existing | rule_taps,
+                    taps={t: index[t] if t in index else tc.ifindex(t)
+                          for t in existing | rule_taps},
                     minors=None if full else set(minors.values()) | old_minors, full=full)
         self.kernel = k
         if k.uplink_ifindex is None:
@@ -358,12 +362,10 @@ class Reconciler:
         failures: list[str] = []
         skipped: set[str] = set()
         self._run(plan.first, failures, skipped, plan)
-        for fam, lines in plan.nf.items():
-            if lines:
-                try:
-                    self.nf.restore(fam, lines)
-                except ActionError as err:
-                    failures.append(f"IPv{fam} rules: {err}")
+        try:
+            failures += self.nf.restore_all(plan.nf)
+        except ActionError as err:
+            failures.append(f"rules: {err}")
         self._run(plan.last, failures, skipped, plan)
         if plan.verify and not failures:
             checks = [(req, want) for req, want in plan.verify
