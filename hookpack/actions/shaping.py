@@ -103,7 +103,7 @@ def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterato
     with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
         nf = netfilter.Netfilter(netfilter.detect(str(settings["iptables_backend"])),
                                  s.families, timeout=max(1.0, min(30.0, timeout() - 0.5)))
-        with tc.Netlink() as nl:
+        with tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl:
             rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl, nf=nf)
             yield rec, why
 

@@ -224,7 +224,10 @@ class Reconciler:
             plan.policies[name] = self.policy(name, (tags or {}).get(name))
             plan.notes += [f"{name}: {note}" for note in plan.policies[name].notes]
         # uplink qdisc and default class
-        if not clearing_all:
+        # the uplink's qdisc is made only when a tap needs it (a stop hook on a node with
+        # nothing shaped writes nothing); once it is ours its default class is kept right
+        needs_qdisc = bool(existing) and not clear
+        if (needs_qdisc or parent_ok) and not clearing_all:
             if k.uplink_root == "foreign" and not s.replace_foreign_qdisc:
                 raise ActionError(
                     f"uplink {s.uplink} has a root qdisc hookpack did not create "

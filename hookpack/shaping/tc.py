@@ -287,9 +287,10 @@ class Netlink:
 
     CHUNK = 200  # requests per sendmsg: their acks must fit the receive buffer
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = 10.0) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                   socket.NETLINK_ROUTE)
+        self.sock.settimeout(timeout)  # the kernel always answers; never wait unbounded
         # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) as root, else the capped plain ones
         for force, plain, size in ((33, socket.SO_RCVBUF, 8 << 20),
                                    (32, socket.SO_SNDBUF, 4 << 20)):

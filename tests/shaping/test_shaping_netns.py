@@ -119,6 +119,18 @@ def test_stop_removes_the_instance_and_nothing_else(shaper):
     assert set(s.classes()) == {"4850:1"}
 
 
+def test_instance_not_running_here_writes_nothing(shaper):
+    s = shaper()
+    # a secondary, or the master: no nic/ files for the instance, nothing shaped yet
+    out = s.cli("apply", "gone.example.test")
+    assert out["changes"] == [] and out["writes"] == {"netlink": 0, "iptables": 0}
+    assert s.node.tc_json("qdisc", "show", "dev", "up0")[0]["kind"] == "noqueue"
+    # ... and a foreign uplink qdisc is no reason to fail there
+    s.node.run("tc", "qdisc", "add", "dev", "up0", "root", "handle", "7:", "pfifo")
+    code, _out, err = s.cli_raw("apply", "gone.example.test")
+    assert code == 0, err
+
+
 def test_foreign_qdiscs_and_rules_survive(shaper):
     s = shaper()
     _setup(s, "tap0")
