@@ -197,6 +197,12 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> int:
     single_ms = statistics.median(r["ms"] for r in singles)
 
     hook_ms = hook_end_to_end(node, config, one_inst)
+    bare = []
+    for _ in range(7):
+        t = time.perf_counter()
+        subprocess.run(["ip", "netns", "exec", node.ns, PY, "-c", "pass"], check=True)
+        bare.append((time.perf_counter() - t) * 1000)
+    bare_ms = statistics.median(bare)
 
     print(f"seed loop      : {seed_per_tap * 1000:.2f} ms/tap, {seed_total:.2f} s for {n} taps"
           f" (measured on {seed_n})")
@@ -211,7 +217,9 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> int:
           f"{statistics.median(a['ms'] for a in again):.1f} ms in-process")
     print(f"one instance   : {single_ms:.1f} ms in-process (median of 5; writes "
           f"{singles[0]['netlink']} netlink, {singles[0]['iptables']} restore; target <= 50)")
-    print(f"hook end to end: {hook_ms:.0f} ms median (target <= 300)")
+    print(f"hook end to end: {hook_ms:.0f} ms median (target <= 300); the same `ip netns "
+          f"exec python -c pass` takes {bare_ms:.0f} ms here: hookpack's share "
+          f"{hook_ms - bare_ms:.0f} ms")
     return 0
 
 
