@@ -263,7 +263,8 @@ class Reconciler:
                 plan.verify.append((tc.get_class(up, s.major, minor, req.what), eg))
                 what.append(f"egress {format_rate(eg.rate)}")
             if s.classifier == "fw":
-                fw_want = (cid, s.fw_mask)
+                # the kernel reports no mask for the full 32 bits
+                fw_want = (cid, s.fw_mask if s.fw_mask != 0xFFFFFFFF else None)
                 if k.filters.get(minor) != fw_want:
                     plan.first.append(Op(tc.set_fw_filter(
                         up, s.major, s.fw_prio, minor, cid, s.fw_mask, minor in k.filters,

@@ -160,3 +160,20 @@ def test_read_nics_validates_what_it_reads(tmp_path):
     assert len(notes) == 3
     got, _ = read_nics(tmp_path, ["gone.example.test"])
     assert got == {"gone.example.test": []}  # not running here: desired = nothing
+
+
+def test_fw_filter_request_layout():
+    req = tc.set_fw_filter(7, 0x4850, 4850, 0x10, tc.handle(0x4850, 0x10), 0xFFFF, False, "f")
+    raw = req.encode(1)
+    length, mtype, flags, seq, _pid = tc._NLMSG.unpack_from(raw)
+    assert (length, mtype, seq) == (len(raw), tc.RTM_NEWTFILTER, 1)
+    assert flags & tc.NLM_F_CREATE and flags & tc.NLM_F_EXCL and not flags & tc.NLM_F_ACK
+    _fam, ifindex, handle, parent, info = tc._TCMSG.unpack_from(raw, tc._NLMSG.size)
+    assert (ifindex, handle, parent) == (7, 0x10, 0x48500000)
+    assert info >> 16 == 4850 and info & 0xFFFF == 0x0300  # htons(ETH_P_ALL)
+    attrs = tc.parse_attrs(raw, tc._NLMSG.size + tc._TCMSG.size)
+    obj = tc.TcObject(7, handle, parent, info, "fw", tc.parse_attrs(attrs[tc.TCA_OPTIONS]))
+    assert attrs[tc.TCA_KIND] == b"fw\0" and obj.fw() == (0x48500010, 0xFFFF)
+    full = tc.set_fw_filter(7, 0x4850, 1, 0x10, 0x48500010, 0xFFFFFFFF, True, "f").encode(2)
+    attrs = tc.parse_attrs(full, tc._NLMSG.size + tc._TCMSG.size)
+    assert tc.TCA_FW_MASK not in tc.parse_attrs(attrs[tc.TCA_OPTIONS])
