@@ -8,6 +8,7 @@ Debian kernel guest (branch shapeproof). Traffic is sent only inside the namespa
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,17 @@ def test_uplink_missing_is_a_clean_failure(shaper):
     code, _out, err = s.cli_raw("apply", "--all")
     assert code == 1 and "nosuch0 does not exist" in err
 
+
+
+def test_hookpack_doctor_shows_the_probe(shaper):
+    s = shaper()
+    s.write_config(classifier="auto")
+    proc = subprocess.run(["ip", "netns", "exec", s.node.ns, sys.executable, "-m", "hookpack",
+                           "doctor", "--config", str(s.config)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    lines = [line for line in proc.stdout.splitlines() if "shaping" in line]
+    assert any(line.startswith("PASS shaping classifier: classify (no usable cls_fw")
+               for line in lines), proc.stdout
+    assert any("u32 mark match: dropped" in line for line in lines)
+    assert any(line.startswith("PASS shaping uplink: up0") for line in lines)
+    assert any(line.startswith("PASS shaping br_netfilter") for line in lines)
