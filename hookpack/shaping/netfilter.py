@@ -77,8 +77,9 @@ class Observed:
 
     chain: bool = False
     jumps: int = 0
-    rules: list[Rule] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)  # ours, in the reconcile's scope
     foreign: list[str] = field(default_factory=list)  # other lines in our chain: kept
+    other_minors: set[int] = field(default_factory=set)  # of our rules outside the scope
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ class Netfilter:
     def observe(self, family: int) -> Observed:
         return self.observe_all((family,))[family]
 
-    def observe_all(self, families: Sequence[int] | None = None) -> dict[int, Observed]:
+    def observe_all(self, families: Sequence[int] | None = None,
+                    scope: Scope | None = None) -> dict[int, Observed]:
         """Save the mangle table of each family, the saves running side by side."""
         families = self.families if families is None else families
         cmds = {f: [self.tools.save[self._idx(f)], "-t", "mangle"] for f in families}
@@ -144,7 +146,7 @@ class Netfilter:
         for family, (code, stdout, stderr) in results.items():
             if code:
                 raise ActionError(f"{cmds[family][0]} failed: {_tail(stderr)}")
-            out[family] = parse_save(stdout)
+            out[family] = parse_save(stdout, scope)
         return out
 
     def restore(self, family: int, lines: Iterable[str]) -> None:
@@ -170,20 +172,55 @@ class Netfilter:
         return failures
 
 
-def parse_save(text: str) -> Observed:
+@dataclass(frozen=True)
+class Scope:
+    """Rules a reconcile looks at in detail: its instances' and its taps'."""
+
+    instances: frozenset[str]
+    taps: frozenset[str]
+
+    def covers(self, line: str) -> bool:
+        return (any(f'"hookpack:{name}:' in line for name in self.instances)
+                or any(f"--physdev-in {tap} " in line for tap in self.taps))
+
+
+def parse_save(text: str, scope: Scope | None = None) -> Observed:
+    """Our chain's rules; with a scope, rules outside it only give their class minor
+    (a string split, not a regex: a hook with 1000 taps shaped reads 1000 lines)."""
     seen = Observed()
+    prefix = f"-A {CHAIN} "
     for line in text.splitlines():
-        if line.startswith(f":{CHAIN} "):
-            seen.chain = True
-        elif line.startswith(f"-A {HOOK_CHAIN} ") and line.endswith(f"-j {CHAIN}"):
-            seen.jumps += 1
-        elif line.startswith(f"-A {CHAIN} "):
+        if line.startswith(prefix):
+            if scope is not None and not scope.covers(line):
+                minor = _minor_of(line)
+                if minor is not None:
+                    seen.other_minors.add(minor)
+                    continue
             rule = parse_rule(line)
             if rule is None:
                 seen.foreign.append(line)
             else:
                 seen.rules.append(rule)
+        elif line.startswith(f":{CHAIN} "):
+            seen.chain = True
+        elif line.startswith(f"-A {HOOK_CHAIN} ") and line.endswith(f"-j {CHAIN}"):
+            seen.jumps += 1
     return seen
+
+
+def _minor_of(line: str) -> int | None:
+    """The class minor (CLASSIFY 4850:0010) or mark (MARK 0x10/0xffff) a rule sets."""
+    if "hookpack:" not in line:
+        return None
+    last = line.rsplit(" ", 1)[-1]
+    try:
+        if "/" in last:
+            return int(last.split("/", 1)[0], 16)
+        if ":" in last:
+            return int(last.split(":", 1)[1], 16)
+    except ValueError:
+        return None
+    return None
 
 
 def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float

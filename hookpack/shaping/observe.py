@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from hookpack.shaping import tc
 from hookpack.shaping.model import MINOR_DEFAULT, TAP_MINOR
-from hookpack.shaping.netfilter import Netfilter, Observed
+from hookpack.shaping.netfilter import Netfilter, Observed, Scope
 
 _GONE = tc.TcObject(0, 0, 0, 0, "<gone>")
 
@@ -51,8 +51,8 @@ def root_state(obj: tc.TcObject | None, major: int) -> str:
     return "foreign"
 
 
-def observe_rules(nf: Netfilter) -> dict[int, Observed]:
-    return nf.observe_all()
+def observe_rules(nf: Netfilter, scope: Scope | None = None) -> dict[int, Observed]:
+    return nf.observe_all(scope=scope)
 
 
 def observe(nl: tc.Netlink, nf_seen: dict[int, Observed], *, uplink: str, major: int,

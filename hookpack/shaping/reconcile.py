@@ -31,7 +31,7 @@ from hookpack.shaping.model import (
     parse_rate,
     qdisc_r2q,
 )
-from hookpack.shaping.netfilter import Netfilter, Rule, changes
+from hookpack.shaping.netfilter import Netfilter, Rule, Scope, changes
 from hookpack.shaping.observe import Kernel, observe, observe_rules
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 
@@ -177,14 +177,16 @@ class Reconciler:
         plan.notes += notes
         if clear:
             nics = {name: [] for name in nics}
-        seen_nf = observe_rules(self.nf)
         desired_taps = {n.tap: n for group in nics.values() for n in group}
+        seen_nf = observe_rules(self.nf, None if full else Scope(
+            frozenset(scope or ()), frozenset(desired_taps)))
 
         def in_scope(rule: Rule) -> bool:
             return full or rule.instance in (scope or ()) or rule.tap in desired_taps
 
         scoped_rules = {f: [r for r in o.rules if in_scope(r)] for f, o in seen_nf.items()}
         out_rules = [r for o in seen_nf.values() for r in o.rules if not in_scope(r)]
+        other_minors = {m for o in seen_nf.values() for m in o.other_minors}
         for family, seen in seen_nf.items():
             if seen.foreign:
                 plan.notes.append(f"IPv{family} chain has {len(seen.foreign)} rule(s) "
@@ -201,7 +203,7 @@ class Reconciler:
                 n = desired_taps.get(r.tap)
                 if n and n.instance == r.instance and n.index == r.nic and r.tap not in kept:
                     kept[r.tap] = r.value
-        taken = {r.value for r in out_rules}
+        taken = {r.value for r in out_rules} | other_minors
         minors = allocate_minors(existing, kept, taken)
         if s.classifier == "fw":
             bad = [m for m in minors.values() if m & s.fw_mask != m]

@@ -177,3 +177,20 @@ def test_fw_filter_request_layout():
     full = tc.set_fw_filter(7, 0x4850, 1, 0x10, 0x48500010, 0xFFFFFFFF, True, "f").encode(2)
     attrs = tc.parse_attrs(full, tc._NLMSG.size + tc._TCMSG.size)
     assert tc.TCA_FW_MASK not in tc.parse_attrs(attrs[tc.TCA_OPTIONS])
+
+
+def test_scoped_parse_keeps_only_the_minors_of_other_instances():
+    lines = ["-A HOOKPACK-SHAPE -m physdev --physdev-in tap0 -m comment --comment "
+             '"hookpack:a:0" -j CLASSIFY --set-class 4850:0010',
+             "-A HOOKPACK-SHAPE -m physdev --physdev-in tap1 -m comment --comment "
+             '"hookpack:b:0" -j CLASSIFY --set-class 4850:0011',
+             "-A HOOKPACK-SHAPE -m physdev --physdev-in tap2 -m comment --comment "
+             '"hookpack:c:0" -j MARK --set-xmark 0x12/0xffff',
+             "-A HOOKPACK-SHAPE -m physdev --physdev-in tap9 -m comment --comment "
+             '"hookpack:c:1" -j CLASSIFY --set-class 4850:0019']
+    seen = netfilter.parse_save("\n".join(lines),
+                                netfilter.Scope(frozenset({"a"}), frozenset({"tap9"})))
+    assert sorted(r.tap for r in seen.rules) == ["tap0", "tap9"]  # its own, and its tap's
+    assert seen.other_minors == {0x11, 0x12}
+    everything = netfilter.parse_save("\n".join(lines))
+    assert len(everything.rules) == 4 and not everything.other_minors
