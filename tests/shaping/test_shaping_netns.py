@@ -339,3 +339,38 @@ def test_hookpack_doctor_shows_the_probe(shaper):
     assert any("u32 mark match: dropped" in line for line in lines)
     assert any(line.startswith("PASS shaping uplink: up0") for line in lines)
     assert any(line.startswith("PASS shaping br_netfilter") for line in lines)
+
+
+_MID_APPLY = """
+import json, subprocess, sys
+from pathlib import Path
+from hookpack.action import Paths
+from hookpack.actions.shaping import SETTINGS, _session
+from hookpack.config import load_config
+cfg = load_config(Path(sys.argv[1]), required=True)
+settings, paths = cfg.section("shaping", SETTINGS), Paths.from_config(cfg)
+with _session(settings, paths, lambda: 30.0) as (rec, _why):
+    plan = rec.plan(None)
+    subprocess.run(["ip", "link", "del", "tap1"], check=True)  # QEMU died meanwhile
+    failures = rec.apply(plan)
+print(json.dumps({"failures": failures, "notes": plan.notes}))
+"""
+
+
+def test_tap_vanishing_between_plan_and_apply_is_skipped(shaper):
+    s = shaper()
+    _setup(s, "tap0", "tap1")
+    s.node.nic("a.example.test", 0, "tap0")
+    s.node.nic("b.example.test", 0, "tap1")
+    import json
+
+    out = json.loads(s.node.run(sys.executable, "-c", _MID_APPLY, str(s.config)))
+    assert out["failures"] == []
+    assert any("tap1 vanished during the change: skipped" in n for n in out["notes"])
+    assert s.classes("tap0")["4850:1"]["rate"] == 20_000_000 // 8
+    # the next run (Ganeti removed the nic file with the instance) cleans up after it
+    s.node.nic("b.example.test", 0, None)
+    again = s.cli("apply", "--all")
+    assert not again["failures"]
+    assert set(s.classes()) == {"4850:1", "4850:10"}
+    assert not any("tap1" in r for r in s.rules())
