@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hookpack.errors import ActionError
@@ -152,7 +152,7 @@ class Netfilter:
     def restore(self, family: int, lines: Iterable[str]) -> None:
         self.restore_all({family: lines})
 
-    def restore_all(self, changes: dict[int, Iterable[str]]) -> list[str]:
+    def restore_all(self, changes: Mapping[int, Iterable[str]]) -> list[str]:
         """One ``--noflush`` transaction on the mangle table per family (side by side);
         nothing for a family without lines. Returns the failures."""
         wait = str(max(1, int(self.timeout)))
@@ -238,8 +238,8 @@ def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float
                 results[key] = (127, "", str(err))
         if len(procs) == 1:
             ((key, proc),) = procs.items()
-            out, err = proc.communicate(inputs.get(key), timeout=timeout)
-            results[key] = (proc.returncode, out, err)
+            out, errs = proc.communicate(inputs.get(key), timeout=timeout)
+            results[key] = (proc.returncode, out, errs)
             return results
         for key, proc in procs.items():  # inputs are small: write them all, then read
             if key in inputs and proc.stdin:
@@ -247,8 +247,8 @@ def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float
                 proc.stdin.close()
                 proc.stdin = None
         for key, proc in procs.items():
-            out, err = proc.communicate(timeout=timeout)
-            results[key] = (proc.returncode, out, err)
+            out, errs = proc.communicate(timeout=timeout)
+            results[key] = (proc.returncode, out, errs)
     except subprocess.TimeoutExpired as err:
         raise ActionError(f"{err.cmd[0]} did not finish in {timeout:.0f} s") from None
     finally:

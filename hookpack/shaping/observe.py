@@ -66,26 +66,26 @@ def observe(nl: tc.Netlink, nf_seen: dict[int, Observed], *, uplink: str, major:
     roots: dict[int, tc.TcObject | None] = {}
     if full:
         # one dump of every root qdisc: the uplink's, the taps', and leftovers elsewhere
-        for obj in nl.dump(tc.RTM_GETQDISC):
-            if obj.parent == tc.TC_H_ROOT:
-                roots[obj.ifindex] = obj
+        for qd in nl.dump(tc.RTM_GETQDISC):
+            if qd.parent == tc.TC_H_ROOT:
+                roots[qd.ifindex] = qd
         known = {i for i in tap_index.values() if i is not None}
-        for index, obj in roots.items():
-            if (obj is not None and index not in known and index != k.uplink_ifindex
-                    and root_state(obj, major) == "ours"):
-                k.stray_tap_qdiscs[index] = _ifname(index)
+        for where, root in roots.items():
+            if (root is not None and where not in known and where != k.uplink_ifindex
+                    and root_state(root, major) == "ours"):
+                k.stray_tap_qdiscs[where] = _ifname(where)
     else:
         wanted = [i for i in (k.uplink_ifindex, *tap_index.values()) if i is not None]
         gets = [tc.get_root_qdisc(i, f"root qdisc of if{i}") for i in wanted]
-        for index, reply in zip(wanted, nl.transact(gets), strict=True):
-            roots[index] = reply.objects[0] if reply.objects else None
+        for where, reply in zip(wanted, nl.transact(gets), strict=True):
+            roots[where] = reply.objects[0] if reply.objects else None
             if reply.error in tc.GONE:
-                roots[index] = _GONE
+                roots[where] = _GONE
     if k.uplink_ifindex is not None:
-        obj = roots.get(k.uplink_ifindex)
-        k.uplink_root = root_state(obj, major)
-        k.uplink_kind = obj.kind if obj else "noqueue"
-        k.uplink_handle = obj.handle if obj else 0
+        up_root = roots.get(k.uplink_ifindex)
+        k.uplink_root = root_state(up_root, major)
+        k.uplink_kind = up_root.kind if up_root else "noqueue"
+        k.uplink_handle = up_root.handle if up_root else 0
     ours: list[tuple[str, int]] = []
     for name, index in sorted(tap_index.items()):
         obj = roots.get(index) if index is not None else _GONE

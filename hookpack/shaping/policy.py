@@ -70,9 +70,9 @@ def from_tags(tags: Iterable[str], defaults: Defaults) -> Policy:
         wanted[direction] = min(rate, wanted.get(direction, rate))
     egress = min(wanted.get("egress", defaults.egress), defaults.max_egress)
     ingress = min(wanted.get("ingress", defaults.ingress), defaults.max_ingress)
-    for direction, rate, cap in (("egress", wanted.get("egress"), defaults.max_egress),
-                                 ("ingress", wanted.get("ingress"), defaults.max_ingress)):
-        if rate is not None and rate > cap:
+    for direction, asked, cap in (("egress", wanted.get("egress"), defaults.max_egress),
+                                  ("ingress", wanted.get("ingress"), defaults.max_ingress)):
+        if asked is not None and asked > cap:
             notes.append(f"{direction} tag capped at the maximum")
     return Policy(egress, ingress, tuple(notes))
 

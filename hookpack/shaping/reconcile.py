@@ -195,13 +195,14 @@ class Reconciler:
         index = {tap: tc.ifindex(tap) for tap in desired_taps}
         existing = {tap for tap, i in index.items() if i is not None}
         for tap in sorted(set(desired_taps) - existing):
-            n = desired_taps[tap]
-            plan.notes.append(f"{tap} ({n.instance}/{n.index}) does not exist: skipped")
+            gone = desired_taps[tap]
+            plan.notes.append(f"{tap} ({gone.instance}/{gone.index}) does not exist: skipped")
         kept: dict[str, int] = {}
         for rules in scoped_rules.values():
             for r in rules:
-                n = desired_taps.get(r.tap)
-                if n and n.instance == r.instance and n.index == r.nic and r.tap not in kept:
+                nic = desired_taps.get(r.tap)
+                if nic and nic.instance == r.instance and nic.index == r.nic \
+                        and r.tap not in kept:
                     kept[r.tap] = r.value
         taken = {r.value for r in out_rules} | other_minors
         minors = allocate_minors(existing, kept, taken)
@@ -325,11 +326,11 @@ class Reconciler:
         for tap in sorted(rule_taps - existing):
             st = k.taps.get(tap)
             if st and st.root == "ours":
-                gone = self._drop_tap(plan, k, tap)
-                plan.changes.append(f"{tap}: {', '.join(gone)}")
+                dropped = self._drop_tap(plan, k, tap)
+                plan.changes.append(f"{tap}: {', '.join(dropped)}")
         if full:
-            for index, name in sorted(k.stray_tap_qdiscs.items()):
-                plan.last.append(Op(tc.del_root_qdisc(index, s.major, f"qdisc on {name}"),
+            for where, name in sorted(k.stray_tap_qdiscs.items()):
+                plan.last.append(Op(tc.del_root_qdisc(where, s.major, f"qdisc on {name}"),
                                     tap=name, ok=frozenset({errno.ENOENT, errno.EINVAL})))
                 plan.changes.append(f"{name}: leftover htb qdisc removed")
         return plan
