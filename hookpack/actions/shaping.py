@@ -21,9 +21,9 @@ SETTINGS = {
     "egress_rate": Field(str, "100mbit", "Default VM -> world rate per NIC (tc units: "
                          "kbit, mbit, gbit = 10^3/10^6/10^9 bit/s; kbps... = bytes/s)."),
     "ingress_rate": Field(str, "100mbit", "Default world -> VM rate per NIC."),
-    "max_egress_rate": Field(str, "", "Highest egress rate a `hookpack:egress=` tag may "
+    "max_egress_rate": Field(str, "", "Highest egress rate a `hookpack:egress:` tag may "
                              "ask for. Empty: egress_rate (tags can only lower it)."),
-    "max_ingress_rate": Field(str, "", "Highest rate a `hookpack:ingress=` tag may ask "
+    "max_ingress_rate": Field(str, "", "Highest rate a `hookpack:ingress:` tag may ask "
                               "for. Empty: ingress_rate."),
     "uplink_rate": Field(str, "10gbit", "Rate of the uplink's default class: traffic of "
                          "the host and of unshaped VMs (effectively unlimited)."),

@@ -59,7 +59,7 @@ def _rules(lab, node) -> str:
 
 
 def test_add_shapes_the_new_instance_on_its_primary(lab):
-    lab.add_instance(INDEX, node=N2, extra=["--tags", "hookpack:egress=20mbit"])
+    lab.add_instance(INDEX, node=N2, extra=["--tags", "hookpack:egress:20mbit"])
     tap = _tap(lab, N2)
     assert tap
     assert "20Mbit" in _classes(lab, N2).values()
@@ -83,6 +83,7 @@ def test_migrate_target_shaped_source_clean(lab):
 
 def test_clear_and_boot_apply_restore_everything(lab):
     before_classes, before_rules = _classes(lab, N1), _rules(lab, N1)
+    assert "20Mbit" in before_classes.values() and f"hookpack:{INST}" in before_rules
     lab.run_on(N1, [HOOKPACK, "shaping", "clear"], check=True)
     assert f"hookpack:{INST}" not in _rules(lab, N1) and _classes(lab, N1) == {}
     out = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout

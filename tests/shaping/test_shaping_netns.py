@@ -239,7 +239,7 @@ def test_hook_tags_lower_the_rate_and_are_capped(shaper):
     s.write_config(max_egress_rate="50mbit")
     s.node.nic("inst1.example.test", 0, "tap0")
     env = _hook_env("instance-start-post-node1",
-                    GANETI_POST_INSTANCE_TAGS="hookpack:egress=5mbit hookpack:ingress=1mbit")
+                    GANETI_POST_INSTANCE_TAGS="hookpack:egress:5mbit hookpack:ingress:1mbit")
     code, err = s.hook(env)
     assert code == 0 and "shaping: inst1.example.test: changed" in err, err
     assert s.classes()["4850:10"]["rate"] == 5_000_000 // 8

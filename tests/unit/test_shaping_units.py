@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hookpack.errors import BadInput, ConfigError
@@ -68,6 +70,15 @@ def test_tags_lower_and_are_capped():
     p = from_tags(["hookpack:egress=1gbit", "hookpack:ingress=5gbit"], DEFAULTS)
     assert p.egress == parse_rate("200mbit") and p.ingress == parse_rate("100mbit")
     assert any("capped" in n for n in p.notes)
+
+
+def test_ganeti_tag_form_with_a_colon():
+    # Ganeti's tag check (VALID_TAG_RE = [\w.+*/:@-]+) refuses "=": the colon form works
+    ganeti_ok = re.compile(r"^[\w.+*/:@-]+$")
+    assert ganeti_ok.match("hookpack:egress:50mbit")
+    assert not ganeti_ok.match("hookpack:egress=50mbit")
+    p = from_tags(["hookpack:egress:50mbit", "hookpack:ingress:1.5mbit"], DEFAULTS)
+    assert (p.egress, p.ingress) == (parse_rate("50mbit"), parse_rate("1.5mbit"))
 
 
 def test_bad_tag_is_ignored_with_a_note_and_lowest_duplicate_wins():
