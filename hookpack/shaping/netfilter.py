@@ -155,6 +155,11 @@ class Netfilter:
     def restore_all(self, changes: Mapping[int, Iterable[str]]) -> list[str]:
         """One ``--noflush`` transaction on the mangle table per family (side by side);
         nothing for a family without lines. Returns the failures."""
+        return self.restore_finish(self.restore_start(changes))
+
+    def restore_start(self, changes: Mapping[int, Iterable[str]]
+                      ) -> tuple[_Procs, dict[int, list[str]]]:
+        """Start the restores; the caller does other work, then ``restore_finish``."""
         wait = str(max(1, int(self.timeout)))
         cmds: dict[int, list[str]] = {}
         inputs: dict[int, str] = {}
@@ -164,8 +169,12 @@ class Netfilter:
                 cmds[family] = [self.tools.restore[self._idx(family)], "--noflush", "-w", wait]
                 inputs[family] = "*mangle\n" + "\n".join(body) + "\nCOMMIT\n"
         self.writes += len(cmds)
+        return _Procs(cmds, inputs), cmds
+
+    def restore_finish(self, started: tuple[_Procs, dict[int, list[str]]]) -> list[str]:
+        procs, cmds = started
         failures = []
-        for family, (code, _out, stderr) in _run_all(cmds, inputs, self.timeout + 2).items():
+        for family, (code, _out, stderr) in procs.finish(self.timeout + 2).items():
             if code:
                 failures.append(f"IPv{family} rules: {cmds[family][0]} refused the change: "
                                 f"{_tail(stderr)}")
@@ -223,40 +232,52 @@ def _minor_of(line: str) -> int | None:
     return None
 
 
-def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float
-             ) -> dict[int, tuple[int, str, str]]:
-    """Run the commands concurrently; (exit code, stdout, stderr) per key."""
-    procs: dict[int, subprocess.Popen[str]] = {}
-    results: dict[int, tuple[int, str, str]] = {}
-    try:
-        for key, cmd in cmds.items():
-            try:
-                procs[key] = subprocess.Popen(
-                    cmd, stdin=subprocess.PIPE if key in inputs else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            except OSError as err:
-                results[key] = (127, "", str(err))
-        if len(procs) == 1:
-            ((key, proc),) = procs.items()
-            out, errs = proc.communicate(inputs.get(key), timeout=timeout)
-            results[key] = (proc.returncode, out, errs)
-            return results
-        for key, proc in procs.items():  # inputs are small: write them all, then read
-            if key in inputs and proc.stdin:
-                proc.stdin.write(inputs[key])
-                proc.stdin.close()
-                proc.stdin = None
-        for key, proc in procs.items():
-            out, errs = proc.communicate(timeout=timeout)
-            results[key] = (proc.returncode, out, errs)
-    except subprocess.TimeoutExpired as err:
-        raise ActionError(f"{err.cmd[0]} did not finish in {timeout:.0f} s") from None
-    finally:
-        for proc in procs.values():
+class _Procs:
+    """Commands running side by side: started (inputs written), finished later."""
+
+    def __init__(self, cmds: dict[int, list[str]], inputs: dict[int, str]) -> None:
+        self.procs: dict[int, subprocess.Popen[str]] = {}
+        self.results: dict[int, tuple[int, str, str]] = {}
+        try:
+            for key, cmd in cmds.items():
+                try:
+                    self.procs[key] = subprocess.Popen(
+                        cmd, stdin=subprocess.PIPE if key in inputs else subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                except OSError as err:
+                    self.results[key] = (127, "", str(err))
+            # the tools read all their input before they write (little) output
+            for key, proc in self.procs.items():
+                if key in inputs and proc.stdin:
+                    proc.stdin.write(inputs[key])
+                    proc.stdin.close()
+                    proc.stdin = None
+        except BaseException:
+            self.kill()
+            raise
+
+    def finish(self, timeout: float) -> dict[int, tuple[int, str, str]]:
+        try:
+            for key, proc in self.procs.items():
+                out, errs = proc.communicate(timeout=timeout)
+                self.results[key] = (proc.returncode, out, errs)
+        except subprocess.TimeoutExpired as err:
+            raise ActionError(f"{err.cmd[0]} did not finish in {timeout:.0f} s") from None
+        finally:
+            self.kill()
+        return self.results
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return results
+
+
+def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float
+             ) -> dict[int, tuple[int, str, str]]:
+    """Run the commands concurrently; (exit code, stdout, stderr) per key."""
+    return _Procs(cmds, inputs).finish(timeout)
 
 
 def changes(seen: Observed, add: Iterable[Rule], delete: Iterable[Rule], *,

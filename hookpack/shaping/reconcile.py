@@ -368,12 +368,22 @@ class Reconciler:
         """Carry the plan out; returns failures (empty: all done and read back)."""
         failures: list[str] = []
         skipped: set[str] = set()
-        self._run(plan.first, failures, skipped, plan)
+        # The rule changes run in iptables-restore processes while the netlink requests
+        # go out: ordering between the two does not matter (a rule naming a class that
+        # is not there yet, or no more, sends packets to the default class for those
+        # milliseconds; fw filters are removed before their classes, both over netlink).
         try:
-            failures += self.nf.restore_all(plan.nf)
-        except ActionError as err:
+            started = self.nf.restore_start(plan.nf)
+        except (ActionError, OSError) as err:
+            started = None
             failures.append(f"rules: {err}")
+        self._run(plan.first, failures, skipped, plan)
         self._run(plan.last, failures, skipped, plan)
+        if started is not None:
+            try:
+                failures += self.nf.restore_finish(started)
+            except ActionError as err:
+                failures.append(f"rules: {err}")
         if plan.verify and not failures:
             checks = [(req, want) for req, want in plan.verify
                       if not any(t in req.what for t in skipped)]
