@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 INDEX = 5
 INST = instance_name(INDEX)
 N1, N2 = "node1.example.test", "node2.example.test"
-KVM_NIC = "/var/run/ganeti/kvm-hypervisor/nic"
+KVM_NIC = "/run/ganeti/kvm-hypervisor/nic"  # /var/run is an absolute link: not via node_root
 HOOKPACK = str(VENV / "bin" / "hookpack")
 SHAPING = """
 [shaping]
