@@ -6,6 +6,7 @@ Units follow tc(8): ``kbit`` is 1000 bit/s, ``mbit`` 10^6 bit/s, ``kbps`` 1000 b
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def parse_rate(text: str) -> int:
     return rate
 
 
+@functools.lru_cache(maxsize=256)
 def format_rate(rate: int) -> str:
     bits = rate * 8
     for unit, size in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
@@ -60,6 +62,7 @@ class ClassParams:
     quantum: int
 
 
+@functools.lru_cache(maxsize=256)
 def class_params(rate: int, mtu: int) -> ClassParams:
     """burst = rate/100 (10 ms worth, the seed's rule from tc-htb(8)), never below one MTU;
     cburst the same (ceil = rate); quantum = rate/r2q with r2q = rate/MTU (at least 1),

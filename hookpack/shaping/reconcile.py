@@ -79,7 +79,7 @@ class Nic:
 def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
               ) -> tuple[dict[str, list[Nic]], list[str]]:
     """The NICs of the instances running here: ``<kvm_dir>/nic/<instance>/<index>``."""
-    base = kvm_dir / "nic"
+    base = str(kvm_dir / "nic")
     notes: list[str] = []
     out: dict[str, list[Nic]] = {}
     if only is None:
@@ -96,14 +96,15 @@ def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
             notes.append(str(err))
             continue
         nics: list[Nic] = []
+        folder = os.path.join(base, name)
         try:
-            entries = sorted(os.listdir(base / name))
+            entries = sorted(os.listdir(folder))
         except OSError:
             entries = []
         for entry in entries:
             try:
                 idx = validate.device_index(entry, "NIC index")
-                with open(base / name / entry) as handle:
+                with open(os.path.join(folder, entry)) as handle:
                     tap = validate.interface_name(handle.read().strip())
             except BadInput as err:
                 notes.append(f"{name}: {entry}: {err}")

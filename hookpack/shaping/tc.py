@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import socket
 import struct
@@ -111,9 +112,29 @@ class TcObject:
     parent: int
     info: int
     kind: str
-    options: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
-    bytes_sent: int = field(default=0, compare=False)
-    packets_sent: int = field(default=0, compare=False)
+    raw_options: bytes = field(default=b"", compare=False, repr=False)
+    raw_stats: bytes = field(default=b"", compare=False, repr=False)
+
+    # parsed on first use: a dump of 1000 qdiscs needs only their handles
+    @functools.cached_property
+    def options(self) -> dict[int, bytes]:
+        return parse_attrs(self.raw_options) if self.raw_options else {}
+
+    @functools.cached_property
+    def _basic(self) -> tuple[int, int]:
+        basic = parse_attrs(self.raw_stats).get(TCA_STATS_BASIC) if self.raw_stats else None
+        if basic and len(basic) >= 12:
+            sent, packets = struct.unpack_from("=QI", basic)
+            return int(sent), int(packets)
+        return 0, 0
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._basic[0]
+
+    @property
+    def packets_sent(self) -> int:
+        return self._basic[1]
 
     @property
     def prio(self) -> int:
@@ -175,6 +196,7 @@ def _ratespec(rate: int) -> bytes:
     return _RATESPEC.pack(0, TC_LINKLAYER_ETHERNET, 0, 0, 0, min(rate, _U32))
 
 
+@functools.lru_cache(maxsize=256)
 def htb_class_options(p: HtbParams) -> bytes:
     opt = _HTB_OPT.pack(_ratespec(p.rate), _ratespec(p.ceil), bytes_to_ticks(p.burst, p.rate),
                         bytes_to_ticks(p.cburst, p.ceil), p.quantum, 0, p.prio)
@@ -186,6 +208,7 @@ def htb_class_options(p: HtbParams) -> bytes:
     return attr(TCA_KIND, b"htb\0") + attr(TCA_OPTIONS, body)
 
 
+@functools.lru_cache(maxsize=256)
 def htb_qdisc_options(r2q: int, default_minor: int) -> bytes:
     glob = _HTB_GLOB.pack(3, r2q, default_minor, 0, 0)
     return attr(TCA_KIND, b"htb\0") + attr(TCA_OPTIONS, attr(TCA_HTB_INIT, glob))
@@ -405,13 +428,8 @@ def _parse_tc(msg: memoryview) -> TcObject:
     _family, ifindex, hdl, parent, info = _TCMSG.unpack_from(msg, 0)
     attrs = parse_attrs(msg, _TCMSG.size)
     kind = attrs.get(TCA_KIND, b"").rstrip(b"\0").decode(errors="replace")
-    options = parse_attrs(attrs[TCA_OPTIONS]) if TCA_OPTIONS in attrs else {}
-    sent = packets = 0
-    if TCA_STATS2 in attrs:
-        basic = parse_attrs(attrs[TCA_STATS2]).get(TCA_STATS_BASIC)
-        if basic and len(basic) >= 12:
-            sent, packets = struct.unpack_from("=QI", basic)
-    return TcObject(ifindex, hdl, parent, info, kind, options, sent, packets)
+    return TcObject(ifindex, hdl, parent, info, kind, attrs.get(TCA_OPTIONS, b""),
+                    attrs.get(TCA_STATS2, b""))
 
 
 def ifindex(name: str) -> int | None:

@@ -135,11 +135,10 @@ def test_htb_class_encoding_round_trips_through_the_reply_parser():
                         quantum=1500)
     body = tc.htb_class_options(want)
     attrs = tc.parse_attrs(body)
-    obj = tc.TcObject(1, tc.handle(0x4850, 0x10), 0, 0, "htb", tc.parse_attrs(attrs[2]))
+    obj = tc.TcObject(1, tc.handle(0x4850, 0x10), 0, 0, "htb", attrs[2])
     assert obj.htb_class() == want
     big = tc.HtbParams(rate=10**10, ceil=10**10, burst=10**8, cburst=10**8, quantum=200000)
-    obj = tc.TcObject(1, 0, 0, 0, "htb",
-                      tc.parse_attrs(tc.parse_attrs(tc.htb_class_options(big))[2]))
+    obj = tc.TcObject(1, 0, 0, 0, "htb", tc.parse_attrs(tc.htb_class_options(big))[2])
     got = obj.htb_class()
     assert got is not None and got.rate == 10**10  # >4 GB/s goes in TCA_HTB_RATE64
     assert same_class(got, ClassParams(10**10, 10**10, 10**8, 10**8, 200000))
@@ -183,7 +182,7 @@ def test_fw_filter_request_layout():
     assert (ifindex, handle, parent) == (7, 0x10, 0x48500000)
     assert info >> 16 == 4850 and info & 0xFFFF == 0x0300  # htons(ETH_P_ALL)
     attrs = tc.parse_attrs(raw, tc._NLMSG.size + tc._TCMSG.size)
-    obj = tc.TcObject(7, handle, parent, info, "fw", tc.parse_attrs(attrs[tc.TCA_OPTIONS]))
+    obj = tc.TcObject(7, handle, parent, info, "fw", attrs[tc.TCA_OPTIONS])
     assert attrs[tc.TCA_KIND] == b"fw\0" and obj.fw() == (0x48500010, 0xFFFF)
     full = tc.set_fw_filter(7, 0x4850, 1, 0x10, 0x48500010, 0xFFFFFFFF, True, "f").encode(2)
     attrs = tc.parse_attrs(full, tc._NLMSG.size + tc._TCMSG.size)
