@@ -36,6 +36,7 @@ from hookpack.shaping.observe import Kernel, observe, observe_rules
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 
 OVERLAP_LINES = 64  # rule lines up to which iptables-restore overlaps the netlink work
+DUMP_AT = 32  # read-backs on one device from which one dump replaces the gets
 
 
 @dataclass(frozen=True)
@@ -396,9 +397,8 @@ class Reconciler:
         if plan.verify and not failures:
             checks = [(req, want) for req, want in plan.verify
                       if not any(t in req.what for t in skipped)]
-            for (req, want), reply in zip(checks, self.nl.transact([c[0] for c in checks]),
-                                          strict=True):
-                obj = reply.objects[0] if reply.objects else None
+            for (req, want), obj in zip(checks, self._read_back([c[0] for c in checks]),
+                                        strict=True):
                 if isinstance(want, ClassParams):
                     good = obj is not None and same_class(obj.htb_class(), want)
                 else:
@@ -406,6 +406,30 @@ class Reconciler:
                 if not good:
                     failures.append(f"{req.what}: not read back as written")
         return failures
+
+    def _read_back(self, gets: list[tc.Request]) -> list[tc.TcObject | None]:
+        """What the kernel has for each get. Many gets on one device and parent (a full
+        apply's uplink classes or filters) are answered by one dump instead: the kernel
+        packs a dump's answers into few messages, a get's each into its own."""
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, req in enumerate(gets):
+            groups.setdefault((req.type, req.ifindex, req.parent), []).append(i)
+        out: list[tc.TcObject | None] = [None] * len(gets)
+        single: list[int] = []
+        for (mtype, ifindex, parent), idxs in groups.items():
+            if len(idxs) < DUMP_AT:
+                single += idxs
+                continue
+            found = {(o.handle, o.info if mtype == tc.RTM_GETTFILTER else 0): o
+                     for o in self.nl.dump(mtype, ifindex,
+                                           parent if mtype == tc.RTM_GETTFILTER else 0)}
+            for i in idxs:
+                key = (gets[i].handle, gets[i].info if mtype == tc.RTM_GETTFILTER else 0)
+                out[i] = found.get(key)
+        replies = self.nl.transact([gets[i] for i in single])
+        for i, reply in zip(single, replies, strict=True):
+            out[i] = reply.objects[0] if reply.objects else None
+        return out
 
     def _run(self, ops: list[Op], failures: list[str], skipped: set[str], plan: Plan) -> None:
         ops = [op for op in ops if op.tap is None or op.tap not in skipped]
