@@ -71,6 +71,7 @@ class Report:
         self.failures: list[str] = []
         self.netlink_writes = 0
         self.iptables_writes = 0
+        self.iptables_saves = 0
         self.classifier = ""
         self.ms = 0.0
         self.kernel: Any = None
@@ -89,6 +90,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {"changes": self.changes, "notes": self.notes, "failures": self.failures,
                 "writes": {"netlink": self.netlink_writes, "iptables": self.iptables_writes},
+                "reads": {"iptables_save": self.iptables_saves},
                 "classifier": self.classifier, "ms": round(self.ms, 1)}
 
 
@@ -102,7 +104,8 @@ def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterato
     s = Settings.from_config(settings, mode)
     with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
         nf = netfilter.Netfilter(netfilter.detect(str(settings["iptables_backend"])),
-                                 s.families, timeout=max(1.0, min(30.0, timeout() - 0.5)))
+                                 s.families, timeout=max(1.0, min(30.0, timeout() - 0.5)),
+                                 cache=netfilter.SaveCache(paths.run_dir / "shaping-mangle.json"))
         with tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl:
             rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl, nf=nf)
             yield rec, why
@@ -125,6 +128,7 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
         report.notes = plan.notes
         report.netlink_writes = rec.nl.writes
         report.iptables_writes = rec.nf.writes
+        report.iptables_saves = rec.nf.save_runs
     report.ms = (time.perf_counter() - start) * 1000
     return report
 

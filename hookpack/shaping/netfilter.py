@@ -22,12 +22,17 @@ the chain is declared only when it does not exist yet.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hookpack.errors import ActionError
 
@@ -120,15 +125,126 @@ def detect(preferred: str = "auto") -> Tools:
                  (tool("iptables-restore"), tool("ip6tables-restore")))
 
 
+def nft_genid() -> int | None:
+    """nf_tables' ruleset generation in this network namespace (NFT_MSG_GETGEN): every
+    committed transaction, by any tool, increments it by one."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           12) as sock:  # NETLINK_NETFILTER
+            sock.settimeout(2.0)
+            sock.bind((0, 0))
+            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+            sock.send(struct.pack("=IHHII", 16 + len(body), (10 << 8) | 16, 1, 1, 0) + body)
+            data = sock.recv(65536)
+    except OSError:
+        return None
+    length, mtype = struct.unpack_from("=IH", data)
+    if mtype != (10 << 8) | 15 or length > len(data):  # NFT_MSG_NEWGEN
+        return None
+    pos = 20
+    while pos + 4 <= length:
+        alen, atype = struct.unpack_from("=HH", data, pos)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == 1 and alen >= 8:  # NFTA_GEN_ID, big endian
+            return int(struct.unpack_from(">I", data, pos + 4)[0])
+        pos += (alen + 3) & ~3
+    return None
+
+
+class SaveCache:
+    """The last ``iptables-save -t mangle`` text per family, valid while nf_tables'
+    generation id is unchanged: a hook then reads hookpack's rules without two
+    iptables-save processes. Only with the nf_tables backend (legacy has no generation);
+    kept in the run dir (tmpfs: gone at boot, like the rules), keyed by network
+    namespace. After hookpack's own restores the saved text is updated with the lines
+    it wrote, and kept only if the generation moved by exactly its own transactions
+    (nobody else committed in between)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.netns = os.stat("/proc/self/ns/net").st_ino
+        except OSError:
+            self.netns = 0
+
+    def load(self, genid: int | None) -> dict[int, str] | None:
+        if genid is None:
+            return None
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("genid") != genid or data.get("netns") != self.netns:
+            return None
+        return {int(k): v for k, v in data.get("saves", {}).items()}
+
+    def store(self, genid: int | None, saves: Mapping[int, str]) -> None:
+        if genid is None:
+            self.drop()
+            return
+        try:
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"genid": genid, "netns": self.netns,
+                                       "saves": {str(k): v for k, v in saves.items()}}))
+            os.replace(tmp, self.path)
+        except OSError:
+            self.drop()
+
+    def drop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def apply_lines(save: str, lines: Iterable[str]) -> str | None:
+    """The save text after a restore of ``lines`` (None: cannot tell; drop the cache)."""
+    out = save.splitlines()
+    try:
+        commit = len(out) - 1 - out[::-1].index("COMMIT")
+    except ValueError:
+        return None
+    for line in lines:
+        if line.startswith(":"):
+            out.insert(commit, line)
+            commit += 1
+        elif line.startswith(("-A ", "-I ")):
+            words = line.split(" ")
+            text = ("-A " + " ".join(words[1:2] + words[3:])) if line.startswith("-I ") \
+                else line
+            out.insert(commit, text)
+            commit += 1
+        elif line.startswith("-D "):
+            target = "-A " + line[3:]
+            if target not in out:
+                return None
+            index = out.index(target)
+            del out[index]
+            commit -= 1
+        elif line.startswith("-X "):
+            decl = [i for i, text in enumerate(out) if text.startswith(f":{line[3:]} ")]
+            if not decl:
+                return None
+            del out[decl[0]]
+            commit -= 1
+        else:
+            return None
+    return "\n".join(out) + "\n"
+
+
 class Netfilter:
     """Reads and writes hookpack's rules; counts restore calls (kernel writes)."""
 
     def __init__(self, tools: Tools, families: Sequence[int] = (4, 6),
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, cache: SaveCache | None = None) -> None:
         self.tools = tools
         self.families = tuple(families)
         self.timeout = timeout
         self.writes = 0
+        self.cache = cache if tools.backend == "nf_tables" else None
+        self.saves: dict[int, str] = {}  # the texts the last observe read
+        self.save_runs = 0  # iptables-save processes run (0: the cache answered)
+        self.genid: int | None = None
 
     def _idx(self, family: int) -> int:
         return 0 if family == 4 else 1
@@ -140,13 +256,27 @@ class Netfilter:
                     scope: Scope | None = None) -> dict[int, Observed]:
         """Save the mangle table of each family, the saves running side by side."""
         families = self.families if families is None else families
+        self.genid = nft_genid() if self.cache else None
+        cached = self.cache.load(self.genid) if self.cache else None
+        if cached is not None and all(f in cached for f in families):
+            self.saves = {f: cached[f] for f in families}
+            return {f: parse_save(self.saves[f], scope) for f in families}
         cmds = {f: [self.tools.save[self._idx(f)], "-t", "mangle"] for f in families}
+        self.save_runs += len(cmds)
         results = _run_all(cmds, {}, self.timeout)
         out: dict[int, Observed] = {}
+        self.saves = {}
         for family, (code, stdout, stderr) in results.items():
             if code:
                 raise ActionError(f"{cmds[family][0]} failed: {_tail(stderr)}")
             out[family] = parse_save(stdout, scope)
+            self.saves[family] = stdout
+        if self.cache is not None:
+            after = nft_genid()
+            if after is not None and after == self.genid:
+                self.cache.store(after, self.saves)
+            else:
+                self.cache.drop()
         return out
 
     def restore(self, family: int, lines: Iterable[str]) -> None:
@@ -163,13 +293,17 @@ class Netfilter:
         wait = str(max(1, int(self.timeout)))
         cmds: dict[int, list[str]] = {}
         inputs: dict[int, str] = {}
+        bodies: dict[int, list[str]] = {}
         for family, lines in changes.items():
             body = list(lines)
             if body:
                 cmds[family] = [self.tools.restore[self._idx(family)], "--noflush", "-w", wait]
                 inputs[family] = "*mangle\n" + "\n".join(body) + "\nCOMMIT\n"
+                bodies[family] = body
         self.writes += len(cmds)
-        return _Procs(cmds, inputs), cmds
+        procs = _Procs(cmds, inputs)
+        procs.lines = bodies
+        return procs, cmds
 
     def restore_finish(self, started: tuple[_Procs, dict[int, list[str]]]) -> list[str]:
         procs, cmds = started
@@ -178,7 +312,28 @@ class Netfilter:
             if code:
                 failures.append(f"IPv{family} rules: {cmds[family][0]} refused the change: "
                                 f"{_tail(stderr)}")
+        self._after_write(procs.lines if not failures else None, len(cmds))
         return failures
+
+    def _after_write(self, lines: Mapping[int, list[str]] | None, commits: int) -> None:
+        """Keep the save cache right after our own restores, or drop it."""
+        if self.cache is None or not commits:
+            return
+        after = nft_genid()
+        if (lines is None or self.genid is None or after != self.genid + commits
+                or set(lines) - set(self.saves)):
+            self.cache.drop()
+            return
+        saves = dict(self.saves)
+        for family, body in lines.items():
+            text = apply_lines(saves[family], body)
+            if text is None:
+                self.cache.drop()
+                return
+            saves[family] = text
+        self.saves = saves
+        self.genid = after
+        self.cache.store(after, saves)
 
 
 @dataclass(frozen=True)
@@ -236,6 +391,7 @@ class _Procs:
     """Commands running side by side: started (inputs written), finished later."""
 
     def __init__(self, cmds: dict[int, list[str]], inputs: dict[int, str]) -> None:
+        self.lines: dict[int, list[str]] = {}
         self.procs: dict[int, subprocess.Popen[str]] = {}
         self.results: dict[int, tuple[int, str, str]] = {}
         try:

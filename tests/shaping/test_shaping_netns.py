@@ -7,6 +7,7 @@ Debian kernel guest (branch shapeproof). Traffic is sent only inside the namespa
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -374,3 +375,35 @@ def test_tap_vanishing_between_plan_and_apply_is_skipped(shaper):
     assert not again["failures"]
     assert set(s.classes()) == {"4850:1", "4850:10"}
     assert not any("tap1" in r for r in s.rules())
+
+
+def test_save_cache_follows_the_nf_tables_generation(shaper):
+    s = shaper()
+    _setup(s, "tap0", "tap1")
+    s.node.nic("a.example.test", 0, "tap0")
+    s.node.nic("b.example.test", 0, "tap1")
+    first = s.cli("apply", "--all")
+    assert first["reads"]["iptables_save"] == 2
+    # nobody else touched the ruleset: the next runs read hookpack's rules from the
+    # cache, also after hookpack's own writes (NIC hotplug)
+    again = s.cli("apply", "--all")
+    assert again["reads"]["iptables_save"] == 0 and again["writes"]["iptables"] == 0
+    s.node.add_tap("tap2")
+    s.node.nic("b.example.test", 1, "tap2")
+    hot = s.cli("apply", "b.example.test")
+    assert hot["reads"]["iptables_save"] == 0 and hot["writes"]["iptables"] == 2
+    assert any("tap2" in r for r in s.rules()) and any("tap2" in r for r in s.rules(6))
+    after = s.cli("apply", "--all")
+    assert after["reads"]["iptables_save"] == 0 and after["changes"] == []
+    # someone deletes one of hookpack's rules by hand: the generation moved, the cache is
+    # not trusted, the rule comes back
+    (line,) = [r for r in s.rules() if "tap0" in r]
+    s.node.run("iptables", "-t", "mangle", "-D", *shlex.split(line)[1:])
+    fixed = s.cli("apply", "--all")
+    assert fixed["reads"]["iptables_save"] == 2
+    assert fixed["writes"]["iptables"] == 1  # IPv4 only: IPv6 was untouched
+    assert any("tap0" in r for r in s.rules())
+    # an unrelated firewall change also moves the generation: read again, change nothing
+    s.node.run("iptables", "-t", "filter", "-A", "INPUT", "-j", "ACCEPT")
+    quiet = s.cli("apply", "--all")
+    assert quiet["reads"]["iptables_save"] == 2 and quiet["changes"] == []
