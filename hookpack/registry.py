@@ -75,8 +75,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "instance-reboot", "instance-migrate", "instance-failover"), ("post",),
                ("host",), "pinning", cli=True),
     ActionSpec("shaping", "hookpack.actions.shaping", ("instance-add", "instance-start",
-               "instance-stop", "instance-reboot", "instance-migrate", "instance-failover", "instance-move",
-               "instance-modify", "instance-remove"), ("post",),
+               "instance-stop", "instance-reboot", "instance-migrate", "instance-failover",
+               "instance-move", "instance-modify", "instance-remove"), ("post",),
                ("primary", "secondary", "source", "target", "host"), "shaping", cli=True),
 )
 
