@@ -19,7 +19,8 @@ UNITS = sorted(p.name.removesuffix(".j2") for p in TEMPLATES.glob("*.j2"))
 
 
 def render(name: str, venv: Path) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+    # Unit files, not HTML: no autoescaping (as in Ansible).
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),  # noqa: S701
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.get_template(f"{name}.j2").render(
         ansible_managed="Ansible managed", hookpack_venv=str(venv),
