@@ -66,3 +66,32 @@ def test_lab_lock_is_exclusive_and_names_its_holder(tmp_path):
         LabLock(wait=0, who="second", path=path).acquire()
     with LabLock(wait=0, who="second", path=path):
         assert "second" in path.read_text()
+
+
+def test_ansible_lab_paths_are_node_private_and_removable():
+    """Every path the role writes in the lab is inside a node-private directory (the nodes
+    share the rest of the filesystem) and is not itself a bind mount point (absent removes
+    it, or its venv's parent)."""
+    from vmtestbed.ganeti import ansible_rollout as ar
+    from vmtestbed.ganeti.layout import PRIVATE_DIRS
+
+    node = Node(NodeSpec(2))
+    paths = [*ar.LAB_PATHS.values(), *ar.STAND_INS,
+             ar.LAB_PATHS["hookpack_venv"].rsplit("/", 1)[0]]
+    for path in paths:
+        assert str(node.host_path(path)).startswith(str(node.spec.state_dir)), path
+        assert path not in PRIVATE_DIRS, path
+
+
+def test_ansible_recap_is_parsed_per_host():
+    from vmtestbed.ganeti.ansible_rollout import parse_recap
+
+    out = ("TASK [x] ***\nok: [node1.example.test]\n\nPLAY RECAP ******\n"
+           "node1.example.test         : ok=27   changed=10   unreachable=0    failed=0    "
+           "skipped=12   rescued=0    ignored=0   \n"
+           "node2.example.test         : ok=26   changed=0    unreachable=0    failed=1\n")
+    recap = parse_recap(out)
+    assert recap["node1.example.test"]["changed"] == 10
+    assert recap["node2.example.test"] == {"ok": 26, "changed": 0, "unreachable": 0,
+                                           "failed": 1}
+    assert parse_recap("no recap at all") == {}

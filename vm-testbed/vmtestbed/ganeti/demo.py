@@ -1,6 +1,7 @@
 """The main demo: a real Ganeti cluster runs hookpack's hooks around an instance's life.
 
-Brings the two-node lab up, rolls hookpack out on the nodes, drives one instance through
+Brings the two-node lab up, rolls hookpack out on the nodes with the project's Ansible
+playbook (over ssh, from a controller on the master node), drives one instance through
 add, grow-disk, live migrate, failover, reboot, shutdown, startup and remove, tries an
 add that the policy action vetoes, and prints after each operation what changed on the
 nodes and in the guest and where hookpack ran (from its record action). Ends with a
@@ -13,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmtestbed.ganeti import ansible_rollout
+from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.lab import Lab
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 from vmtestbed.ganeti.lock import LabLock
@@ -143,6 +146,23 @@ def run_demo(lab: Lab) -> Demo:
     return d
 
 
+def rollout(lab: Lab) -> None:
+    """hookpack onto every node with the project's playbook (ansible/site.yml), over ssh
+    from a controller in the master's namespaces (vmtestbed/ganeti/ansible_rollout.py)."""
+    print("== hookpack rolled out with the Ansible playbook (ansible/site.yml): "
+          "ansible-playbook on node1, over ssh to each node", flush=True)
+    t0 = time.monotonic()
+    ansible_rollout.prepare(lab)
+    t1 = time.monotonic()
+    result = ansible_rollout.play(lab)
+    t2 = time.monotonic()
+    for line in result.recap_text().splitlines():
+        print(f"   {line}")
+    if result.returncode:
+        raise LabError(f"the playbook failed:\n{result.failure()}")
+    print(f"   wheels + inventory {t1 - t0:.1f} s, playbook {t2 - t1:.1f} s")
+
+
 def main(nodes: int = 2, keep: bool = False) -> int:
     lab = Lab()
     lock = LabLock(wait=1800, who="vm-testbed ganeti demo")
@@ -159,10 +179,7 @@ def main(nodes: int = 2, keep: bool = False) -> int:
         timings = lab.up(nodes=nodes, owner="cli" if keep else "demo")
         print(f"   up in {timings[f'up_{nodes}_nodes']:.1f} s: "
               + ", ".join(n.name for n in lab.nodes))
-        print("== hookpack rolled out: venv + `hookpack hooks install` on each node", flush=True)
-        lab.install_hookpack()
-        print(f"   venv {lab.timings['hookpack_venv']:.1f} s, nodes "
-              f"{lab.timings['hookpack_nodes']:.1f} s")
+        rollout(lab)
         demo = run_demo(lab)
         demo.summary()
     finally:

@@ -308,11 +308,12 @@ class Lab:
             for f in files:
                 f.write_text(hookpack_install.LAB_CONFIG)
 
-    def records(self, node: NodeRef) -> list[dict[str, Any]]:
-        """The recording action's lines on ``node`` (empty if none yet)."""
-        path = self.node_file(node, hookpack_install.RECORD_PATH)
+    def records(self, node: NodeRef, path: str = hookpack_install.RECORD_PATH,
+                ) -> list[dict[str, Any]]:
+        """The recording action's lines on ``node`` (empty if none yet); ``path``: the
+        record file on the node, if the config put it elsewhere."""
         try:
-            text = path.read_text()
+            text = self.node_file(node, path).read_text()
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
