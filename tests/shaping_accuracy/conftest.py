@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from vmtestbed.netnode import NetNode
 from vmtestbed.shapemeter import IperfServers, Measurement
 

@@ -6,7 +6,6 @@ If these fail, the accuracy tests of hookpack's shaping would measure noise.
 from __future__ import annotations
 
 import pytest
-
 from vmtestbed.netnode import NetNode
 from vmtestbed.shapemeter import Flow, measure, measure_until_within
 
