@@ -1,0 +1,33 @@
+"""Run ``inner/`` (the fw-path tests) inside the stock-kernel guest; all must pass."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+INNER = Path(__file__).resolve().parent / "inner"
+
+
+def _run_inner(run_in_host_guest, selector: str, timeout: float = 900):
+    run = run_in_host_guest(
+        [sys.executable, "-m", "pytest", str(INNER / selector), "-p", "no:cacheprovider",
+         "-q", "-rA", "-s", "-o", "addopts="],
+        cwd=REPO, env={"HPG_GUEST": "1", "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+    print(f"guest: boot-to-command {run.boot_to_command:.1f}s, whole run {run.total:.1f}s")
+    print(run.output[-6000:])
+    summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors)",
+                                               summary)}
+    return run, counts
+
+
+def test_fw_kernel_path_in_guest(run_in_host_guest):
+    run, counts = _run_inner(run_in_host_guest, "test_fw_kernel_path.py")
+    assert run.rc == 0, run.output[-4000:]
+    assert counts.get("passed") == 2 and set(counts) == {"passed"}, run.output[-4000:]
