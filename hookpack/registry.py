@@ -64,6 +64,10 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
     ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
+    ActionSpec("shaping", "hookpack.actions.shaping", ("instance-start", "instance-stop",
+               "instance-reboot", "instance-migrate", "instance-failover", "instance-move",
+               "instance-modify", "instance-remove"), ("post",),
+               ("primary", "secondary", "source", "target", "host"), "shaping", cli=True),
 )
 
 
