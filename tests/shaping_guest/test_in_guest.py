@@ -14,11 +14,14 @@ REPO = Path(__file__).resolve().parents[2]
 INNER = Path(__file__).resolve().parent / "inner"
 
 
-def _run_inner(run_in_host_guest, selector: str, timeout: float = 900):
+def _run_inner(run_in_host_guest, selector: str, timeout: float = 900,
+               env: dict[str, str] | None = None):
+    target = selector if selector.startswith("tests/") else str(INNER / selector)
     run = run_in_host_guest(
-        [sys.executable, "-m", "pytest", str(INNER / selector), "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider",
          "-q", "-rA", "-s", "-o", "addopts="],
-        cwd=REPO, env={"HPG_GUEST": "1", "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+        cwd=REPO, env={"HPG_GUEST": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+        timeout=timeout)
     print(f"guest: boot-to-command {run.boot_to_command:.1f}s, whole run {run.total:.1f}s")
     print(run.output[-6000:])
     summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
@@ -31,3 +34,9 @@ def test_fw_kernel_path_in_guest(run_in_host_guest):
     run, counts = _run_inner(run_in_host_guest, "test_fw_kernel_path.py")
     assert run.rc == 0, run.output[-4000:]
     assert counts.get("passed") == 2 and set(counts) == {"passed"}, run.output[-4000:]
+
+
+def test_hookpack_fw_mode_in_guest(run_in_host_guest):
+    run, counts = _run_inner(run_in_host_guest, "test_hookpack_fw.py")
+    assert run.rc == 0, run.output[-4000:]
+    assert counts.get("passed") == 3 and set(counts) == {"passed"}, run.output[-4000:]
