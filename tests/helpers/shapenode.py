@@ -20,10 +20,10 @@ from vmtestbed.shapemeter import class_bytes
 
 class HookpackNode:
     def __init__(self, node: NetNode, base: Path, classifier: str, default_rate: str = "1gbit",
-                 ipv6: bool = True) -> None:
+                 ipv6: bool = True, kvm_dir: Path | None = None) -> None:
         self.node = node
         self.base = base
-        self.kvm_dir = base / "kvm"
+        self.kvm_dir = kvm_dir or base / "kvm"
         self.state_dir = base / "state"
         (self.kvm_dir / "nic").mkdir(parents=True, exist_ok=True)
         self.config = base / "hookpack.toml"
@@ -46,12 +46,15 @@ class HookpackNode:
             d = self.kvm_dir / "nic" / instance
             d.mkdir(parents=True, exist_ok=True)
             (d / "0").write_text(vm.host_ifname + "\n")
-            tags = [f"hookpack:{k}={v}" for k, v in (("egress", egress), ("ingress", ingress))
-                    if v]
-            tagdir = self.state_dir / "shaping" / "tags"
-            tagdir.mkdir(parents=True, exist_ok=True)
-            (tagdir / instance).write_text(json.dumps(sorted(tags)) + "\n")
+            self.set_rates(instance, egress, ingress)
         return vm
+
+    def set_rates(self, instance: str, egress: str | None, ingress: str | None) -> None:
+        """The instance's last known ``hookpack:egress=``/``ingress=`` tags."""
+        tags = [f"hookpack:{k}={v}" for k, v in (("egress", egress), ("ingress", ingress)) if v]
+        tagdir = self.state_dir / "shaping" / "tags"
+        tagdir.mkdir(parents=True, exist_ok=True)
+        (tagdir / instance).write_text(json.dumps(sorted(tags)) + "\n")
 
     def cli(self, *args: str, check: bool = True) -> dict:
         proc = self.node.exec([sys.executable, "-m", "hookpack", "shaping", *args, "--json",

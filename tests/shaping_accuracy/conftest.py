@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 from vmtestbed.netnode import NetNode
+from vmtestbed.pytest_plugin import boot_guest, guest_image, kvmnode, netnode
 from vmtestbed.shapemeter import IperfServers, Measurement
+
+# the testbed's fixtures, for the real-guest test
+__all__ = ["boot_guest", "guest_image", "kvmnode", "netnode"]
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "shapeproof.jsonl"
 PORTS = (5301, 5302, 5303)

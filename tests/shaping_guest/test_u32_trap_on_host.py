@@ -13,10 +13,10 @@ import gzip
 from pathlib import Path
 
 import pytest
-
-from tests.helpers.shapenode import HookpackNode
 from vmtestbed.netnode import NetNode
 from vmtestbed.shapemeter import Flow, IperfServers, class_bytes, measure
+
+from tests.helpers.shapenode import HookpackNode
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

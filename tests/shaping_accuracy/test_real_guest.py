@@ -1,0 +1,52 @@
+"""One real QEMU guest (vmtestbed: Ganeti-style KVM launch, tap on the bridge) under TCG.
+
+Measures what a TCG guest can carry through tap, bridge and uplink unshaped (its
+CPU, not the network, is the limit: that is why the 100/500 Mbit runs use fake
+VMs), then shapes it with ``hookpack shaping apply`` (the tap found through
+the KVM runtime dir's ``nic/<instance>/0``, as on a Ganeti node) at a rate it can
+exceed, both directions, within +-5 %.
+"""
+
+from __future__ import annotations
+
+import pytest
+from vmtestbed.netnode import IPERF_PORT
+from vmtestbed.shapemeter import Measurement, client_argv, parse, within
+
+from tests.helpers.shapenode import HookpackNode
+
+pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]
+
+SECONDS = 6
+ATTEMPTS = 3
+
+
+def _measure(guest, server_ip: str, reverse: bool, label: str) -> Measurement:
+    argv = client_argv(server_ip, IPERF_PORT, SECONDS, 1, reverse)
+    return parse(guest.check_output(argv, SECONDS + 60), label)
+
+
+def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_path, record):
+    guest = boot_guest("tcg1.example.test", vcpus=1, memory_mib=256)
+    free = {rev: _measure(guest, netnode.upstream_ip, rev, f"unshaped rev={rev}")
+            for rev in (False, True)}
+    record("real TCG guest unshaped from-vm, to-vm", None, [free[False], free[True]])
+    top = min(m.wire for m in free.values())
+    # a rate the guest clearly exceeds unshaped, so the shaper (not the CPU) limits it
+    rate = 50 if top > 100 else 10
+    assert top > 2 * rate, f"TCG guest too slow to test shaping: {free}"
+
+    shaper = HookpackNode(netnode, tmp_path, "auto", kvm_dir=kvmnode.hv_dir)
+    shaper.set_rates(guest.name, f"{rate}mbit", f"{rate}mbit")
+    report = shaper.apply()
+    assert not report["failures"], report
+    assert any(guest.name in c for c in report["changes"]), report
+    for direction, rev in (("from-vm", False), ("to-vm", True)):
+        attempts = []
+        for _ in range(ATTEMPTS):
+            attempts.append(_measure(guest, netnode.upstream_ip, rev, direction))
+            if within(attempts[-1].wire, rate):
+                break
+        record(f"real TCG guest {rate}mbit {direction} ({report['classifier'].split(':')[0]})",
+               rate, attempts)
+        assert within(attempts[-1].wire, rate), [str(m) for m in attempts]
