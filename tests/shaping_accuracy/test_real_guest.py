@@ -1,10 +1,10 @@
 """One real QEMU guest (vmtestbed: Ganeti-style KVM launch, tap on the bridge) under TCG.
 
-Measures what a TCG guest can carry through tap, bridge and uplink unshaped (its
-CPU, not the network, is the limit: that is why the 100/500 Mbit runs use fake
-VMs), then shapes it with ``hookpack shaping apply`` (the tap found through
-the KVM runtime dir's ``nic/<instance>/0``, as on a Ganeti node) at a rate it can
-exceed, both directions, within +-5 %.
+Measures what the TCG guest can carry through tap, bridge and uplink unshaped
+(virtio-net with offloads: about 1 Gbit/s here), then shapes it with ``hookpack
+shaping apply`` (its tap found through the KVM runtime dir's
+``nic/<instance>/0``, as on a Ganeti node) at 10, 100 and 500 Mbit/s (those it
+clearly exceeds unshaped), both directions, each within +-5 %.
 """
 
 from __future__ import annotations
@@ -32,21 +32,27 @@ def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_p
             for rev in (False, True)}
     record("real TCG guest unshaped from-vm, to-vm", None, [free[False], free[True]])
     top = min(m.wire for m in free.values())
-    # a rate the guest clearly exceeds unshaped, so the shaper (not the CPU) limits it
-    rate = 50 if top > 100 else 10
-    assert top > 2 * rate, f"TCG guest too slow to test shaping: {free}"
+    # the rates the guest clearly exceeds unshaped, so the shaper (not the CPU) limits them
+    rates = [r for r in (10, 100, 500) if top > 1.5 * r]
+    assert rates, f"TCG guest too slow to test shaping: {free}"
+    if len(rates) < 3:
+        print(f"TCG guest tops out at {top:.0f} Mbit/s: only {rates} Mbit/s tested")
 
     shaper = HookpackNode(netnode, tmp_path, "auto", kvm_dir=kvmnode.hv_dir)
-    shaper.set_rates(guest.name, f"{rate}mbit", f"{rate}mbit")
-    report = shaper.apply()
-    assert not report["failures"], report
-    assert any(guest.name in c for c in report["changes"]), report
-    for direction, rev in (("from-vm", False), ("to-vm", True)):
-        attempts = []
-        for _ in range(ATTEMPTS):
-            attempts.append(_measure(guest, netnode.upstream_ip, rev, direction))
-            if within(attempts[-1].wire, rate):
-                break
-        record(f"real TCG guest {rate}mbit {direction} ({report['classifier'].split(':')[0]})",
-               rate, attempts)
-        assert within(attempts[-1].wire, rate), [str(m) for m in attempts]
+    failures = []
+    for rate in rates:
+        shaper.set_rates(guest.name, f"{rate}mbit", f"{rate}mbit")
+        report = shaper.apply()
+        assert not report["failures"], report
+        assert any(guest.name in c for c in report["changes"]), report
+        for direction, rev in (("from-vm", False), ("to-vm", True)):
+            attempts = []
+            for _ in range(ATTEMPTS):
+                attempts.append(_measure(guest, netnode.upstream_ip, rev, direction))
+                if within(attempts[-1].wire, rate):
+                    break
+            record(f"real TCG guest {rate}mbit {direction} "
+                   f"({report['classifier'].split(':')[0]})", rate, attempts)
+            if not within(attempts[-1].wire, rate):
+                failures.append([str(m) for m in attempts])
+    assert not failures, failures
