@@ -42,6 +42,13 @@ def test_auto_chooses_fw_and_each_vm_lands_in_its_own_class(node, servers, tmp_p
     # each tap's mark has its own fw filter
     by_mark = {int(h.split("/")[0], 16): c for h, c in filters}
     assert {int(m, 16) for m in marks.values()} == set(by_mark), (marks, filters)
+    # hookpack reads its fw state back: show lists each NIC by mark, nothing pending
+    shown = shaper.cli("show")
+    assert shown["classifier"].startswith("fw"), shown
+    assert sorted(r["class"] for r in shown["taps"]) == sorted(
+        f"mark {int(m, 16):#x}" for m in marks.values()), shown
+    assert {r["egress"] for r in shown["taps"]} == {"8mbit", "12mbit"}, shown
+    assert shown["pending_changes"] == [], shown
     # a second apply changes nothing
     again = shaper.apply()
     assert again["changes"] == [] and again["writes"]["netlink"] == 0, again
