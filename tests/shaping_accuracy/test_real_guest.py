@@ -33,10 +33,12 @@ def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_p
     record("real TCG guest unshaped from-vm, to-vm", None, [free[False], free[True]])
     top = min(m.wire for m in free.values())
     # the rates the guest clearly exceeds unshaped, so the shaper (not the CPU) limits them
-    rates = [r for r in (10, 100, 500) if top > 1.5 * r]
+    rates = [r for r in (10, 100, 500) if top > 1.25 * r]
     assert rates, f"TCG guest too slow to test shaping: {free}"
-    if len(rates) < 3:
-        print(f"TCG guest tops out at {top:.0f} Mbit/s: only {rates} Mbit/s tested")
+    for untested in sorted({10, 100, 500} - set(rates)):
+        # said loudly and recorded: the fake-VM tests cover this rate, this one cannot
+        record(f"real TCG guest {untested}mbit NOT TESTED (guest tops out at {top:.0f})",
+               untested, [])
 
     shaper = HookpackNode(netnode, tmp_path, "auto", kvm_dir=kvmnode.hv_dir)
     failures = []
