@@ -21,9 +21,9 @@ SETTINGS = {
     "egress_rate": Field(str, "100mbit", "Default VM -> world rate per NIC (tc units: "
                          "kbit, mbit, gbit = 10^3/10^6/10^9 bit/s; kbps... = bytes/s)."),
     "ingress_rate": Field(str, "100mbit", "Default world -> VM rate per NIC."),
-    "max_egress_rate": Field(str, "", "Highest egress rate a `hookpack:egress=` tag may "
+    "max_egress_rate": Field(str, "", "Highest egress rate a `hookpack:egress:` tag may "
                              "ask for. Empty: egress_rate (tags can only lower it)."),
-    "max_ingress_rate": Field(str, "", "Highest rate a `hookpack:ingress=` tag may ask "
+    "max_ingress_rate": Field(str, "", "Highest rate a `hookpack:ingress:` tag may ask "
                               "for. Empty: ingress_rate."),
     "uplink_rate": Field(str, "10gbit", "Rate of the uplink's default class: traffic of "
                          "the host and of unshaped VMs (effectively unlimited)."),
@@ -103,7 +103,7 @@ def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterato
     with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
         nf = netfilter.Netfilter(netfilter.detect(str(settings["iptables_backend"])),
                                  s.families, timeout=max(1.0, min(30.0, timeout() - 0.5)))
-        with tc.Netlink() as nl:
+        with tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl:
             rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl, nf=nf)
             yield rec, why
 
@@ -259,3 +259,55 @@ def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -
                   "set net.bridge.bridge-nf-call-iptables=1): physdev rules will not match")
     return 0
 
+
+
+def doctor(cfg: Any, paths: Paths) -> list[Any]:
+    """`hookpack doctor` checks: classifier probe, uplink, backend, br_netfilter."""
+    from hookpack.doctor import FAIL, PASS, WARN, Check
+    from hookpack.shaping import classifier, netfilter, tc
+
+    settings = cfg.section("shaping", SETTINGS)
+    checks = []
+    probe = classifier.probe(paths.run_dir)
+    mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
+    if mode == "fw" and not probe.get("fw"):
+        checks.append(Check("shaping classifier", FAIL, f"fw forced but {why}",
+                            "set shaping.classifier = \"auto\""))
+    else:
+        checks.append(Check("shaping classifier", PASS,
+                            f"{mode} ({why}); u32 mark match: {probe.get('u32_mark')}"))
+    uplink = str(settings["uplink"])
+    index = tc.ifindex(uplink) if uplink else None
+    if not uplink:
+        checks.append(Check("shaping uplink", FAIL, "shaping.uplink is not set",
+                            "set it to the public interface (not the bridge)"))
+    elif index is None:
+        checks.append(Check("shaping uplink", FAIL, f"{uplink} does not exist",
+                            "fix shaping.uplink"))
+    else:
+        with tc.Netlink() as nl:
+            (reply,) = nl.transact([tc.get_root_qdisc(index, uplink)])
+        from hookpack.shaping.observe import root_state
+
+        obj = reply.objects[0] if reply.objects else None
+        state = root_state(obj, int(str(settings["handle"]), 16))
+        if state == "foreign" and not settings["replace_foreign_qdisc"]:
+            checks.append(Check("shaping uplink", WARN, f"{uplink} has a root qdisc hookpack "
+                                f"did not create ({obj.kind if obj else '?'}): shaping refuses",
+                                "remove it or set shaping.replace_foreign_qdisc = true"))
+        else:
+            checks.append(Check("shaping uplink", PASS, f"{uplink} root qdisc: {state}"))
+    try:
+        tools = netfilter.detect(str(settings["iptables_backend"]))
+        checks.append(Check("shaping iptables", PASS, f"backend {tools.backend}, "
+                            f"writes with {tools.restore[0]}"))
+    except ActionError as err:
+        checks.append(Check("shaping iptables", FAIL, str(err)))
+    if netfilter.bridge_nf_call(4, str(paths.proc_root)) is not True:
+        checks.append(Check("shaping br_netfilter", FAIL, "bridged traffic does not pass "
+                            "iptables: physdev rules cannot classify VM traffic",
+                            "modprobe br_netfilter; sysctl -w "
+                            "net.bridge.bridge-nf-call-iptables=1 (and ...-ip6tables=1)"))
+    else:
+        checks.append(Check("shaping br_netfilter", PASS, "bridge-nf-call-iptables = 1"))
+    return checks

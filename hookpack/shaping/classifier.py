@@ -58,10 +58,10 @@ def probe_in_child() -> dict[str, Any]:
     os.close(read_fd)
     os.waitpid(pid, 0)
     try:
-        result: dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
+        parsed: dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
     except ValueError:
-        result = {"error": "probe child sent no result"}
-    return result
+        parsed = {"error": "probe child sent no result"}
+    return parsed
 
 
 def _probe_here() -> dict[str, Any]:

@@ -22,10 +22,11 @@ the chain is declared only when it does not exist yet.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hookpack.errors import ActionError
@@ -76,8 +77,9 @@ class Observed:
 
     chain: bool = False
     jumps: int = 0
-    rules: list[Rule] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)  # ours, in the reconcile's scope
     foreign: list[str] = field(default_factory=list)  # other lines in our chain: kept
+    other_minors: set[int] = field(default_factory=set)  # of our rules outside the scope
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,15 @@ def detect(preferred: str = "auto") -> Tools:
     """The host's iptables backend: ``iptables -V`` prints "(nf_tables)" or "(legacy)"."""
     backend = preferred
     if preferred == "auto":
+        # Debian's alternatives point iptables at xtables-nft-multi or
+        # xtables-legacy-multi: reading the link costs nothing, a process ~10 ms.
+        found = shutil.which("iptables")
+        real = os.path.basename(os.path.realpath(found)) if found else ""
+        if "nft" in real:
+            backend = "nf_tables"
+        elif "legacy" in real:
+            backend = "legacy"
+    if backend == "auto":
         try:
             out = subprocess.run(["iptables", "-V"], capture_output=True, text=True,
                                  timeout=5, check=False).stdout
@@ -123,44 +134,150 @@ class Netfilter:
         return 0 if family == 4 else 1
 
     def observe(self, family: int) -> Observed:
-        cmd = [self.tools.save[self._idx(family)], "-t", "mangle"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=max(1.0, self.timeout), check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ActionError(f"{cmd[0]}: {err}") from None
-        if proc.returncode:
-            raise ActionError(f"{cmd[0]} failed: {_tail(proc.stderr)}")
-        seen = Observed()
-        for line in proc.stdout.splitlines():
-            if line.startswith(f":{CHAIN} "):
-                seen.chain = True
-            elif line.startswith(f"-A {HOOK_CHAIN} ") and line.endswith(f"-j {CHAIN}"):
-                seen.jumps += 1
-            elif line.startswith(f"-A {CHAIN} "):
-                rule = parse_rule(line)
-                if rule is None:
-                    seen.foreign.append(line)
-                else:
-                    seen.rules.append(rule)
-        return seen
+        return self.observe_all((family,))[family]
+
+    def observe_all(self, families: Sequence[int] | None = None,
+                    scope: Scope | None = None) -> dict[int, Observed]:
+        """Save the mangle table of each family, the saves running side by side."""
+        families = self.families if families is None else families
+        cmds = {f: [self.tools.save[self._idx(f)], "-t", "mangle"] for f in families}
+        results = _run_all(cmds, {}, self.timeout)
+        out: dict[int, Observed] = {}
+        for family, (code, stdout, stderr) in results.items():
+            if code:
+                raise ActionError(f"{cmds[family][0]} failed: {_tail(stderr)}")
+            out[family] = parse_save(stdout, scope)
+        return out
 
     def restore(self, family: int, lines: Iterable[str]) -> None:
-        """One ``--noflush`` transaction on the mangle table; nothing when no lines."""
-        body = list(lines)
-        if not body:
-            return
-        text = "*mangle\n" + "\n".join(body) + "\nCOMMIT\n"
+        self.restore_all({family: lines})
+
+    def restore_all(self, changes: Mapping[int, Iterable[str]]) -> list[str]:
+        """One ``--noflush`` transaction on the mangle table per family (side by side);
+        nothing for a family without lines. Returns the failures."""
+        return self.restore_finish(self.restore_start(changes))
+
+    def restore_start(self, changes: Mapping[int, Iterable[str]]
+                      ) -> tuple[_Procs, dict[int, list[str]]]:
+        """Start the restores; the caller does other work, then ``restore_finish``."""
         wait = str(max(1, int(self.timeout)))
-        cmd = [self.tools.restore[self._idx(family)], "--noflush", "-w", wait]
-        self.writes += 1
+        cmds: dict[int, list[str]] = {}
+        inputs: dict[int, str] = {}
+        for family, lines in changes.items():
+            body = list(lines)
+            if body:
+                cmds[family] = [self.tools.restore[self._idx(family)], "--noflush", "-w", wait]
+                inputs[family] = "*mangle\n" + "\n".join(body) + "\nCOMMIT\n"
+        self.writes += len(cmds)
+        return _Procs(cmds, inputs), cmds
+
+    def restore_finish(self, started: tuple[_Procs, dict[int, list[str]]]) -> list[str]:
+        procs, cmds = started
+        failures = []
+        for family, (code, _out, stderr) in procs.finish(self.timeout + 2).items():
+            if code:
+                failures.append(f"IPv{family} rules: {cmds[family][0]} refused the change: "
+                                f"{_tail(stderr)}")
+        return failures
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Rules a reconcile looks at in detail: its instances' and its taps'."""
+
+    instances: frozenset[str]
+    taps: frozenset[str]
+
+    def covers(self, line: str) -> bool:
+        return (any(f'"hookpack:{name}:' in line for name in self.instances)
+                or any(f"--physdev-in {tap} " in line for tap in self.taps))
+
+
+def parse_save(text: str, scope: Scope | None = None) -> Observed:
+    """Our chain's rules; with a scope, rules outside it only give their class minor
+    (a string split, not a regex: a hook with 1000 taps shaped reads 1000 lines)."""
+    seen = Observed()
+    prefix = f"-A {CHAIN} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            if scope is not None and not scope.covers(line):
+                minor = _minor_of(line)
+                if minor is not None:
+                    seen.other_minors.add(minor)
+                    continue
+            rule = parse_rule(line)
+            if rule is None:
+                seen.foreign.append(line)
+            else:
+                seen.rules.append(rule)
+        elif line.startswith(f":{CHAIN} "):
+            seen.chain = True
+        elif line.startswith(f"-A {HOOK_CHAIN} ") and line.endswith(f"-j {CHAIN}"):
+            seen.jumps += 1
+    return seen
+
+
+def _minor_of(line: str) -> int | None:
+    """The class minor (CLASSIFY 4850:0010) or mark (MARK 0x10/0xffff) a rule sets."""
+    if "hookpack:" not in line:
+        return None
+    last = line.rsplit(" ", 1)[-1]
+    try:
+        if "/" in last:
+            return int(last.split("/", 1)[0], 16)
+        if ":" in last:
+            return int(last.split(":", 1)[1], 16)
+    except ValueError:
+        return None
+    return None
+
+
+class _Procs:
+    """Commands running side by side: started (inputs written), finished later."""
+
+    def __init__(self, cmds: dict[int, list[str]], inputs: dict[int, str]) -> None:
+        self.procs: dict[int, subprocess.Popen[str]] = {}
+        self.results: dict[int, tuple[int, str, str]] = {}
         try:
-            proc = subprocess.run(cmd, input=text, capture_output=True, text=True,
-                                  timeout=self.timeout + 2, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise ActionError(f"{cmd[0]}: {err}") from None
-        if proc.returncode:
-            raise ActionError(f"{cmd[0]} refused the change: {_tail(proc.stderr)}")
+            for key, cmd in cmds.items():
+                try:
+                    self.procs[key] = subprocess.Popen(
+                        cmd, stdin=subprocess.PIPE if key in inputs else subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                except OSError as err:
+                    self.results[key] = (127, "", str(err))
+            # the tools read all their input before they write (little) output
+            for key, proc in self.procs.items():
+                if key in inputs and proc.stdin:
+                    proc.stdin.write(inputs[key])
+                    proc.stdin.close()
+                    proc.stdin = None
+        except BaseException:
+            self.kill()
+            raise
+
+    def finish(self, timeout: float) -> dict[int, tuple[int, str, str]]:
+        try:
+            for key, proc in self.procs.items():
+                out, errs = proc.communicate(timeout=timeout)
+                self.results[key] = (proc.returncode, out, errs)
+        except subprocess.TimeoutExpired as err:
+            raise ActionError(f"{err.cmd[0]} did not finish in {timeout:.0f} s") from None
+        finally:
+            self.kill()
+        return self.results
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _run_all(cmds: dict[int, list[str]], inputs: dict[int, str], timeout: float
+             ) -> dict[int, tuple[int, str, str]]:
+    """Run the commands concurrently; (exit code, stdout, stderr) per key."""
+    return _Procs(cmds, inputs).finish(timeout)
 
 
 def changes(seen: Observed, add: Iterable[Rule], delete: Iterable[Rule], *,

@@ -9,12 +9,14 @@ vanished without a hook are found too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hookpack.shaping import tc
 from hookpack.shaping.model import MINOR_DEFAULT, TAP_MINOR
-from hookpack.shaping.netfilter import Netfilter, Observed
+from hookpack.shaping.netfilter import Netfilter, Observed, Scope
+
+_GONE = tc.TcObject(0, 0, 0, 0, "<gone>")
 
 
 @dataclass
@@ -49,50 +51,56 @@ def root_state(obj: tc.TcObject | None, major: int) -> str:
     return "foreign"
 
 
-def observe_rules(nf: Netfilter) -> dict[int, Observed]:
-    return {family: nf.observe(family) for family in nf.families}
+def observe_rules(nf: Netfilter, scope: Scope | None = None) -> dict[int, Observed]:
+    return nf.observe_all(scope=scope)
 
 
 def observe(nl: tc.Netlink, nf_seen: dict[int, Observed], *, uplink: str, major: int,
-            fw_prio: int, taps: Iterable[str], minors: Iterable[int] | None,
+            fw_prio: int, taps: Mapping[str, int | None], minors: Iterable[int] | None,
             full: bool) -> Kernel:
-    """``taps``: the taps in scope; ``minors``: class minors in scope (None: all)."""
+    """``taps``: the taps in scope and their ifindex (None: gone); ``minors``: class
+    minors in scope (None: all, node scope)."""
     k = Kernel(full=full, nf=nf_seen)
     k.uplink_ifindex = tc.ifindex(uplink)
-    tap_names = sorted(set(taps))
-    requests: list[tc.Request] = []
+    tap_index = dict(taps)
+    roots: dict[int, tc.TcObject | None] = {}
+    if full:
+        # one dump of every root qdisc: the uplink's, the taps', and leftovers elsewhere
+        for qd in nl.dump(tc.RTM_GETQDISC):
+            if qd.parent == tc.TC_H_ROOT:
+                roots[qd.ifindex] = qd
+        known = {i for i in tap_index.values() if i is not None}
+        for where, root in roots.items():
+            if (root is not None and where not in known and where != k.uplink_ifindex
+                    and root_state(root, major) == "ours"):
+                k.stray_tap_qdiscs[where] = _ifname(where)
+    else:
+        wanted = [i for i in (k.uplink_ifindex, *tap_index.values()) if i is not None]
+        gets = [tc.get_root_qdisc(i, f"root qdisc of if{i}") for i in wanted]
+        for where, reply in zip(wanted, nl.transact(gets), strict=True):
+            roots[where] = reply.objects[0] if reply.objects else None
+            if reply.error in tc.GONE:
+                roots[where] = _GONE
     if k.uplink_ifindex is not None:
-        requests.append(tc.get_root_qdisc(k.uplink_ifindex, f"root qdisc of {uplink}"))
-    tap_index = {name: tc.ifindex(name) for name in tap_names}
-    for name in tap_names:
-        index = tap_index[name]
-        if index is not None:
-            requests.append(tc.get_root_qdisc(index, f"root qdisc of {name}"))
-            requests.append(tc.get_class(index, major, TAP_MINOR, f"class of {name}"))
-    replies = iter(nl.transact(requests))
-    if k.uplink_ifindex is not None:
-        reply = next(replies)
-        obj = reply.objects[0] if reply.objects else None
-        k.uplink_root = root_state(obj, major)
-        k.uplink_kind = obj.kind if obj else "noqueue"
-        k.uplink_handle = obj.handle if obj else 0
-    for name in tap_names:
-        index = tap_index[name]
-        if index is None:
+        up_root = roots.get(k.uplink_ifindex)
+        k.uplink_root = root_state(up_root, major)
+        k.uplink_kind = up_root.kind if up_root else "noqueue"
+        k.uplink_handle = up_root.handle if up_root else 0
+    ours: list[tuple[str, int]] = []
+    for name, index in sorted(tap_index.items()):
+        obj = roots.get(index) if index is not None else _GONE
+        if index is None or obj is _GONE:
             k.taps[name] = TapState(None)
             continue
-        q_reply, c_reply = next(replies), next(replies)
-        if q_reply.error in tc.GONE:
-            k.taps[name] = TapState(None)
-            continue
-        obj = q_reply.objects[0] if q_reply.objects else None
         state = TapState(index, root_state(obj, major), obj.kind if obj else "noqueue")
-        if state.root == "ours" and c_reply.objects:
-            state.klass = c_reply.objects[0].htb_class()
         k.taps[name] = state
+        if state.root == "ours":
+            ours.append((name, index))
+    gets = [tc.get_class(i, major, TAP_MINOR, f"class of {n}") for n, i in ours]
+    for (name, _index), reply in zip(ours, nl.transact(gets), strict=True):
+        if reply.objects:
+            k.taps[name].klass = reply.objects[0].htb_class()
     if k.uplink_root != "ours" or k.uplink_ifindex is None:
-        if full:
-            _stray_tap_qdiscs(nl, k, major, tap_index)
         return k
     up = k.uplink_ifindex
     parent = tc.handle(major, 0)
@@ -120,21 +128,7 @@ def observe(nl: tc.Netlink, nf_seen: dict[int, Observed], *, uplink: str, major:
             fw = reply.objects[0].fw() if reply.objects else None
             if fw is not None:
                 k.filters[mark] = fw
-    if full:
-        _stray_tap_qdiscs(nl, k, major, tap_index)
     return k
-
-
-def _stray_tap_qdiscs(nl: tc.Netlink, k: Kernel, major: int,
-                      tap_index: dict[str, int | None]) -> None:
-    """Root HTB qdiscs with hookpack's handle on devices that are not in scope."""
-    known = {i for i in tap_index.values() if i is not None}
-    if k.uplink_ifindex is not None:
-        known.add(k.uplink_ifindex)
-    for obj in nl.dump(tc.RTM_GETQDISC):
-        if (obj.parent == tc.TC_H_ROOT and obj.kind == "htb"
-                and obj.handle == tc.handle(major, 0) and obj.ifindex not in known):
-            k.stray_tap_qdiscs[obj.ifindex] = _ifname(obj.ifindex)
 
 
 def _ifname(index: int) -> str:

@@ -1,6 +1,7 @@
 """Per-instance rates: config defaults, lowered (never raised) by instance tags, persisted.
 
-Tags: ``hookpack:egress=50mbit`` and ``hookpack:ingress=20mbit``. Users who can set tags
+Tags: ``hookpack:egress:50mbit`` and ``hookpack:ingress:20mbit`` (Ganeti refuses "=" in
+tags; ``hookpack:egress=50mbit`` is read too). Users who can set tags
 must not be able to raise their own limit, so a tag is capped by ``max_egress_rate`` /
 ``max_ingress_rate``. A malformed tag is ignored (noted), never an error: the instance
 keeps the default. Other ``hookpack:`` tags belong to other actions and are left alone.
@@ -20,7 +21,10 @@ from hookpack import validate
 from hookpack.errors import BadInput, ConfigError
 from hookpack.shaping.model import parse_rate
 
-_TAG = re.compile(r"hookpack:(egress|ingress)=(.*)")
+# Ganeti accepts only [\w.+*/:@-] in tags (objects.TaggableObject.VALID_TAG_RE): no "=".
+# So the working form is hookpack:egress:50mbit; hookpack:egress=50mbit (the issue's
+# spelling, which gnt-instance add-tags refuses) is read too.
+_TAG = re.compile(r"hookpack:(egress|ingress)[=:](.*)")
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,9 @@ def from_tags(tags: Iterable[str], defaults: Defaults) -> Policy:
         wanted[direction] = min(rate, wanted.get(direction, rate))
     egress = min(wanted.get("egress", defaults.egress), defaults.max_egress)
     ingress = min(wanted.get("ingress", defaults.ingress), defaults.max_ingress)
-    for direction, rate, cap in (("egress", wanted.get("egress"), defaults.max_egress),
-                                 ("ingress", wanted.get("ingress"), defaults.max_ingress)):
-        if rate is not None and rate > cap:
+    for direction, asked, cap in (("egress", wanted.get("egress"), defaults.max_egress),
+                                  ("ingress", wanted.get("ingress"), defaults.max_ingress)):
+        if asked is not None and asked > cap:
             notes.append(f"{direction} tag capped at the maximum")
     return Policy(egress, ingress, tuple(notes))
 

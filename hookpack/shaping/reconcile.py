@@ -12,6 +12,7 @@ classes and fw filters under it, and the rules in its own mangle chain.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from hookpack.shaping.model import (
     parse_rate,
     qdisc_r2q,
 )
-from hookpack.shaping.netfilter import Netfilter, Rule, changes
+from hookpack.shaping.netfilter import Netfilter, Rule, Scope, changes
 from hookpack.shaping.observe import Kernel, observe, observe_rules
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 
@@ -81,7 +82,7 @@ def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
     out: dict[str, list[Nic]] = {}
     if only is None:
         try:
-            names = sorted(p.name for p in base.iterdir() if p.is_dir())
+            names = sorted(e.name for e in os.scandir(base) if e.is_dir())
         except OSError:
             names = []
     else:
@@ -94,19 +95,20 @@ def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
             continue
         nics: list[Nic] = []
         try:
-            entries = sorted((base / name).iterdir())
+            entries = sorted(os.listdir(base / name))
         except OSError:
             entries = []
         for entry in entries:
             try:
-                index = validate.device_index(entry.name, "NIC index")
-                tap = validate.interface_name(entry.read_text().strip())
+                idx = validate.device_index(entry, "NIC index")
+                with open(base / name / entry) as handle:
+                    tap = validate.interface_name(handle.read().strip())
             except BadInput as err:
-                notes.append(f"{name}: {entry.name}: {err}")
+                notes.append(f"{name}: {entry}: {err}")
                 continue
             except OSError:
                 continue  # removed while we read: the instance is stopping
-            nics.append(Nic(name, index, tap))
+            nics.append(Nic(name, idx, tap))
         if nics or only is not None:
             out[name] = nics
     return out, notes
@@ -175,30 +177,34 @@ class Reconciler:
         plan.notes += notes
         if clear:
             nics = {name: [] for name in nics}
-        seen_nf = observe_rules(self.nf)
         desired_taps = {n.tap: n for group in nics.values() for n in group}
+        seen_nf = observe_rules(self.nf, None if full else Scope(
+            frozenset(scope or ()), frozenset(desired_taps)))
 
         def in_scope(rule: Rule) -> bool:
             return full or rule.instance in (scope or ()) or rule.tap in desired_taps
 
         scoped_rules = {f: [r for r in o.rules if in_scope(r)] for f, o in seen_nf.items()}
         out_rules = [r for o in seen_nf.values() for r in o.rules if not in_scope(r)]
+        other_minors = {m for o in seen_nf.values() for m in o.other_minors}
         for family, seen in seen_nf.items():
             if seen.foreign:
                 plan.notes.append(f"IPv{family} chain has {len(seen.foreign)} rule(s) "
                                   "hookpack did not write: left alone")
         # which taps exist right now (a vanished tap is skipped with a note)
-        existing = {tap for tap in desired_taps if tc.ifindex(tap) is not None}
+        index = {tap: tc.ifindex(tap) for tap in desired_taps}
+        existing = {tap for tap, i in index.items() if i is not None}
         for tap in sorted(set(desired_taps) - existing):
-            n = desired_taps[tap]
-            plan.notes.append(f"{tap} ({n.instance}/{n.index}) does not exist: skipped")
+            gone = desired_taps[tap]
+            plan.notes.append(f"{tap} ({gone.instance}/{gone.index}) does not exist: skipped")
         kept: dict[str, int] = {}
         for rules in scoped_rules.values():
             for r in rules:
-                n = desired_taps.get(r.tap)
-                if n and n.instance == r.instance and n.index == r.nic and r.tap not in kept:
+                nic = desired_taps.get(r.tap)
+                if nic and nic.instance == r.instance and nic.index == r.nic \
+                        and r.tap not in kept:
                     kept[r.tap] = r.value
-        taken = {r.value for r in out_rules}
+        taken = {r.value for r in out_rules} | other_minors
         minors = allocate_minors(existing, kept, taken)
         if s.classifier == "fw":
             bad = [m for m in minors.values() if m & s.fw_mask != m]
@@ -207,7 +213,8 @@ class Reconciler:
         old_minors = {r.value for rules in scoped_rules.values() for r in rules}
         rule_taps = {r.tap for rules in scoped_rules.values() for r in rules}
         k = observe(self.nl, seen_nf, uplink=s.uplink, major=s.major, fw_prio=s.fw_prio,
-                    taps=existing | rule_taps,
+                    taps={t: index[t] if t in index else tc.ifindex(t)
+                          for t in existing | rule_taps},
                     minors=None if full else set(minors.values()) | old_minors, full=full)
         self.kernel = k
         if k.uplink_ifindex is None:
@@ -220,7 +227,10 @@ class Reconciler:
             plan.policies[name] = self.policy(name, (tags or {}).get(name))
             plan.notes += [f"{name}: {note}" for note in plan.policies[name].notes]
         # uplink qdisc and default class
-        if not clearing_all:
+        # the uplink's qdisc is made only when a tap needs it (a stop hook on a node with
+        # nothing shaped writes nothing); once it is ours its default class is kept right
+        needs_qdisc = bool(existing) and not clear
+        if (needs_qdisc or parent_ok) and not clearing_all:
             if k.uplink_root == "foreign" and not s.replace_foreign_qdisc:
                 raise ActionError(
                     f"uplink {s.uplink} has a root qdisc hookpack did not create "
@@ -256,7 +266,8 @@ class Reconciler:
                 plan.verify.append((tc.get_class(up, s.major, minor, req.what), eg))
                 what.append(f"egress {format_rate(eg.rate)}")
             if s.classifier == "fw":
-                fw_want = (cid, s.fw_mask)
+                # the kernel reports no mask for the full 32 bits
+                fw_want = (cid, s.fw_mask if s.fw_mask != 0xFFFFFFFF else None)
                 if k.filters.get(minor) != fw_want:
                     plan.first.append(Op(tc.set_fw_filter(
                         up, s.major, s.fw_prio, minor, cid, s.fw_mask, minor in k.filters,
@@ -315,11 +326,11 @@ class Reconciler:
         for tap in sorted(rule_taps - existing):
             st = k.taps.get(tap)
             if st and st.root == "ours":
-                gone = self._drop_tap(plan, k, tap)
-                plan.changes.append(f"{tap}: {', '.join(gone)}")
+                dropped = self._drop_tap(plan, k, tap)
+                plan.changes.append(f"{tap}: {', '.join(dropped)}")
         if full:
-            for index, name in sorted(k.stray_tap_qdiscs.items()):
-                plan.last.append(Op(tc.del_root_qdisc(index, s.major, f"qdisc on {name}"),
+            for where, name in sorted(k.stray_tap_qdiscs.items()):
+                plan.last.append(Op(tc.del_root_qdisc(where, s.major, f"qdisc on {name}"),
                                     tap=name, ok=frozenset({errno.ENOENT, errno.EINVAL})))
                 plan.changes.append(f"{name}: leftover htb qdisc removed")
         return plan
@@ -357,14 +368,22 @@ class Reconciler:
         """Carry the plan out; returns failures (empty: all done and read back)."""
         failures: list[str] = []
         skipped: set[str] = set()
+        # The rule changes run in iptables-restore processes while the netlink requests
+        # go out: ordering between the two does not matter (a rule naming a class that
+        # is not there yet, or no more, sends packets to the default class for those
+        # milliseconds; fw filters are removed before their classes, both over netlink).
+        try:
+            started = self.nf.restore_start(plan.nf)
+        except (ActionError, OSError) as err:
+            started = None
+            failures.append(f"rules: {err}")
         self._run(plan.first, failures, skipped, plan)
-        for fam, lines in plan.nf.items():
-            if lines:
-                try:
-                    self.nf.restore(fam, lines)
-                except ActionError as err:
-                    failures.append(f"IPv{fam} rules: {err}")
         self._run(plan.last, failures, skipped, plan)
+        if started is not None:
+            try:
+                failures += self.nf.restore_finish(started)
+            except ActionError as err:
+                failures.append(f"rules: {err}")
         if plan.verify and not failures:
             checks = [(req, want) for req, want in plan.verify
                       if not any(t in req.what for t in skipped)]

@@ -41,6 +41,8 @@ class Node:
         for ns in (self.ns, self.world):
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
+        sh("ip", "netns", "exec", self.world, "sysctl", "-q", "-w",
+           "net.ipv6.conf.default.disable_ipv6=1")
         self.ip("link", "add", "br0", "type", "bridge")
         self.ip("link", "add", "up0", "type", "veth", "peer", "name", "wo0", "netns", self.world)
         self.ip("link", "set", "up0", "master", "br0")
@@ -67,6 +69,9 @@ class Node:
             vmns = f"hps-v{self.tag}-{len(self.vms)}"
             sh("ip", "netns", "add", vmns)
             self.namespaces.append(vmns)
+            # no IPv6 autoconf chatter: per-class packet counts stay exact
+            sh("ip", "netns", "exec", vmns, "sysctl", "-q", "-w",
+               "net.ipv6.conf.default.disable_ipv6=1")
             self.ip("link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", vmns)
             sh("ip", "-n", vmns, "addr", "add", f"192.0.2.{10 + len(self.vms)}/24", "dev", "eth0")
             sh("ip", "-n", vmns, "link", "set", "eth0", "up")
