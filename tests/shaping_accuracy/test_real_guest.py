@@ -21,6 +21,11 @@ SECONDS = 6
 ATTEMPTS = 3
 
 
+def _run_client(guest, server_ip: str, port: int, reverse: bool) -> Measurement:
+    argv = client_argv(server_ip, port, SECONDS, 1, reverse)
+    return parse(guest.check_output(argv, SECONDS + 60), guest.name)
+
+
 def _measure(guest, server_ip: str, reverse: bool, label: str) -> Measurement:
     argv = client_argv(server_ip, IPERF_PORT, SECONDS, 1, reverse)
     return parse(guest.check_output(argv, SECONDS + 60), label)
@@ -57,4 +62,41 @@ def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_p
                    f"({report['classifier'].split(':')[0]})", rate, attempts)
             if not within(attempts[-1].wire, rate):
                 failures.append([str(m) for m in attempts])
+    assert not failures, failures
+
+
+def test_two_tcg_guests_at_once_each_get_their_own_rate(boot_guest, kvmnode, netnode, tmp_path,
+                                                       record):
+    """Isolation with real guests: 100 and 300 Mbit/s, both sending (then receiving) at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vmtestbed.shapemeter import IperfServers
+
+    low, high = 100, 300
+    guests = [boot_guest("tcg-a.example.test", vcpus=1, memory_mib=256),
+              boot_guest("tcg-b.example.test", vcpus=1, memory_mib=256)]
+    shaper = HookpackNode(netnode, tmp_path, "auto", kvm_dir=kvmnode.hv_dir)
+    for g, rate in zip(guests, (low, high), strict=True):
+        shaper.set_rates(g.name, f"{rate}mbit", f"{rate}mbit")
+    report = shaper.apply()
+    assert not report["failures"], report
+    assert netnode.workdir is not None
+    with IperfServers(netnode.upstream_netns, netnode.upstream_ip, (5311, 5312),
+                      netnode.workdir) as servers, ThreadPoolExecutor(2) as pool:
+        failures = []
+        for direction, rev in (("from-vm", False), ("to-vm", True)):
+            history = []
+            for _ in range(ATTEMPTS):
+                futures = [pool.submit(_run_client, g, netnode.upstream_ip, port, rev)
+                           for g, port in zip(guests, servers.ports, strict=True)]
+                got = [f.result() for f in futures]
+                history.append(got)
+                if within(got[0].wire, low) and within(got[1].wire, high):
+                    break
+            record(f"real TCG guests at once {direction} a={low}", low, [h[0] for h in history])
+            record(f"real TCG guests at once {direction} b={high}", high,
+                   [h[1] for h in history])
+            got_a, got_b = history[-1]
+            if not (within(got_a.wire, low) and within(got_b.wire, high)):
+                failures.append([str(m) for h in history for m in h])
     assert not failures, failures
