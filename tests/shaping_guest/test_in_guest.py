@@ -59,3 +59,30 @@ def test_accuracy_fw_in_guest(run_in_host_guest):
                              timeout=1500, env=GUEST_ACCURACY_ENV)
     assert run.rc == 0, run.output[-4000:]
     assert counts.get("passed") == 5 and set(counts) == {"passed"}, run.output[-4000:]
+
+
+# Tests of tests/shaping/ that are about the host kernel (no cls_fw there) or the
+# CLASSIFY path by design; their fw counterparts are in inner/test_hookpack_fw.py.
+HOST_KERNEL_ONLY = (
+    "test_forcing_fw_where_cls_fw_is_missing_fails_cleanly",  # expects cls_fw missing
+    "test_auto_classifier_probe_and_doctor",  # expects the host's probe result
+    "test_hookpack_doctor_shows_the_probe",  # same, and needs Ganeti installed
+    "test_apply_creates_exactly_the_desired_objects",  # asserts no filter on the uplink
+)
+
+
+def test_shaping_netns_suite_with_fw_in_guest(run_in_host_guest):
+    """The shaping engineer's own netns tests, classifier forced to fw (force_fw plugin)."""
+    deselect = " and ".join(f"not {name}" for name in HOST_KERNEL_ONLY)
+    run = run_in_host_guest(
+        [sys.executable, "-m", "pytest", "tests/shaping/test_shaping_netns.py",
+         "-p", "tests.shaping_guest.force_fw", "-k", deselect, "-p", "no:cacheprovider",
+         "-q", "-rA", "-o", "addopts=", "--tb=short"],
+        cwd=REPO, env={"HPG_GUEST": "1"}, timeout=1200)
+    print(f"guest: boot-to-command {run.boot_to_command:.1f}s, whole run {run.total:.1f}s")
+    print(run.output[-3000:])
+    summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)",
+                                               summary)}
+    assert run.rc == 0, run.output[-5000:]
+    assert set(counts) == {"passed"} and counts["passed"] >= 12, run.output[-5000:]
