@@ -86,3 +86,5 @@ def test_shaping_netns_suite_with_fw_in_guest(run_in_host_guest):
                                                summary)}
     assert run.rc == 0, run.output[-5000:]
     assert set(counts) == {"passed"} and counts["passed"] >= 12, run.output[-5000:]
+    forced = re.search(r"^force_fw: (\d+) CLI results checked as fw$", run.output, re.MULTILINE)
+    assert forced and int(forced.group(1)) >= 10, run.output[-3000:]
