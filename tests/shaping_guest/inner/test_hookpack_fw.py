@@ -74,3 +74,18 @@ def test_forced_fw_on_this_kernel_applies(node, tmp_path):
     assert not report["failures"], report
     assert report["classifier"].startswith("fw"), report
     assert len(shaper.fw_filters("uplink")) == 1
+
+
+def test_hotplugged_nic_adds_one_fw_filter_and_leaves_the_rest(node, tmp_path):
+    shaper = HookpackNode(node, tmp_path, "fw")
+    shaper.add_vm("vm-a.example.test", "8mbit", "8mbit")
+    assert not shaper.apply()["failures"]
+    before = shaper.fw_filters("uplink")
+    vm = node.add_fake_vm()  # NIC 1 of vm-a appears (hotplug)
+    (shaper.kvm_dir / "nic" / "vm-a.example.test" / "1").write_text(vm.host_ifname + "\n")
+    out = shaper.apply()
+    assert not out["failures"], out
+    # uplink class + fw filter, tap qdisc + class; one restore per family
+    assert out["writes"] == {"netlink": 4, "iptables": 2}, out
+    after = shaper.fw_filters("uplink")
+    assert before < after and len(after - before) == 1, (before, after)
