@@ -63,3 +63,17 @@ def test_guest_runs_host_userspace_on_stock_kernel(run_in_host_guest):
     assert not run.errors, run.errors
     # the guest's write went to its overlay's tmpfs, never to the host
     assert not probe.exists()
+
+
+def test_timeout_kills_qemu_and_virtiofsd(host_guest_image):
+    """A guest that does not finish in time: TestbedError, and nothing of ours left running."""
+    from vmtestbed import host
+    from vmtestbed.errors import TestbedError
+    from vmtestbed.hostguest import run_in_guest
+
+    before = set(host.owned_pids())
+    with pytest.raises(TestbedError, match="no exit within"):
+        run_in_guest(["sleep", "600"], image=host_guest_image, timeout=4)
+    mine = host.owner_tag()
+    left = {pid for pid, owner in host.owned_pids().items() if owner == mine} - before
+    assert not left, left
