@@ -1,0 +1,79 @@
+"""vmtestbed.hostguest: Debian's kernel under TCG, the host's root shared read-only."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+from vmtestbed.hostguest import DEFAULT_MODULES, module_load_order
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_module_load_order_puts_dependencies_first():
+    mods = Path("/lib/modules")
+    version = next(p.name for p in sorted(mods.iterdir()) if p.name.endswith("-cloud-amd64"))
+    order = module_load_order(mods / version, ["virtiofs", "br_netfilter"])
+    names = [Path(m).name for m in order]
+    assert names.index("fuse.ko") < names.index("virtiofs.ko")
+    assert names.index("virtio.ko") < names.index("virtiofs.ko")
+    assert names.index("bridge.ko") < names.index("br_netfilter.ko")
+    assert names[-1] == "br_netfilter.ko"
+
+
+def test_guest_runs_host_userspace_on_stock_kernel(run_in_host_guest):
+    """One boot: kernel and modules, host Python + venv, read-only host, exit status."""
+    nonce = secrets.token_hex(4)
+    probe = Path("/var/tmp") / f"hpt-hostguest-{nonce}"
+    script = REPO / "vm-testbed" / ".cache" / f"hpt-hostguest-{nonce}.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        "import os, platform, subprocess, sys\n"
+        "print('KERNEL', platform.release())\n"
+        "print('PREFIX', sys.prefix)\n"
+        "import hookpack, vmtestbed\n"
+        "print('IMPORTS ok')\n"
+        "mods = open('/proc/modules').read().split()\n"
+        f"print('MODULES', *[m for m in {list(DEFAULT_MODULES)!r} if m in mods])\n"
+        f"open({str(probe)!r}, 'w').write('guest')\n"
+        "print('WROTE', os.path.exists(" + repr(str(probe)) + "))\n"
+        "sys.exit(7)\n"
+    )
+    try:
+        run = run_in_host_guest(
+            [sys.executable, str(script)], cwd=REPO,
+            env={"PYTHONPATH": f"{REPO}:{REPO / 'vm-testbed'}"}, timeout=600)
+    finally:
+        script.unlink(missing_ok=True)
+    print(f"hostguest: boot-to-command {run.boot_to_command:.1f}s guest uptime, "
+          f"{run.host_to_command:.1f}s host wall; whole run {run.total:.1f}s")
+    assert run.rc == 7, run.console[-3000:]
+    lines = dict(line.split(" ", 1) for line in run.output.splitlines() if " " in line)
+    assert lines.get("KERNEL", "").endswith("-cloud-amd64"), run.output
+    assert lines.get("PREFIX") == sys.prefix, run.output
+    assert lines.get("IMPORTS") == "ok", run.output
+    loaded = lines.get("MODULES", "").split()
+    for needed in ("sch_htb", "cls_fw", "br_netfilter", "xt_CLASSIFY", "xt_physdev"):
+        assert needed in loaded, run.output
+    assert lines.get("WROTE") == "True", run.output
+    assert not run.errors, run.errors
+    # the guest's write went to its overlay's tmpfs, never to the host
+    assert not probe.exists()
+
+
+def test_timeout_kills_qemu_and_virtiofsd(host_guest_image):
+    """A guest that does not finish in time: TestbedError, and nothing of ours left running."""
+    from vmtestbed import host
+    from vmtestbed.errors import TestbedError
+    from vmtestbed.hostguest import run_in_guest
+
+    before = set(host.owned_pids())
+    with pytest.raises(TestbedError, match="no exit within"):
+        run_in_guest(["sleep", "600"], image=host_guest_image, timeout=4)
+    mine = host.owner_tag()
+    left = {pid for pid, owner in host.owned_pids().items() if owner == mine} - before
+    assert not left, left

@@ -1,0 +1,91 @@
+"""hookpack shaping with the fw classifier on Debian's stock kernel (inside the guest).
+
+The host kernel has no cls_fw, so this is the only place hookpack's fw mode meets
+a real cls_fw: probe, filters written and read back, real traffic per class.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from vmtestbed.shapemeter import Flow, measure
+
+from tests.helpers.shapenode import HookpackNode
+
+pytestmark = [pytest.mark.netns]
+
+
+def test_doctor_probes_cls_fw_present_and_u32_mark_kept(node, tmp_path):
+    shaper = HookpackNode(node, tmp_path, "auto")
+    facts = shaper.cli("doctor", "--refresh")
+    assert facts["cls_fw"] is True, facts
+    assert facts["htb"] is True, facts
+    # Debian's kernel has CONFIG_CLS_U32_MARK=y: the probe must see the mark match kept
+    assert facts["u32_mark"] == "kept", facts
+    assert facts["classifier"].startswith("fw:"), facts
+
+
+def test_auto_chooses_fw_and_each_vm_lands_in_its_own_class(node, servers, tmp_path):
+    shaper = HookpackNode(node, tmp_path, "auto")
+    vms = [shaper.add_vm("vm-a.example.test", "8mbit", "8mbit"),
+           shaper.add_vm("vm-b.example.test", "12mbit", "12mbit")]
+    report = shaper.apply()
+    assert not report["failures"], report
+    assert report["classifier"].startswith("fw"), report
+    filters = shaper.fw_filters("uplink")
+    classes = {c for _, c in filters}
+    assert len(filters) == 2 and len(classes) == 2, filters
+    rules = node.exec(["iptables-save", "-t", "mangle"]).stdout
+    marks = dict(re.findall(r"--physdev-in (\S+) .* -j MARK --set-xmark (0x[0-9a-f]+)/", rules))
+    assert set(marks) == {vm.host_ifname for vm in vms}, rules
+    # each tap's mark has its own fw filter
+    by_mark = {int(h.split("/")[0], 16): c for h, c in filters}
+    assert {int(m, 16) for m in marks.values()} == set(by_mark), (marks, filters)
+    # hookpack reads its fw state back: show lists each NIC by mark, nothing pending
+    shown = shaper.cli("show")
+    assert shown["classifier"].startswith("fw"), shown
+    assert sorted(r["class"] for r in shown["taps"]) == sorted(
+        f"mark {int(m, 16):#x}" for m in marks.values()), shown
+    assert {r["egress"] for r in shown["taps"]} == {"8mbit", "12mbit"}, shown
+    assert shown["pending_changes"] == [], shown
+    # a second apply changes nothing
+    again = shaper.apply()
+    assert again["changes"] == [] and again["writes"]["netlink"] == 0, again
+
+    for vm in vms:
+        mine = by_mark[int(marks[vm.host_ifname], 16)]
+        before = shaper.class_bytes("uplink")
+        (m,) = measure([Flow(vm.netns, node.upstream_ip, servers.ports[0], False, vm.netns)],
+                       seconds=3, omit=0)
+        after = shaper.class_bytes("uplink")
+        delta = {c: after.get(c, 0) - before.get(c, 0) for c in after}
+        print(f"{vm.host_ifname} -> {mine}: {m}; class byte deltas {delta}")
+        sent = m.goodput * 1e6 / 8 * m.seconds
+        assert delta[mine] >= 0.9 * sent, delta
+        others = sum(v for c, v in delta.items() if c != mine)
+        assert others < 0.01 * delta[mine], delta
+
+
+def test_forced_fw_on_this_kernel_applies(node, tmp_path):
+    shaper = HookpackNode(node, tmp_path, "fw")
+    shaper.add_vm("vm-a.example.test", "8mbit", "8mbit")
+    report = shaper.apply()
+    assert not report["failures"], report
+    assert report["classifier"].startswith("fw"), report
+    assert len(shaper.fw_filters("uplink")) == 1
+
+
+def test_hotplugged_nic_adds_one_fw_filter_and_leaves_the_rest(node, tmp_path):
+    shaper = HookpackNode(node, tmp_path, "fw")
+    shaper.add_vm("vm-a.example.test", "8mbit", "8mbit")
+    assert not shaper.apply()["failures"]
+    before = shaper.fw_filters("uplink")
+    vm = node.add_fake_vm()  # NIC 1 of vm-a appears (hotplug)
+    (shaper.kvm_dir / "nic" / "vm-a.example.test" / "1").write_text(vm.host_ifname + "\n")
+    out = shaper.apply()
+    assert not out["failures"], out
+    # uplink class + fw filter, tap qdisc + class; one restore per family
+    assert out["writes"] == {"netlink": 4, "iptables": 2}, out
+    after = shaper.fw_filters("uplink")
+    assert before < after and len(after - before) == 1, (before, after)

@@ -1,0 +1,31 @@
+"""pytest fixtures for :mod:`vmtestbed.hostguest` (import them into a conftest).
+
+- ``host_guest_image`` (session): the cached stage-1 initramfs + Debian kernel.
+- ``run_in_host_guest``: ``run_in_host_guest(argv, **kwargs) -> GuestRun``; boots the
+  stock-kernel guest with this machine's root shared read-only, runs ``argv``,
+  powers off (QEMU and virtiofsd are killed by pid in any case).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from vmtestbed.hostguest import GuestRun, HostGuestImage, build_image, run_in_guest
+
+RunInHostGuest = Callable[..., GuestRun]
+
+
+@pytest.fixture(scope="session")
+def host_guest_image() -> HostGuestImage:
+    return build_image()
+
+
+@pytest.fixture
+def run_in_host_guest(host_guest_image: HostGuestImage) -> RunInHostGuest:
+    def run(argv: Sequence[str], **kwargs: Any) -> GuestRun:
+        return run_in_guest(argv, image=host_guest_image, **kwargs)
+
+    return run
