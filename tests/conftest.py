@@ -9,6 +9,9 @@ import pytest
 
 from hookpack.env import read_env_dump
 
+# vm-testbed fixtures (guest_image, netnode, kvmnode, boot_guest) for every test dir.
+pytest_plugins = ["vmtestbed.pytest_plugin"]
+
 # Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
 # shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "ganeti-env-samples"

@@ -1,3 +1,4 @@
 """Pinning against real QEMU guests: the vm-testbed fixtures (kvmnode, boot_guest)."""
 
-pytest_plugins = ["vmtestbed.pytest_plugin"]
+# The vm-testbed fixtures are registered in tests/conftest.py (pytest allows
+# pytest_plugins only in a top-level conftest).

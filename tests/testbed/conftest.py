@@ -1,3 +1,4 @@
 """Testbed tests use the vm-testbed fixtures (guest_image, netnode, kvmnode, boot_guest)."""
 
-pytest_plugins = ["vmtestbed.pytest_plugin"]
+# The vm-testbed fixtures are registered in tests/conftest.py (pytest allows
+# pytest_plugins only in a top-level conftest).
