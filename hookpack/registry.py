@@ -64,6 +64,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
     ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
+    ActionSpec("disk-grow", "hookpack.actions.disk_grow", ("disk-grow",), ("post",),
+               ("primary",), "disk_grow", enabled_by_default=True, cli=True),
 )
 
 

@@ -9,7 +9,11 @@ import pytest
 
 from hookpack.env import read_env_dump
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared/reference/ganeti-env-samples"
+# The checkout sits next to shared/ (/work/main) or one level deeper (/work/wt/<branch>).
+SAMPLES = next((p / "shared/reference/ganeti-env-samples"
+                for p in Path(__file__).resolve().parents
+                if (p / "shared/reference/ganeti-env-samples").is_dir()),
+               Path(__file__).resolve().parents[2] / "shared/reference/ganeti-env-samples")
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
