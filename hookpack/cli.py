@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = config.add_parser("check", help="validate the configuration file")
     _config_arg(p)
     p.set_defaults(handler=cmd_config_check)
+    p = config.add_parser("reference", help="print the configuration reference (Markdown)")
+    p.add_argument("--write", metavar="PATH", help="write it to PATH instead")
+    p.set_defaults(handler=cmd_config_reference)
 
     hooks = sub.add_parser("hooks", help="Ganeti hooks tree").add_subparsers(metavar="ACTION")
     p = hooks.add_parser("install", help="lay the entry scripts out into a hooks tree")
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = hooks.add_parser("uninstall", help="remove hookpack's entries (and only those)")
     p.add_argument("--root", default="/etc/ganeti/hooks")
     p.set_defaults(handler=cmd_hooks_uninstall)
+
+    p = sub.add_parser("doctor", help="check that this node is ready (exit 1 on a failure)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_doctor)
 
     p = sub.add_parser("actions", help="list the actions and where they act")
     _config_arg(p)
@@ -148,6 +156,17 @@ def cmd_config_check(ns: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_config_reference(ns: argparse.Namespace) -> int:
+    from hookpack.docsgen import reference
+
+    text = reference()
+    if ns.write:
+        Path(ns.write).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_hooks_install(ns: argparse.Namespace) -> int:
     from hookpack.hooksinstall import install
 
@@ -166,6 +185,18 @@ def cmd_hooks_uninstall(ns: argparse.Namespace) -> int:
         print(change)
     print(f"{ns.root}: {len(changes)} change(s)")
     return 0
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    from hookpack.doctor import FAIL, run_checks
+
+    checks = run_checks(load(ns))
+    if ns.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 def cmd_actions(ns: argparse.Namespace) -> int:

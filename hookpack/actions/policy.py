@@ -28,7 +28,7 @@ def run(ctx: ActionContext) -> Result:
         raise ConfigError(f"not a valid regular expression: {err}", key="policy.name_pattern",
                           path=str(ctx.config.path)) from None
     if not rule.fullmatch(name):
-        return Result.veto(f"instance name {name!r} does not match the site rule {pattern!r}")
+        return Result.veto(f"instance name {name!r} does not match the site rule '{pattern}'")
     return Result.nochange(f"name {name!r} allowed")
 
 

@@ -125,3 +125,16 @@ def test_guest_and_fake_vm_throughput_to_upstream(boot_guest, netnode, record_pr
     # Under TCG a guest still moves well over 100 Mbit/s with TSO; a fake VM is ~10x that.
     assert results["guest_up"] > 50 and results["guest_down"] > 50
     assert results["fakevm_up"] > results["guest_up"]
+
+
+def test_restart_is_a_new_qemu_with_the_same_disks(boot_guest, kvmnode):
+    inst = boot_guest(disks=[DiskSpec(LoopDisk(size_mib=32))])
+    inst.console.run("echo persisted | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null")
+    old_pid, old_threads = inst.pid, inst.vcpu_threads()
+    again = kvmnode.restart_instance(inst.name)
+    assert again.pid != old_pid and not inst.alive()
+    assert set(again.vcpu_threads()).isdisjoint(old_threads)
+    hv = kvmnode.root / "kvm-hypervisor"
+    assert (hv / "nic" / inst.name / "0").read_text() == again.taps[0]
+    assert again.disk_ids == inst.disk_ids
+    assert again.console.run("head -c 9 /dev/vda") == "persisted"

@@ -4,6 +4,8 @@ Named test_zz_* so it runs after the other testbed tests.
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,3 +54,40 @@ def test_failure_midway_leaves_nothing(guest_image):
 def test_session_so_far_left_nothing(leak_baseline):
     left = leaks.snapshot(owner=host.owner_tag()) - leak_baseline
     assert not left, f"leaked {left.describe()}"
+
+
+_KILLED_RUN = """
+import os, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from vmtestbed.disks import DiskSpec, LoopDisk
+from vmtestbed.kvmnode import KvmNode, NicSpec
+from vmtestbed.netnode import NetNode
+net = NetNode()
+net.create()
+net.add_fake_vm()
+node = KvmNode(Path(tempfile.mkdtemp(prefix=f"hpt-{os.getpid()}-")), netnode=net)
+node.start_instance("orphan", wait_boot=False, disks=[DiskSpec(LoopDisk(16))], nics=[NicSpec()])
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.qemu
+@pytest.mark.netns
+@pytest.mark.slow
+def test_gc_removes_what_a_killed_run_left(guest_image):
+    testbed = Path(__file__).resolve().parents[2] / "vm-testbed"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(testbed)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        orphans = leaks.snapshot(owner=str(proc.pid))
+        assert len(orphans.netns) == 3 and len(orphans.loops) == 1 and len(orphans.pids) == 2
+    finally:
+        proc.kill()  # SIGKILL: no finalizer runs
+        proc.wait()
+    subprocess.run([str(testbed / "vm-testbed"), "gc"], check=True, capture_output=True)
+    left = leaks.snapshot(owner=str(proc.pid))
+    assert not left, f"gc left {left.describe()}"
+    assert not list(Path(tempfile.gettempdir()).glob(f"hpt-{proc.pid}-*"))

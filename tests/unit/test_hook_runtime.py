@@ -114,7 +114,7 @@ def test_policy_veto_aborts_the_pre_phase_with_one_clear_line(hooks, sample, tmp
     assert results[0].exit_code == 1
     assert results[0].output.splitlines() == [
         "hookpack policy: bad_name.example: veto: instance name 'bad_name.example' does not "
-        "match the site rule '^inst[0-9]+\\\\.example\\\\.test$' (instance-add/pre, 0 changes, "
+        "match the site rule '^inst[0-9]+\\.example\\.test$' (instance-add/pre, 0 changes, "
         + results[0].output.split("0 changes, ")[1]]
     environ["GANETI_INSTANCE_NAME"] = "inst9.example.test"
     assert not pre_aborts(run_hooks(root, "instance-add", "pre", environ))

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmtestbed import host
+from vmtestbed import host, leaks
 from vmtestbed.disks import DiskSpec, FileDisk, LoopDisk
 from vmtestbed.errors import TestbedError
+from vmtestbed.ganeti import cli as ganeti_cli
 from vmtestbed.guest import build_guest_image
 from vmtestbed.kvmnode import KvmNode, NicSpec
 from vmtestbed.netnode import NetNode
@@ -48,10 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="tear testbeds down")
     down.add_argument("name", nargs="?", help="default: all of them")
     sub.add_parser("build", help="build the guest image and print its paths")
+    gc = sub.add_parser("gc", help="remove what killed test runs left behind")
+    gc.add_argument("--dry-run", action="store_true")
+    ganeti_cli.build_parser(
+        sub.add_parser("ganeti", help="a real Ganeti 3.0 cluster (up|down|status)"))
     args = parser.parse_args(argv)
 
     # SIGTERM tears down like Ctrl-C does (context managers and except blocks run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.command == "ganeti":
+        return ganeti_cli.run(args)
     try:
         if args.command == "up":
             return cmd_up(args)
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args.name)
         if args.command == "down":
             return cmd_down(args.name)
+        if args.command == "gc":
+            return cmd_gc(args.dry_run)
         image = build_guest_image()
         print(f"kernel {image.kernel}\ninitrd {image.initrd}\nmodules {image.modules_dir}")
         return 0
@@ -166,3 +175,31 @@ def _stop_guest(pid: int, qmp_path: Path, timeout: float = 15.0) -> None:
         time.sleep(0.1)
     if host.pid_alive(pid):
         host.kill_owned(pid)
+
+
+def cmd_gc(dry_run: bool) -> int:
+    """Remove testbed objects whose owner process died (never those of ``up`` testbeds)."""
+    protected_ns: set[str] = set()
+    protected_pids: set[int] = set()
+    for _, state in _states(None):
+        protected_ns.update(state["netnode"]["namespaces"])
+        protected_pids.update(state["netnode"]["pids"])
+        protected_pids.update(g["pid"] for g in state["guests"].values())
+    found = leaks.stale(protected_ns, protected_pids)
+    print(f"stale: {found.describe()}")
+    if dry_run:
+        return 0
+    for pid in found.pids:
+        host.kill_owned(pid)
+    for loop in found.loops:
+        dev, back = loop.split(" ", 1)
+        host.run(["losetup", "-d", dev], check=False)
+        backing = Path(back.strip("()"))
+        backing.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            backing.parent.rmdir()
+    for ns in found.netns:
+        host.run(["ip", "netns", "delete", ns], check=False)
+    for d in leaks.stale_tempdirs():
+        shutil.rmtree(d, ignore_errors=True)
+    return 0

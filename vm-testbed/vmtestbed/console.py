@@ -98,12 +98,14 @@ class SerialConsole:
         nonce = secrets.token_hex(4)
         # The markers are printed with printf so the literal marker never appears
         # in the command text itself (in case the tty echoes).
+        # The end marker starts on a fresh line even when the output lacks a final
+        # newline; that extra newline is cut off again below.
         line = (f"printf 'HPB-%s\\n' {nonce}; ( {command} ) </dev/null 2>&1; "
-                f"printf 'HPE-%s=%d\\n' {nonce} $?\n")
+                f"printf '\\nHPE-%s=%d\\n' {nonce} $?\n")
         self.send(line)
         begin = self.wait_for(rf"^HPB-{nonce}\n", timeout)
         end = self.wait_for(rf"^HPE-{nonce}=(\d+)\n", timeout)
-        output = self._buf[begin.end():end.start()]
+        output = self._buf[begin.end():end.start()].removesuffix("\n")
         rc = int(end.group(1))
         if check and rc != 0:
             raise GuestCommandFailed(command, rc, output)

@@ -48,6 +48,7 @@ class FileDisk:
     _created: bool = False
 
     def create(self, workdir: Path) -> Path:
+        """Create the file unless it exists (a restart keeps the disk's content)."""
         if self.path is None:
             workdir.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=workdir, prefix="disk-", suffix=".img")
@@ -92,6 +93,9 @@ class LoopDisk:
     backing: Path | None = None
 
     def create(self, workdir: Path | None = None) -> Path:
+        """Attach a new loop device (or return the one already attached: restarts)."""
+        if self.device is not None:
+            return self.device
         # The backing file goes to its own hpt-loop-* directory (not workdir) so the
         # leak check can tell our loop devices from anyone else's.
         d = Path(tempfile.mkdtemp(prefix=f"{LOOP_DIR_PREFIX}{host.owner_tag()}-"))

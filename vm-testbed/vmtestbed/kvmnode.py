@@ -38,7 +38,7 @@ from typing import Any
 
 from vmtestbed import accel, host
 from vmtestbed.console import SerialConsole
-from vmtestbed.disks import DiskSpec
+from vmtestbed.disks import DiskSpec, LoopDisk
 from vmtestbed.errors import TestbedError
 from vmtestbed.guest import BOOT_MARKER, GuestImage, build_guest_image
 from vmtestbed.netnode import NetNode, random_mac
@@ -82,6 +82,7 @@ class RunningInstance:
     vcpus: int
     console: SerialConsole
     boot_seconds: float | None = None
+    start_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def disk_ids(self) -> list[str]:
@@ -206,7 +207,8 @@ class KvmNode:
                 assert self.netnode is not None
                 nic.ip = self.netnode.allocate_ip()
         for idx, disk in enumerate(disks):
-            self._disks.append(disk)
+            if all(disk is not known for known in self._disks):
+                self._disks.append(disk)
             target = disk.backend.create(self.root / "file-storage" / name)
             link = self.disk_link(name, idx)
             link.unlink(missing_ok=True)
@@ -260,6 +262,9 @@ class KvmNode:
                 kvmd_path=self.ctrl(name, "kvmd"), serial_path=self.ctrl(name, "serial"),
                 runtime_path=self.runtime_file(name), taps=taps, disks=disks, nics=nics,
                 vcpus=vcpus, console=console,
+                start_args={"vcpus": vcpus, "memory_mib": memory_mib, "disks": disks,
+                            "nics": nics, "variant": variant, "extra_args": extra_args,
+                            "kernel_args": kernel_args},
             )
             self.instances[name] = inst
             if wait_boot:
@@ -369,6 +374,17 @@ class KvmNode:
         for link in (self.root / "instance-disks").glob(f"{name}:*"):
             link.unlink(missing_ok=True)
 
+    def restart_instance(self, name: str, wait_boot: bool = True,
+                         boot_timeout: float = 60.0) -> RunningInstance:
+        """Stop and start again with the same disks and NICs, as Ganeti's KVM reboot
+        does: a new QEMU process, new taps (the kernel may reuse a freed tapN name),
+        new vCPU threads, disks kept."""
+        old = self.instances[name]
+        args = dict(old.start_args)
+        old.stop()
+        return self.start_instance(name, wait_boot=wait_boot, boot_timeout=boot_timeout,
+                                   **args)
+
     # -- teardown ------------------------------------------------------------
     def close(self) -> None:
         """Kill every instance still running (no ACPI wait) and destroy the disks."""
@@ -392,12 +408,12 @@ class KvmNode:
         self.close()
 
     def to_state(self) -> dict[str, Any]:
+        """What ``vm-testbed down`` needs to remove this node's objects later."""
+        loops = [d.backend for d in self._disks if isinstance(d.backend, LoopDisk)]
         return {"root": str(self.root),
                 "instances": {n: i.pid for n, i in self.instances.items()},
-                "loop_devices": [str(d.backend.device) for d in self._disks
-                                 if getattr(d.backend, "device", None)],
-                "loop_backings": [str(d.backend.backing) for d in self._disks
-                                  if getattr(d.backend, "backing", None)]}
+                "loop_devices": [str(b.device) for b in loops if b.device],
+                "loop_backings": [str(b.backing) for b in loops if b.backing]}
 
 
 def _hvinfo(driver: str, kvm_id: str, slot: int) -> dict[str, str]:

@@ -11,6 +11,7 @@ namespace's taps (a tap whose namespace vanished while QEMU held it) and any
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,34 @@ def _root_links() -> frozenset[str]:
         if name.startswith(host.NAME_PREFIX.rstrip("-")) or kind == "tun":
             found.add(name)
     return frozenset(found)
+
+
+def stale(protected_netns: set[str], protected_pids: set[int]) -> Snapshot:
+    """Testbed objects whose owner process is gone (a run killed with SIGKILL).
+
+    ``protected_*`` are objects of testbeds brought up by ``vm-testbed up``, whose
+    owner (the finished command) is gone on purpose.
+    """
+    def owner_dead(owner: str) -> bool:
+        return owner.isdigit() and not host.pid_alive(int(owner))
+
+    snap = snapshot()
+    netns = frozenset(n for n in snap.netns if n not in protected_netns
+                      and owner_dead(n.removeprefix(host.NAME_PREFIX).split("-")[0]))
+    owners = host.owned_pids()
+    pids = frozenset(p for p in snap.pids if p not in protected_pids and owner_dead(owners[p]))
+    loops = frozenset(
+        loop for loop in snap.loops
+        if owner_dead(loop.split(f"/{disks.LOOP_DIR_PREFIX}", 1)[1].split("-")[0])
+    )
+    return Snapshot(netns, pids, loops, frozenset())
+
+
+def stale_tempdirs() -> list[Path]:
+    """``$TMPDIR/hpt-<pid>-*`` work directories (KVM roots, netnode dirs) of dead owners."""
+    found = []
+    for d in Path(tempfile.gettempdir()).glob(f"{host.NAME_PREFIX}*-*"):
+        owner = d.name.removeprefix(host.NAME_PREFIX).split("-")[0]
+        if d.is_dir() and owner.isdigit() and not host.pid_alive(int(owner)):
+            found.append(d)
+    return found

@@ -18,6 +18,7 @@ interrupted. When a test fails, the guest consoles are printed in its report.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,18 @@ from vmtestbed.kvmnode import KvmNode, NicSpec, RunningInstance
 from vmtestbed.netnode import NetNode
 
 BootGuest = Callable[..., RunningInstance]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CI runners stop a job with SIGTERM; pytest tears fixtures down only on
+    # KeyboardInterrupt, so turn the one into the other (unless someone else
+    # already handles SIGTERM).
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session", autouse=True)

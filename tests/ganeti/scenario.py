@@ -1,0 +1,48 @@
+"""Helpers of the Ganeti end-to-end tests: run an operation, check where hookpack ran."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vmtestbed.ganeti import Lab
+
+from tests.ganeti.hooktable import expected_nodes, expected_roles
+
+MASTER = "node1.example.test"
+
+
+def run_op(lab: Lab, timings: dict[str, float], label: str, hpath: str, argv: list[str], *,
+           instance: str, primary: str, target: str | None = None) -> list[dict[str, Any]]:
+    """Run ``argv`` on the master; assert hookpack ran exactly where Ganeti's table says,
+    in both phases, with the roles it implies; return the records of ``hpath``."""
+    lab.clear_records()
+    t0 = time.monotonic()
+    lab.gnt(*argv)
+    timings[f"op.{label}"] = round(time.monotonic() - t0, 1)
+    records = [r for n in lab.nodes for r in lab.records(n)
+               if r["hpath"] == hpath and r["instance"] == instance]
+    seen: dict[str, set[str]] = {"pre": set(), "post": set()}
+    for r in records:
+        seen[r["phase"]].add(r["node"])
+    want = expected_nodes(hpath, master=MASTER, primary=primary, target=target)
+    assert seen == want, f"{label}: hookpack ran on {seen}, Ganeti's table says {want}"
+    for r in records:
+        must = expected_roles(r["node"], hpath=hpath, phase=r["phase"], master=MASTER,
+                              primary=primary, target=target)
+        assert must <= set(r["roles"]), f"{label}: {r['node']} {r['phase']}: {r['roles']}"
+        assert r["env"]["GANETI_HOOKS_PATH"] == hpath
+        assert r["env"]["GANETI_INSTANCE_NAME"] == instance
+    return records
+
+
+def wait_guest(lab: Lab, instance: str, ip: str, timeout: float = 90) -> None:
+    lab.wait_guest(instance, ip, timeout)
+
+
+def guest_uptime(lab: Lab, instance: str) -> float:
+    return lab.guest_uptime(instance)
+
+
+def guest_disk_bytes(lab: Lab, instance: str) -> int:
+    return lab.guest_disk_bytes(instance)

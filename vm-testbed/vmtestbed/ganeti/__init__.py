@@ -1,0 +1,9 @@
+"""A real Ganeti 3.0 cluster on one machine: nodes are network+UTS+mount namespaces.
+
+See ``vm-testbed/ganeti/README.md`` for how to use it and the recipe it follows.
+"""
+
+from vmtestbed.ganeti.errors import LabError
+from vmtestbed.ganeti.lab import Lab
+
+__all__ = ["Lab", "LabError"]
