@@ -27,13 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "vm-testbed"))
 
+from vmtestbed import host  # noqa: E402
+from vmtestbed.disks import DiskSpec, FileDisk  # noqa: E402
+from vmtestbed.kvmnode import KvmNode  # noqa: E402
+
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.env import read_env_dump  # noqa: E402
 from hookpack.hooksinstall import install  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
-from vmtestbed import host  # noqa: E402
-from vmtestbed.disks import DiskSpec, FileDisk  # noqa: E402
-from vmtestbed.kvmnode import KvmNode  # noqa: E402
 
 RUNS = 20
 TARGET_MS = 150
