@@ -10,7 +10,8 @@ over RUNS hook runs, measured in the same run:
   - grow: Ganeti's storage grew by 1 MiB before each run, the hook sends block_resize
     (observe, plan, apply, read back),
   - in step: a repeat run, QEMU already at the size (observe only; Ganeti 3.1+ case),
-and each one's ratio to the baseline. Target (issue #5): grow <= 150 ms median.
+and each one's ratio to the baseline, and what importing asyncio + qemu.qmp costs in
+that venv (the bulk of the action's own time). Target (issue #5): grow <= 150 ms median.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def one_run(hooks: Path, environ: dict[str, str], expect: str) -> float:
     return ms
 
 
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return (time.perf_counter() - start) * 1000
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hookpack-bench-dg-"))
     kvm_root = Path(tempfile.mkdtemp(prefix=f"{host.NAME_PREFIX}{host.owner_tag()}-"))
@@ -104,6 +111,11 @@ def main() -> None:
             environ = grow_environ(inst.name, disk.uuid, size)
             grow.append(one_run(primary, environ, ": changed: disk 0: grown"))
             in_step.append(one_run(primary, environ, ": nochange: disk 0: QEMU already sees"))
+        imports = []
+        for _ in range(RUNS):
+            bare = timed([python, "-I", "-c", "pass"])
+            imports.append(timed([python, "-I", "-c", "import hookpack.adapters.qmp, "
+                                  "qemu.qmp"]) - bare)
         guest = int(inst.console.run("cat /sys/block/vda/size")) * 512
         if guest != size << 20:
             raise SystemExit(f"guest sees {guest} bytes, expected {size} MiB")
@@ -116,6 +128,8 @@ def main() -> None:
             verdict = "OK" if ms <= TARGET_MS else "OVER"
             print(f"{label:33} {ms:6.1f} ms  ratio {ms / base:4.2f}x  "
                   f"({verdict} target {TARGET_MS} ms)")
+        print(f"  of which importing asyncio + qemu.qmp: {statistics.median(imports):6.1f} ms "
+              "(median, python -I -c import minus -c pass)")
     finally:
         kvm.close()
         shutil.rmtree(kvm_root, ignore_errors=True)
