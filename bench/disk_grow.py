@@ -38,6 +38,19 @@ from hookpack.hooksinstall import install  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
 
 RUNS = 20
+# For comparison only: one query-block without qemu.qmp (a sketch of a synchronous client).
+RAW_QMP = """import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1]); f = s.makefile("rwb")
+f.readline()
+for cmd in ("qmp_capabilities", "query-block"):
+    f.write(json.dumps({"execute": cmd}).encode() + b"\\n"); f.flush()
+    while "return" not in json.loads(f.readline()): pass
+"""
+LIB_QMP = """import sys
+from pathlib import Path
+from hookpack.adapters.qmp import session
+with session(Path(sys.argv[1]), 5) as q: q.execute("query-block")
+"""
 TARGET_MS = 150
 PRIMARY = "node1.example.test"
 
@@ -111,11 +124,14 @@ def main() -> None:
             environ = grow_environ(inst.name, disk.uuid, size)
             grow.append(one_run(primary, environ, ": changed: disk 0: grown"))
             in_step.append(one_run(primary, environ, ": nochange: disk 0: QEMU already sees"))
-        imports = []
+        imports, raw, lib = [], [], []
+        sock = str(inst.qmp_path)
         for _ in range(RUNS):
             bare = timed([python, "-I", "-c", "pass"])
             imports.append(timed([python, "-I", "-c", "import hookpack.adapters.qmp, "
                                   "qemu.qmp"]) - bare)
+            raw.append(timed([python, "-I", "-c", RAW_QMP, sock]) - bare)
+            lib.append(timed([python, "-I", "-c", LIB_QMP, sock]) - bare)
         guest = int(inst.console.run("cat /sys/block/vda/size")) * 512
         if guest != size << 20:
             raise SystemExit(f"guest sees {guest} bytes, expected {size} MiB")
@@ -130,6 +146,9 @@ def main() -> None:
                   f"({verdict} target {TARGET_MS} ms)")
         print(f"  of which importing asyncio + qemu.qmp: {statistics.median(imports):6.1f} ms "
               "(median, python -I -c import minus -c pass)")
+        print(f"  one query-block, fresh process, over python start: adapter (qemu.qmp) "
+              f"{statistics.median(lib):6.1f} ms, plain socket + json "
+              f"{statistics.median(raw):6.1f} ms")
     finally:
         kvm.close()
         shutil.rmtree(kvm_root, ignore_errors=True)
