@@ -55,7 +55,9 @@ def _lines(lab, node) -> list[str]:
         text = lab.node_file(node, LOG).read_text()
     except FileNotFoundError:
         return []
-    return [line for line in text.splitlines() if line.startswith("hookpack disk-grow:")]
+    # the log file prefixes each line with a timestamp
+    mark = "hookpack disk-grow: "
+    return [line[line.index(mark):] for line in text.splitlines() if mark in line]
 
 
 def _last_job_log(lab) -> str:
