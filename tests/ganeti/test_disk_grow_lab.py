@@ -119,7 +119,7 @@ def test_drift_is_refused_and_shown_in_the_job_log(lab):
     log = _last_job_log(lab)
     shown = [x for x in log.splitlines() if "hookpack disk-grow: " + INST + ": failed" in x]
     print("job log:", *shown, sep="\n  ")
-    # Ganeti: "On <node> script <path> failed, output: <the hook's output>"
+    # Ganeti 3.0: "WARNING: On <node UUID> script <hpath>-post.d/50-hookpack failed, output: ..."
     assert shown and "script" in shown[0] and "failed, output:" in shown[0], log
 
     # The operator checks, then tells QEMU the file's own size by hand, on the primary.
