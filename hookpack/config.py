@@ -46,7 +46,8 @@ CORE_SCHEMA: dict[str, Schema] = {
             minimum=0.5, maximum=600),
         "post_failure_exit_code": Field(
             int, 0, "Exit code of a post hook when an action failed. Ganeti only logs "
-            "post-hook exit codes; 0 keeps `gnt-cluster verify` quiet.",
+            "post-hook failures (a warning in the job log with the hook's output); 1 makes a "
+            "failed action visible there, 0 keeps jobs free of warnings.",
             minimum=0, maximum=255),
         "pre_fail_closed": Field(
             bool, False, "In the pre phase, veto the operation when hookpack itself "
@@ -71,8 +72,11 @@ CORE_SCHEMA: dict[str, Schema] = {
         "run_dir": Field(str, "/run/hookpack", "Locks and other runtime files."),
     },
     "log": {
-        "stderr": Field(bool, True, "Write the one-line action results to stderr "
-                        "(Ganeti shows it in the job log)."),
+        "stderr": Field(bool, True, "Write the one-line action results to stderr. Ganeti "
+                        "shows a hook's output in the job's error when a pre hook vetoes, and "
+                        "as a warning when a post hook exits non-zero (see "
+                        "hook.post_failure_exit_code); a successful post hook's output is "
+                        "not shown, so keep syslog or log.file on."),
         "syslog": Field(bool, True, "Send them to syslog/journald too."),
         "syslog_facility": Field(str, "daemon", "Syslog facility.",
                                  choices=("daemon", "user", "local0", "local1", "local2",

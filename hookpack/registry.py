@@ -78,6 +78,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "instance-stop", "instance-reboot", "instance-migrate", "instance-failover",
                "instance-move", "instance-modify", "instance-remove"), ("post",),
                ("primary", "secondary", "source", "target", "host"), "shaping", cli=True),
+    ActionSpec("disk-grow", "hookpack.actions.disk_grow", ("disk-grow",), ("post",),
+               ("primary",), "disk_grow", enabled_by_default=True, cli=True),
 )
 
 

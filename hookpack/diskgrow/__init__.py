@@ -1,0 +1,1 @@
+"""Helpers of the disk-grow action: planning (pure), storage and node observation."""
