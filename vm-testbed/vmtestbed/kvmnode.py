@@ -156,6 +156,11 @@ class KvmNode:
     def runtime_file(self, inst: str) -> Path:
         return self.layout.runtime_file(inst)
 
+    @property
+    def hv_dir(self) -> Path:
+        """`kvm-hypervisor/` under the root: what hookpack's paths.kvm_dir points at."""
+        return self.layout.hv_dir
+
     def nic_dir(self, inst: str) -> Path:
         return self.layout.nic_dir(inst)
 
