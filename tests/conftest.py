@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 
 from hookpack.env import read_env_dump
 
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared/reference/ganeti-env-samples"
+# shared/ next to the checkout; HOOKPACK_SAMPLES points elsewhere (a worktree in wt/).
+SAMPLES = Path(os.environ.get("HOOKPACK_SAMPLES") or Path(__file__).resolve().parent.parent.parent
+               / "shared/reference/ganeti-env-samples")
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
