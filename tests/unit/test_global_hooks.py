@@ -188,11 +188,11 @@ def test_empty_global_dir_imports_nothing_of_hookpack_but_the_entry(tmp_path):
     hooks = tmp_path / "hooks"
     (hooks / "global-pre.d").mkdir(parents=True)
     (hooks / "disk-grow-pre.d").mkdir()
+    entry = str(hooks / "disk-grow-pre.d" / GLOBAL_PRE_ENTRY)
     probe = (
-        "import sys\nsys.argv = [%r]\nfrom hookpack.globalhooks import main\n"
+        f"import sys\nsys.argv = [{entry!r}]\nfrom hookpack.globalhooks import main\n"
         "rc = main('/nonexistent.toml')\n"
-        "print(rc, sorted(m for m in sys.modules if m.startswith('hookpack')))\n"
-        % str(hooks / "disk-grow-pre.d" / GLOBAL_PRE_ENTRY))
+        "print(rc, sorted(m for m in sys.modules if m.startswith('hookpack')))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          env={"GANETI_HOOKS_PHASE": "pre", "PATH": "/usr/bin:/bin"},
                          cwd=str(Path(__file__).resolve().parents[2]), check=True).stdout

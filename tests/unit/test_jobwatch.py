@@ -245,8 +245,8 @@ def test_only_the_master_reports(site):
 def test_cli_once_and_the_lock(site, write_config):
     config = write_config(f'[node]\nfqdn = "{MASTER}"\n')
     text = config.read_text()
-    for key in ("hooks_dir", "ganeti_data_dir"):
-        text = text.replace(f'{key} = "{site / key}"', f'{key} = "{site / ("hooks" if key == "hooks_dir" else "ganeti")}"')
+    for key, where in (("hooks_dir", "hooks"), ("ganeti_data_dir", "ganeti")):
+        text = text.replace(f'{key} = "{site / key}"', f'{key} = "{site / where}"')
     config.write_text(text)
     write_job(site, 90, [op("OP_TEST_DELAY", "error")])
     run = [sys.executable, "-m", "hookpack", "jobwatch", "--once", "--config", str(config)]
