@@ -118,7 +118,7 @@ def watcher_reports(lab, job_id: str) -> list[dict[str, str]]:
 
 
 def submit(lab, *argv: str) -> str:
-    out = lab.gnt(*argv, "--submit").stdout
+    out = lab.gnt(*argv[:2], "--submit", *argv[2:]).stdout  # options before arguments
     match = re.search(r"(\d+)\s*$", out.strip())
     assert match, out
     return match.group(1)
