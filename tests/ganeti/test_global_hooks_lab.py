@@ -118,8 +118,9 @@ def watcher_reports(lab, job_id: str) -> list[dict[str, str]]:
 
 
 def submit(lab, *argv: str) -> str:
-    out = lab.gnt(*argv[:2], "--submit", *argv[2:]).stdout  # options before arguments
-    match = re.search(r"(\d+)\s*$", out.strip())
+    done = lab.gnt(*argv[:2], "--submit", *argv[2:])  # options before arguments
+    out = (done.stdout + done.stderr).strip()  # "JobID: <id>"
+    match = re.search(r"(\d+)\s*$", out)
     assert match, out
     return match.group(1)
 
