@@ -27,10 +27,13 @@ INST = instance_name(7)
 REPORTS = "/var/log/hookpack/global-reports.jsonl"
 CURSOR = "/var/lib/hookpack/jobwatch.json"
 # The operator's global hook: one JSON line per run with its environment and node.
+SLOW = "/var/log/hookpack/global-slow"  # while it exists, each report takes 2 s more
 SCRIPT = f"""#!/usr/bin/python3
-import json, os, socket
+import json, os, socket, time
 with open({REPORTS!r}, "a") as f:
     f.write(json.dumps({{"node": socket.gethostname(), "env": dict(os.environ)}}) + "\\n")
+if os.path.exists({SLOW!r}):
+    time.sleep(2)
 """
 
 
@@ -202,9 +205,19 @@ def _job_file(lab, job_id: str) -> dict[str, Any] | None:
 
 def test_a_watcher_restart_mid_stream_neither_loses_nor_repeats(lab):
     watcher = lab.global_watcher
-    first = [submit(lab, "gnt-debug", "delay", "--no-master", "1") for _ in range(3)]
-    wait_for(lambda: watcher_reports(lab, first[0]), 60, "the first report")
-    watcher.stop()  # SIGTERM: finishes the report under way, saves the cursor
+    slow = lab.node_file(MASTER, SLOW)
+    slow.write_text("")
+    try:
+        first = [submit(lab, "gnt-debug", "delay", "--no-master", "1") for _ in range(3)]
+        for job in first:
+            wait_job(lab, job)
+        # the three are reported in one cycle, 2 s each: stop during the first
+        wait_for(lambda: any(watcher_reports(lab, j) for j in first), 60, "a first report")
+        watcher.stop()  # SIGTERM: finishes the report under way, saves the cursor
+    finally:
+        slow.unlink(missing_ok=True)
+    reported = sum(len(watcher_reports(lab, j)) for j in first)
+    assert reported < len(first), "the watcher was not stopped mid-stream"
     during = [submit(lab, "gnt-debug", "delay", "--no-master", "0.5") for _ in range(2)]
     for job in first + during:
         wait_job(lab, job)
