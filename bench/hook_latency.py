@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared/reference/ganeti-env-samples"
+SAMPLES = REPO / "tests/fixtures/ganeti-env-samples"
 sys.path.insert(0, str(REPO))
 
 from hookpack.emulator import run_hooks  # noqa: E402

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.set_defaults(handler=cmd_doctor)
 
+    p = sub.add_parser("metrics", help="Prometheus metrics (node_exporter textfile format)")
+    p.add_argument("--write", metavar="PATH", help="write them atomically to PATH (e.g. "
+                   "/var/lib/prometheus/node-exporter/hookpack.prom)")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_metrics)
+
     p = sub.add_parser("actions", help="list the actions and where they act")
     _config_arg(p)
     p.set_defaults(handler=cmd_actions)
@@ -207,6 +213,17 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         for check in checks:
             print(check.line())
     return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+def cmd_metrics(ns: argparse.Namespace) -> int:
+    from hookpack.metrics import collect, render, write_textfile
+
+    text = render(collect(load(ns)))
+    if ns.write:
+        write_textfile(Path(ns.write), text)
+    else:
+        print(text, end="")
+    return 0
 
 
 def cmd_actions(ns: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from hookpack.errors import ConfigError, HookpackError, Veto
 from hookpack.log import RunLog
 from hookpack.result import Outcome, Result
 from hookpack.roles import Role, resolve_roles, system_fqdn
+from hookpack.runstats import record_run
 from hookpack.validate import instance_name
 
 VETO_EXIT = 1
@@ -99,8 +100,11 @@ def dispatch(environ: Mapping[str, str], *, config: str | os.PathLike[str] | Non
             current["action"] = spec.name
             ctx = _context(env, roles, me, cfg, deadline, log)
             run = _run_action(spec, ctx, deadline)
-            log.action(spec.name, _subject(env), run.result,
-                       f"{env.hpath}/{env.phase.value if env.phase else '?'}", run.ms)
+            phase = env.phase.value if env.phase else "?"
+            log.action(spec.name, _subject(env), run.result, f"{env.hpath}/{phase}", run.ms)
+            record_run(cfg.path_of("state_dir"), spec.name, outcome=run.result.outcome.value,
+                       ms=run.ms, hpath=env.hpath, phase=phase, instance=_subject(env),
+                       message=log.clean(run.result.message))
             runs.append(run)
     finally:
         watchdog.stop()

@@ -64,6 +64,20 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
     ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
+    ActionSpec("dns", "hookpack.actions.dns", ("instance-add", "instance-rename",
+               "instance-remove", "instance-modify"), ("post",), ("master",), "dns", cli=True),
+    ActionSpec("netbox", "hookpack.actions.netbox", ("instance-add", "instance-rename",
+               "instance-remove", "instance-modify"), ("post",), ("master",), "netbox"),
+    ActionSpec("announce", "hookpack.actions.announce", ("instance-migrate", "instance-failover"),
+               ("pre", "post"), ("master",), "announce", cli=True),
+    # instance-add too: an instance added with --start gets no instance-start hook.
+    ActionSpec("pinning", "hookpack.actions.pinning", ("instance-add", "instance-start",
+               "instance-reboot", "instance-migrate", "instance-failover"), ("post",),
+               ("host",), "pinning", cli=True),
+    ActionSpec("shaping", "hookpack.actions.shaping", ("instance-add", "instance-start",
+               "instance-stop", "instance-reboot", "instance-migrate", "instance-failover",
+               "instance-move", "instance-modify", "instance-remove"), ("post",),
+               ("primary", "secondary", "source", "target", "host"), "shaping", cli=True),
 )
 
 

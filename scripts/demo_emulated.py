@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hookpack.emulator import pre_aborts, run_hooks  # noqa: E402
-from tests.conftest import load_sample, sample_files  # noqa: E402
+from tests.conftest import SAMPLES, load_sample, sample_files  # noqa: E402
 
 CONFIG = """\
 [log]
@@ -58,8 +58,7 @@ def main() -> int:
                 print(f"   {line}")
         rows.append((path.stem, node.split(".")[0], results))
     print("\n== a pre hook that vetoes: instance-add of a name the site rule rejects")
-    environ, node = load_sample(REPO.parent / "shared/reference/ganeti-env-samples"
-                                / "instance-add-post-node1.env")
+    environ, node = load_sample(SAMPLES / "instance-add-post-node1.env")
     environ = {k: v for k, v in environ.items() if not k.startswith("GANETI_POST_")}
     environ.update(GANETI_HOOKS_PHASE="pre", GANETI_INSTANCE_NAME="web01.example.test")
     config.write_text(CONFIG.format(work=work) + f'\n[node]\nfqdn = "{node}"\n')

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -10,9 +9,9 @@ import pytest
 
 from hookpack.env import read_env_dump
 
-# shared/ next to the checkout; HOOKPACK_SAMPLES points elsewhere (a worktree in wt/).
-SAMPLES = Path(os.environ.get("HOOKPACK_SAMPLES") or Path(__file__).resolve().parent.parent.parent
-               / "shared/reference/ganeti-env-samples")
+# Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
+# shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "ganeti-env-samples"
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 

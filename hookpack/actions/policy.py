@@ -6,13 +6,27 @@ import re
 
 from hookpack.action import ActionContext
 from hookpack.config import Field
-from hookpack.errors import ConfigError
+from hookpack.errors import ConfigError, HookpackError
 from hookpack.result import Result
 
 SETTINGS = {
     "name_pattern": Field(str, "", "Regular expression every instance name must match "
                           "(whole name). Empty: any name."),
+    "dns_check": Field(bool, False, "Veto when PowerDNS already has the name pointing at an "
+                       "address the instance will not use (or as a CNAME). Uses the [dns] "
+                       "section's API URL, key file, forward zones and timeout."),
+    "dns_fail_closed": Field(bool, False, "When PowerDNS cannot be asked (unreachable, "
+                             "timeout, bad key), veto instead of allowing with a warning."),
+    "netbox_require_known": Field(bool, False, "Veto when NetBox has no virtual machine of "
+                                  "that name. Uses the [netbox] section's URL, token file "
+                                  "and timeout."),
+    "netbox_fail_closed": Field(bool, False, "When NetBox cannot be asked, veto instead of "
+                                "allowing with a warning."),
 }
+
+# Seconds kept back from the hook's deadline: the gate must decide (and fail open or
+# closed as configured) before the dispatcher's watchdog decides for it.
+DEADLINE_MARGIN = 0.5
 
 
 def run(ctx: ActionContext) -> Result:
@@ -20,16 +34,91 @@ def run(ctx: ActionContext) -> Result:
     if not name:
         return Result.skipped("no instance name in the environment")
     pattern = ctx.settings["name_pattern"]
-    if not pattern:
+    checks = ctx.settings["dns_check"] or ctx.settings["netbox_require_known"]
+    if not pattern and not checks:
         return Result.nochange("no name rule configured")
-    try:
-        rule = re.compile(pattern)
-    except re.error as err:
-        raise ConfigError(f"not a valid regular expression: {err}", key="policy.name_pattern",
-                          path=str(ctx.config.path)) from None
-    if not rule.fullmatch(name):
-        return Result.veto(f"instance name {name!r} does not match the site rule '{pattern}'")
+    if pattern:
+        try:
+            rule = re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"not a valid regular expression: {err}",
+                              key="policy.name_pattern", path=str(ctx.config.path)) from None
+        if not rule.fullmatch(name):
+            return Result.veto(
+                f"instance name {name!r} does not match the site rule '{pattern}'")
+    warnings: list[str] = []
+    if checks:
+        from hookpack.validate import instance_name
+
+        try:
+            instance_name(name)  # before it goes into a DNS or NetBox query
+        except HookpackError as err:
+            return Result.veto(str(err))
+    if ctx.settings["dns_check"]:
+        verdict = _external("DNS", ctx.settings["dns_fail_closed"], name, warnings,
+                            lambda: _dns_conflict(ctx, name))
+        if verdict:
+            return verdict
+    if ctx.settings["netbox_require_known"]:
+        verdict = _external("NetBox", ctx.settings["netbox_fail_closed"], name, warnings,
+                            lambda: _netbox_unknown(ctx, name))
+        if verdict:
+            return verdict
+    if warnings:
+        return Result.nochange(f"name {name!r} allowed; warning: " + "; ".join(warnings))
     return Result.nochange(f"name {name!r} allowed")
+
+
+def _external(what: str, fail_closed: bool, name: str, warnings: list[str],
+              check: object) -> Result | None:
+    """Run one external check: a veto message, or None; unreachable per fail_closed."""
+    try:
+        problem = check()  # type: ignore[operator]
+    except HookpackError as err:
+        if fail_closed:
+            return Result.veto(f"cannot check {what} for {name!r}, refusing "
+                               f"(fail closed): {err}")
+        warnings.append(f"{what} not checked (fail open): {err}")
+        return None
+    return Result.veto(problem) if problem else None
+
+
+def _check_timeout(ctx: ActionContext, configured: float) -> float:
+    return min(float(configured), ctx.deadline.remaining() - DEADLINE_MARGIN)
+
+
+def _dns_conflict(ctx: ActionContext, name: str) -> str:
+    from hookpack.actions import dns
+
+    settings = ctx.config.section("dns", dns.SETTINGS)
+    client = dns.make_client(settings, ctx)
+    zone, rrsets = dns.forward_addresses(client, settings, name,
+                                         _check_timeout(ctx, settings["timeout"]))
+    if zone is None:
+        return ""
+    will_use = set(dns.instance_ips(ctx.env.instance))
+    for rrset in rrsets:
+        if rrset.type == "CNAME":
+            return (f"DNS already has {name} as an alias of "
+                    f"{', '.join(sorted(rrset.contents))}")
+    have = {ip for r in rrsets if r.type in ("A", "AAAA")
+            for ip in dns._normal(r.type, r.contents)}
+    unused = sorted(have - will_use)
+    if unused:
+        return (f"DNS already has {name} -> {', '.join(unused)}, "
+                f"{'an address' if len(unused) == 1 else 'addresses'} the instance will "
+                "not use")
+    return ""
+
+
+def _netbox_unknown(ctx: ActionContext, name: str) -> str:
+    from hookpack.actions import netbox
+
+    settings = ctx.config.section("netbox", netbox.SETTINGS)
+    api = netbox.connect(settings, ctx, _check_timeout(ctx, settings["timeout"]))
+    if netbox.find_vm(api, name) is None:
+        return f"NetBox does not know a virtual machine named {name!r}"
+    return ""
 
 
 def _new_name(ctx: ActionContext) -> str:

@@ -98,3 +98,11 @@ def test_missing_socket_and_dead_qemu_are_unavailable(qemu, tmp_path):
     with pytest.raises(QmpUnavailable, match="does not accept"), session(sock, 5):
         pass
     assert time.monotonic() - start < 1.0
+
+
+def test_events_between_replies_are_skipped(qemu):
+    _, sock = qemu
+    with session(sock, 5) as qmp:
+        assert qmp.execute("cont") == {}  # QEMU also emits a RESUME event around this
+        assert qmp.execute("stop") == {}  # ... and a STOP event
+        assert qmp.execute("query-status")["status"] == "paused"

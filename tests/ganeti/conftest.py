@@ -11,3 +11,10 @@ from vmtestbed.ganeti.pytest_plugin import (  # noqa: F401 - fixtures and a hook
     ganeti_timings,
     pytest_terminal_summary,
 )
+
+
+def pytest_collection_modifyitems(items):
+    """test_zz_down.py brings the shared session lab down: whatever else is collected, it
+    runs after every other lab test (not only after those whose files sort before it)."""
+    items.sort(key=lambda item: item.module.__name__.endswith("test_zz_down")
+               if getattr(item, "module", None) else False)

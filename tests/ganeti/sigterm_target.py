@@ -1,4 +1,4 @@
-"""Run only by test_ganeti_zz_down.py in a child pytest, which SIGTERMs it mid-test."""
+"""Run only by test_zz_down.py in a child pytest, which SIGTERMs it mid-test."""
 
 import os
 import time

@@ -51,3 +51,14 @@ def test_hookpack_doctor_passes_on_every_node(ganeti_lab):
         r = lab.run_on(node, ["/opt/hookpack-lab/venv/bin/hookpack", "doctor"])
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Ganeti 3.0" in r.stdout
+
+
+def test_hookpack_config_can_be_extended_for_a_block(ganeti_lab):
+    lab = ganeti_lab
+    hookpack = "/opt/hookpack-lab/venv/bin/hookpack"
+    cfg = lab.node_file(2, "/etc/hookpack/hookpack.toml")
+    before = cfg.read_text()
+    with lab.hookpack_config("[hook]\ndeadline = 5.0\n", nodes=[2]):
+        assert "deadline = 5.0" in cfg.read_text()
+        assert lab.run_on(2, [hookpack, "config", "check"]).returncode == 0
+    assert cfg.read_text() == before

@@ -7,11 +7,10 @@ registry, so the deadline and isolation are tested in a real process as Ganeti r
 
 from __future__ import annotations
 
-import os
 import sys
 
 from hookpack import registry
-from hookpack.dispatch import dispatch
+from hookpack.hook import main as hook_main
 
 
 def main() -> int:
@@ -22,11 +21,7 @@ def main() -> int:
         name = module.rsplit(".", 1)[1]
         actions.append(registry.ActionSpec(name, module, registry.GANETI_HPATHS, (phase,), (),
                                            name, enabled_by_default=True))
-    run = dispatch(os.environ, config=config, actions=tuple(actions))
-    if run.abandoned:
-        sys.stderr.flush()
-        os._exit(run.exit_code)
-    return run.exit_code
+    return hook_main(config, tuple(actions))
 
 
 if __name__ == "__main__":

@@ -292,6 +292,22 @@ class Lab:
         self._save()
         return dict(self.timings)
 
+    @contextmanager
+    def hookpack_config(self, extra: str, nodes: Sequence[NodeRef] | None = None,
+                        ) -> Iterator[None]:
+        """Append ``extra`` (TOML: whole sections) to the lab's hookpack config on
+        ``nodes`` (default: all) for the ``with`` block; the lab config comes back after.
+        Sections the lab config already has (log, record, policy) cannot be repeated."""
+        targets = [self.node(n) for n in nodes] if nodes is not None else self.nodes
+        files = [t.host_path("/etc/hookpack/hookpack.toml") for t in targets]
+        try:
+            for f in files:
+                f.write_text(hookpack_install.LAB_CONFIG + "\n" + extra)
+            yield
+        finally:
+            for f in files:
+                f.write_text(hookpack_install.LAB_CONFIG)
+
     def records(self, node: NodeRef) -> list[dict[str, Any]]:
         """The recording action's lines on ``node`` (empty if none yet)."""
         path = self.node_file(node, hookpack_install.RECORD_PATH)

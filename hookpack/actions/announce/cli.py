@@ -1,0 +1,150 @@
+"""`hookpack outbox list|flush|retry|drop`: the queued announcements."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from hookpack.errors import BadInput
+
+
+def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    outbox = subparsers.add_parser(
+        "outbox", help="queued announcements (announce action)").add_subparsers(
+        metavar="ACTION")
+    p = outbox.add_parser("list", help="show queued events and their delivery state")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _config(p)
+    p.set_defaults(handler=cmd_list)
+    p = outbox.add_parser("flush", help="deliver what is due (run by the systemd timer)")
+    p.add_argument("--force", action="store_true", help="also what is not due yet")
+    _config(p)
+    p.set_defaults(handler=cmd_flush)
+    p = outbox.add_parser("retry", help="deliver these events now, whatever their backoff")
+    _ids(p)
+    p.set_defaults(handler=cmd_retry)
+    p = outbox.add_parser("drop", help="discard these events (they will never be sent)")
+    _ids(p)
+    p.set_defaults(handler=cmd_drop)
+
+
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
+                   "/etc/hookpack/hookpack.toml)")
+
+
+def _ids(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", nargs="*", metavar="ID", help="event ids from `hookpack outbox list`")
+    p.add_argument("--all", action="store_true", help="every queued event")
+    _config(p)
+
+
+def _setup(ns: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    from hookpack import registry
+    from hookpack.action import Paths
+    from hookpack.actions import announce
+    from hookpack.actions.announce.delivery import Secrets
+    from hookpack.cli import load
+    from hookpack.outbox import Outbox
+
+    cfg = load(ns)
+    spec = registry.by_name("announce")
+    settings = cfg.section(spec.section if spec else "announce", announce.SETTINGS)
+    paths = Paths.from_config(cfg)
+    return Outbox(paths.spool_dir, paths.run_dir), settings, Secrets(settings, lambda s: None), \
+        paths
+
+
+def _selected(ns: argparse.Namespace, outbox: Any) -> set[str]:
+    from hookpack.outbox import check_id
+
+    if ns.all == bool(ns.ids):
+        raise BadInput("name event ids or give --all (not both)")
+    if ns.all:
+        return set(outbox.ids())
+    wanted = {check_id(i) for i in ns.ids}
+    missing = sorted(wanted - set(outbox.ids()))
+    if missing:
+        raise BadInput(f"not in the outbox: {', '.join(missing)}")
+    return wanted
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "now"
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    outbox, _, _, _ = _setup(ns)
+    rows = 0
+    for event in outbox.ids():
+        try:
+            data = outbox.read(event)
+        except BadInput as err:
+            rows += 1
+            print(json.dumps({"id": event, "error": str(err)}) if ns.json else f"{err}")
+            continue
+        if data is None:
+            continue
+        for name, d in sorted(data["deliveries"].items()):
+            if d.get("done_ms"):
+                continue
+            rows += 1
+            row = {"id": event, "sink": name, "instance": data.get("subject", ""),
+                   "kind": data.get("event", {}).get("kind", ""),
+                   "attempts": d.get("attempts", 0), "next_attempt": _when(
+                       int(d.get("next_attempt_ms", 0))), "last_error": d.get("last_error", "")}
+            if ns.json:
+                print(json.dumps(row, sort_keys=True))
+            else:
+                print(f"{event}  {name:8} {row['instance']}  {row['kind']}  "
+                      f"attempts {row['attempts']}  next {row['next_attempt']}  "
+                      f"{row['last_error'] or '-'}")
+    if not ns.json:
+        print(f"{rows} pending deliver{'y' if rows == 1 else 'ies'}")
+    return 0
+
+
+def cmd_flush(ns: argparse.Namespace, only: set[str] | None = None, force: bool = False) -> int:
+    from hookpack.actions.announce.delivery import flush
+    from hookpack.actions.announce.events import Starts
+
+    outbox, settings, secrets, paths = _setup(ns)
+    for name in outbox.clean_tmp():
+        print(f"removed leftover temporary file {name}")
+    for name in Starts(paths.state_dir).expire(settings["start_max_age"]):
+        print(f"removed stale start record {name} (a migration that did not finish)")
+    report = flush(outbox, settings, secrets, timeout=settings["flush_timeout"], only=only,
+                   force=force or getattr(ns, "force", False))
+    for line in report.delivered:
+        print(f"delivered {line}")
+    for line in report.failed:
+        print(f"failed    {line}")
+    for event in report.busy:
+        print(f"busy      {event} (another hookpack run is delivering it)")
+    pending = outbox.count()
+    print(f"outbox: {len(report.delivered)} delivered, {len(report.failed)} failed, "
+          f"{report.deferred} deferred, {pending} event{'s' if pending != 1 else ''} pending")
+    return 1 if report.failed else 0
+
+
+def cmd_retry(ns: argparse.Namespace) -> int:
+    outbox, _, _, _ = _setup(ns)
+    return cmd_flush(ns, only=_selected(ns, outbox), force=True)
+
+
+def cmd_drop(ns: argparse.Namespace) -> int:
+    outbox, _, _, _ = _setup(ns)
+    dropped = 0
+    for event in sorted(_selected(ns, outbox)):
+        with outbox.claim(event) as held:
+            if held is None:
+                print(f"busy      {event} (being delivered; try again)", file=sys.stderr)
+                continue
+            held.remove()
+            dropped += 1
+            print(f"dropped   {event}")
+    print(f"outbox: {dropped} dropped, {outbox.count()} pending")
+    return 0

@@ -1,0 +1,116 @@
+"""`hookpack metrics`: Prometheus metrics in node_exporter's textfile-collector format.
+
+Core metrics come from the dispatcher's run statistics (runstats); an action adds its
+own by defining ``metrics(cfg: Config, paths: Paths) -> list[Sample]`` in its module
+(e.g. shaped bytes per instance, outbox backlog). Written atomically, so node_exporter
+never reads half a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hookpack import registry
+from hookpack.action import Paths
+from hookpack.config import Config
+from hookpack.errors import HookpackError
+from hookpack.runstats import all_stats
+
+FAILED_OUTCOMES = ("failed", "timeout")
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+    help: str = ""
+    kind: str = "gauge"  # "counter", "summary"...
+    family: str = ""  # the metric family when it differs from name (a summary's _sum)
+
+    @property
+    def family_name(self) -> str:
+        return self.family or self.name
+
+
+def collect(cfg: Config) -> list[Sample]:
+    paths = Paths.from_config(cfg)
+    samples = list(run_samples(paths.state_dir))
+    for spec in registry.ACTIONS:
+        if not cfg.section_enabled(spec.section, spec.enabled_by_default):
+            continue
+        extra = getattr(importlib.import_module(spec.module), "metrics", None)
+        if extra is None:
+            continue
+        try:
+            samples.extend(extra(cfg, paths))
+        except HookpackError:
+            samples.append(Sample("hookpack_metrics_errors", 1, {"action": spec.name},
+                                  "Actions whose metrics could not be read."))
+    return samples
+
+
+def run_samples(state_dir: Path) -> Iterable[Sample]:
+    for action, stats in all_stats(state_dir).items():
+        outcomes = stats.get("outcomes", {})
+        for outcome, count in sorted(outcomes.items()):
+            yield Sample("hookpack_action_runs_total", count,
+                         {"action": action, "outcome": outcome},
+                         "Action runs by outcome.", "counter")
+        failures = sum(outcomes.get(o, 0) for o in FAILED_OUTCOMES)
+        yield Sample("hookpack_action_failures_total", failures, {"action": action},
+                     "Action runs that failed or hit the deadline.", "counter")
+        duration = "hookpack_action_duration_seconds"
+        yield Sample(f"{duration}_sum", stats.get("duration_ms_sum", 0) / 1000,
+                     {"action": action}, "Time spent in action runs.", "summary", duration)
+        yield Sample(f"{duration}_count", stats.get("runs", 0), {"action": action},
+                     "Time spent in action runs.", "summary", duration)
+        last = stats.get("last") or [{}]
+        if last[0].get("time"):
+            yield Sample("hookpack_action_last_run_timestamp_seconds", last[0]["time"],
+                         {"action": action}, "When the action last ran.")
+
+
+def render(samples: Iterable[Sample]) -> str:
+    lines: list[str] = []
+    described: set[str] = set()
+    for sample in sorted(samples, key=lambda s: (s.family_name, s.name)):
+        family = sample.family_name
+        if family not in described:
+            described.add(family)
+            if sample.help:
+                lines.append(f"# HELP {family} {_escape_help(sample.help)}")
+            lines.append(f"# TYPE {family} {sample.kind}")
+        lines.append(f"{sample.name}{_labels(sample.labels)} {_number(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{key}="{_escape_label(str(value))}"'
+                     for key, value in sorted(labels.items()))
+    return "{" + inner + "}"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

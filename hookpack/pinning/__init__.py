@@ -1,0 +1,1 @@
+"""NUMA-aware 1:1 vCPU pinning: topology, QEMU threads, the planner, affinities."""

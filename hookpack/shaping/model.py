@@ -1,0 +1,125 @@
+"""Desired shaping state: rates in bytes/s, HTB parameters per tap, class ids per tap.
+
+Units follow tc(8): ``kbit`` is 1000 bit/s, ``mbit`` 10^6 bit/s, ``kbps`` 1000 bytes/s
+(the seed's 1024*1024 "mbit" is 4.9 % off what tc and iperf3 call a megabit).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from hookpack.errors import BadInput
+
+QUANTUM_MIN = 1000  # HTB's own clamp range when it computes quanta from r2q
+QUANTUM_MAX = 200000
+MINOR_DEFAULT = 1  # the uplink qdisc's default class (unshaped traffic)
+MINOR_FIRST = 0x10  # first class minor handed to a tap
+MINOR_LAST = 0xFFFE
+TAP_MINOR = 1  # the single class of a tap's own (to-VM) HTB
+
+_UNITS = {
+    "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8, "tbit": 1e12 / 8,
+    "bps": 1, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9, "tbps": 1e12,
+}
+_RATE = re.compile(r"(?P<num>[0-9]{1,7}(?:\.[0-9]{1,3})?)(?P<unit>[a-z]{3,4})")
+MIN_RATE = 1000  # bytes/s (8 kbit): below that HTB's arithmetic is meaningless
+MAX_RATE = 10**12 // 8  # 1 Tbit
+
+
+def parse_rate(text: str) -> int:
+    """A tc-style rate ("50mbit", "1.5gbit", "800kbps") as bytes/s; strict."""
+    value = text.strip().lower() if isinstance(text, str) else ""
+    match = _RATE.fullmatch(value)
+    if not match or match["unit"] not in _UNITS:
+        raise BadInput(f"rate {text!r} is not a number with a unit "
+                       f"({', '.join(_UNITS)}), e.g. 50mbit")
+    rate = round(float(match["num"]) * _UNITS[match["unit"]])
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise BadInput(f"rate {text!r} is outside 8kbit..1tbit")
+    return rate
+
+
+@functools.lru_cache(maxsize=256)
+def format_rate(rate: int) -> str:
+    bits = rate * 8
+    for unit, size in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits >= size and bits % (size // 1000 or 1) == 0:
+            return f"{bits / size:g}{unit}"
+    return f"{bits}bit"
+
+
+@dataclass(frozen=True)
+class ClassParams:
+    """One HTB class: rate = ceil (a hard limit, no borrowing), bursts and quantum."""
+
+    rate: int  # bytes/s
+    ceil: int
+    burst: int  # bytes
+    cburst: int
+    quantum: int
+
+
+@functools.lru_cache(maxsize=256)
+def class_params(rate: int, mtu: int) -> ClassParams:
+    """burst = rate/100 (10 ms worth, the seed's rule from tc-htb(8)), never below one MTU;
+    cburst the same (ceil = rate); quantum = rate/r2q with r2q = rate/MTU (at least 1),
+    i.e. about one MTU, clamped to HTB's sane range 1000..200000 and set explicitly so
+    classes of different rates under one qdisc (whose r2q is single) get no kernel
+    "quantum is big/small" warning."""
+    burst = max(rate // 100, mtu)
+    r2q = max(1, rate // mtu)
+    quantum = min(QUANTUM_MAX, max(QUANTUM_MIN, rate // r2q))
+    return ClassParams(rate, rate, burst, burst, quantum)
+
+
+def qdisc_r2q(rate: int, mtu: int) -> int:
+    """r2q for the qdisc (only used by classes without an explicit quantum: none of ours)."""
+    return max(1, rate // mtu)
+
+
+@dataclass(frozen=True)
+class TapShape:
+    """What one tap should get."""
+
+    tap: str
+    instance: str
+    nic: int
+    egress: ClassParams | None  # VM -> world, class on the uplink
+    ingress: ClassParams | None  # world -> VM, HTB on the tap's own egress
+
+
+@dataclass(frozen=True)
+class Desired:
+    uplink: str
+    major: int
+    r2q: int
+    default: ClassParams  # the uplink's default class: unshaped traffic
+    taps: Mapping[str, TapShape]
+    minors: Mapping[str, int]  # tap -> class minor on the uplink (egress-shaped taps)
+
+
+def allocate_minors(taps: Iterable[str], kept: Mapping[str, int],
+                    taken: Iterable[int]) -> dict[str, int]:
+    """Class minors for ``taps``: a tap that already has one keeps it; new taps get the
+    lowest free minors. ``taken`` are minors in use by objects outside this reconcile's
+    scope (other instances' classes) which must not be handed out."""
+    used = set(taken) | set(kept.values())
+    out: dict[str, int] = {}
+    fresh = []
+    for tap in sorted(taps):
+        if tap in kept:
+            out[tap] = kept[tap]
+        else:
+            fresh.append(tap)
+    candidate = MINOR_FIRST
+    for tap in fresh:
+        while candidate in used:
+            candidate += 1
+        if candidate > MINOR_LAST:
+            raise BadInput("no free class ids left on the uplink (65000 taps?)")
+        out[tap] = candidate
+        used.add(candidate)
+    return out

@@ -1,0 +1,132 @@
+"""A real PowerDNS Authoritative server (Debian's pdns-server + gsqlite3) for tests.
+
+Started on loopback (or an address inside a namespace, with ``wrap``) on free ports,
+with its own config dir and a sqlite database created from the schema file the
+Debian package ships; stopped by pid at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hookpack.adapters.powerdns import Client, PowerDnsError
+
+PDNS_SERVER = "/usr/sbin/pdns_server"
+SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
+
+
+def available() -> str:
+    """Why pdns cannot run here, or '' when it can."""
+    if not Path(PDNS_SERVER).exists():
+        return "pdns-server is not installed (apt-get install pdns-server)"
+    if not SCHEMA.exists():
+        return "pdns-backend-sqlite3 is not installed"
+    return ""
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Pdns:
+    directory: Path
+    address: str
+    api_port: int
+    dns_port: int
+    api_key: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.api_port}"
+
+    def client(self) -> Client:
+        return Client(self.url, self.api_key, timeout=3.0)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.process = None
+
+    def rrsets(self, zone: str, name: str) -> dict[str, frozenset[str]]:
+        return {r.type: r.contents for r in self.client().rrsets(zone, name)}
+
+
+def write_config(directory: Path, address: str, api_port: int, dns_port: int,
+                 api_key: str) -> None:
+    db = directory / "pdns.sqlite3"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.executescript(SCHEMA.read_text())
+        conn.commit()
+    (directory / "pdns.conf").write_text("\n".join([
+        "launch=gsqlite3", f"gsqlite3-database={db}",
+        "api=yes", f"api-key={api_key}",
+        "webserver=yes", f"webserver-address={address}", f"webserver-port={api_port}",
+        "webserver-allow-from=0.0.0.0/0,::/0",
+        f"local-address={address}", f"local-port={dns_port}",
+        f"socket-dir={directory}", "guardian=no", "daemon=no", "disable-syslog=yes",
+        "loglevel=3", "security-poll-suffix=", "",
+    ]))
+
+
+@contextlib.contextmanager
+def running_pdns(directory: Path, *, address: str = "127.0.0.1",
+                 wrap: Sequence[str] = (), api_port: int | None = None,
+                 dns_port: int | None = None, api_key: str = "test-api-key-123"
+                 ) -> Iterator[Pdns]:
+    """Start pdns_server (optionally under ``wrap``, e.g. ip netns exec NS) and wait for it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = Pdns(directory, address, api_port or free_port(), dns_port or free_port(),
+                  api_key)
+    write_config(directory, address, server.api_port, server.dns_port, api_key)
+    log = (directory / "pdns.log").open("wb")
+    server.process = subprocess.Popen(
+        [*wrap, PDNS_SERVER, f"--config-dir={directory}"], stdout=log,
+        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait_ready(server, wrap)
+        yield server
+    finally:
+        server.stop()
+        log.close()
+
+
+def _wait_ready(server: Pdns, wrap: Sequence[str]) -> None:
+    end = time.monotonic() + 15
+    last: Exception | None = None
+    while time.monotonic() < end:
+        if server.process is not None and server.process.poll() is not None:
+            raise RuntimeError("pdns_server exited: "
+                               + (server.directory / "pdns.log").read_text()[-2000:])
+        try:
+            if wrap:
+                probe = subprocess.run([*wrap, "python3", "-c", (
+                    "import socket; socket.create_connection"
+                    f"(({server.address!r}, {server.api_port}), 1).close()")],
+                    capture_output=True, timeout=5)
+                if probe.returncode == 0:
+                    return
+            else:
+                server.client().request("GET", "/api/v1/servers/localhost", timeout=1)
+                return
+        except PowerDnsError as err:
+            last = err
+        time.sleep(0.1)
+    raise RuntimeError(f"pdns_server did not come up: {last}")

@@ -1,0 +1,3 @@
+"""Pinning against real QEMU guests: the vm-testbed fixtures (kvmnode, boot_guest)."""
+
+pytest_plugins = ["vmtestbed.pytest_plugin"]

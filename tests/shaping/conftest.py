@@ -1,0 +1,123 @@
+"""Fixtures for the shaping tests: a netns node and the hookpack CLI/hook run inside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.shaping.topo import Node, sh
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def _can_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not shutil.which("ip") or not shutil.which("iptables-save"):
+        return "needs iproute2 and iptables"
+    return None
+
+
+_READ_CLASSES = """
+import json, sys
+from pyroute2 import IPRoute
+out = {}
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    for c in ipr.get_classes(idx):
+        h = c.get("handle")
+        p = c.get_nested("TCA_OPTIONS", "TCA_HTB_PARMS") or {}
+        st = c.get_nested("TCA_STATS2", "TCA_STATS_BASIC") or {}
+        rate, ceil = p.get("rate", 0), p.get("ceil", 0)
+        out[f"{h >> 16:x}:{h & 0xffff:x}"] = {
+            "kind": c.get_attr("TCA_KIND"), "rate": rate, "ceil": ceil,
+            "burst": round(p.get("buffer", 0) * 64 * rate / 1e9),
+            "cburst": round(p.get("cbuffer", 0) * 64 * ceil / 1e9),
+            "quantum": p.get("quantum"), "bytes": st.get("bytes", 0),
+            "packets": st.get("packets", 0)}
+print(json.dumps(out))
+"""
+
+
+class Shaper:
+    """One node plus a hookpack config pointing at its KVM dir."""
+
+    def __init__(self, base: Path, name: str = "node1.example.test", extra: str = "") -> None:
+        self.base = base
+        self.node = Node(base)
+        self.fqdn = name
+        self.config = base / "hookpack.toml"
+        self.write_config(extra)
+
+    def write_config(self, extra: str = "", **shaping: object) -> None:
+        settings = {"enabled": True, "uplink": "up0", "classifier": "classify",
+                    "egress_rate": "10mbit", "ingress_rate": "20mbit", **shaping}
+        body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+        self.config.write_text(
+            f'[log]\nsyslog = false\n\n[node]\nfqdn = "{self.fqdn}"\n\n[paths]\n'
+            f'kvm_dir = "{self.node.kvm_dir}"\nstate_dir = "{self.base / "state"}"\n'
+            f'run_dir = "{self.base / "run"}"\nhooks_dir = "{self.base / "hooks"}"\n\n'
+            f"[shaping]\n{body}\n{extra}\n")
+        self.config.chmod(0o600)
+
+    def cli(self, *args: str, check: bool = True) -> dict:
+        out = self.node.run(PYTHON, "-m", "hookpack", "shaping", *args, "--json",
+                            "--config", str(self.config), check=check)
+        return json.loads(out) if out.strip() else {}
+
+    def cli_raw(self, *args: str) -> tuple[int, str, str]:
+        import subprocess
+
+        proc = subprocess.run(["ip", "netns", "exec", self.node.ns, PYTHON, "-m", "hookpack",
+                               "shaping", *args, "--config", str(self.config)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def hook(self, environ: dict[str, str]) -> tuple[int, str]:
+        import subprocess
+
+        env = {k: v for k, v in environ.items() if k.startswith("GANETI_")}
+        env["PATH"] = "/sbin:/bin:/usr/sbin:/usr/bin"
+        proc = subprocess.run(["ip", "netns", "exec", self.node.ns, PYTHON, "-m", "hookpack",
+                               "hook", "--config", str(self.config)], env=env, cwd="/",
+                              capture_output=True, text=True, timeout=60, check=False)
+        return proc.returncode, proc.stderr
+
+    def classes(self, dev: str = "up0") -> dict[str, dict]:
+        """The device's classes read back with pyroute2 (iproute2 6.1's ``tc -j`` prints
+        HTB classes as text): handle -> rate, ceil, burst, cburst, quantum, bytes, packets."""
+        return json.loads(self.node.run(PYTHON, "-c", _READ_CLASSES, dev))
+
+    def rules(self, family: int = 4) -> list[str]:
+        return [line for line in self.node.iptables_save(family).splitlines()
+                if "HOOKPACK-SHAPE" in line and line.startswith("-A")]
+
+    def close(self) -> None:
+        self.node.close()
+
+
+@pytest.fixture
+def shaper(tmp_path):
+    why = _can_netns()
+    if why:
+        pytest.skip(why)
+    made: list[Shaper] = []
+
+    def make(name: str = "node1.example.test", sub: str = "a") -> Shaper:
+        base = tmp_path / sub
+        base.mkdir()
+        s = Shaper(base, name)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+__all__ = ["ROOT", "Shaper", "sh"]
