@@ -5,7 +5,6 @@ venv, emulator, median wall time and its ratio to `python -I -c pass` of that ve
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -21,8 +20,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hookpack-bench-global-"))
     python = wheel_venv(work)
-    samples = Path(os.environ.get("HOOKPACK_SAMPLES") or SAMPLES)
-    environ = read_env_dump((samples / "disk-grow-pre-node1.env").read_text())
+    environ = read_env_dump((SAMPLES / "disk-grow-pre-node1.env").read_text())
     baseline = median_ms(lambda: subprocess.run([python, "-I", "-c", "pass"], check=True))
     print(f"baseline  python -I -c pass: {baseline:6.1f} ms")
     config = work / "hookpack.toml"
