@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.set_defaults(handler=cmd_actions)
 
+    from hookpack import jobwatch
+
+    jobwatch.add_cli(sub)
+
     for spec in registry.ACTIONS:
         if spec.cli:
             importlib.import_module(spec.module).add_cli(sub)

@@ -71,6 +71,16 @@ CORE_SCHEMA: dict[str, Schema] = {
         "spool_dir": Field(str, "/var/spool/hookpack", "Outbox of undelivered events."),
         "run_dir": Field(str, "/run/hookpack", "Locks and other runtime files."),
     },
+    "global_hooks": {
+        "enabled": Field(bool, True, "Run the operator's global hooks (`global-pre.d`/"
+                         "`global-post.d` under the hooks directory; nothing happens "
+                         "without scripts there) and let `hookpack jobwatch` report."),
+        "script_timeout": Field(float, 10.0, "Seconds one global hook script may run "
+                                "before it is killed (within a hook run, also bounded by "
+                                "[hook] deadline).", minimum=0.1, maximum=3600),
+        "poll_interval": Field(float, 2.0, "Seconds between two looks of `hookpack "
+                               "jobwatch` at Ganeti's job queue.", minimum=0.1, maximum=600),
+    },
     "log": {
         "stderr": Field(bool, True, "Write the one-line action results to stderr. Ganeti "
                         "shows a hook's output in the job's error when a pre hook vetoes, and "

@@ -18,7 +18,7 @@ from hookpack.action import Paths
 from hookpack.config import Config
 from hookpack.emulator import NAME_MASK
 from hookpack.errors import HookpackError
-from hookpack.hooksinstall import ENTRY_NAME, is_entry
+from hookpack.hooksinstall import default_layout, is_entry
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -74,24 +74,24 @@ def hooks_installed(paths: Paths) -> Iterable[Check]:
         yield Check("hooks", FAIL, f"{root} does not exist",
                     f"run `hookpack hooks install --root {root}`")
         return
-    wanted = registry.layout()
+    wanted = sorted(f"{d}/{entry}" for entry, dirs in default_layout().items() for d in dirs)
     missing, broken = [], []
     for name in wanted:
-        entry = root / name / ENTRY_NAME
+        entry = root / name
         if not entry.exists() or not is_entry(entry):
             missing.append(name)
         elif not (entry.is_file() and os.access(entry, os.X_OK)) or _bad_interpreter(entry):
             broken.append(name)
     if missing:
-        yield Check("hooks", FAIL, f"{len(missing)} of {len(wanted)} hook directories lack "
-                    f"hookpack's entry (e.g. {missing[0]})",
+        yield Check("hooks", FAIL, f"{len(missing)} of {len(wanted)} hookpack entries are "
+                    f"missing (e.g. {missing[0]})",
                     f"run `hookpack hooks install --root {root}`")
     elif broken:
         yield Check("hooks", FAIL, f"{len(broken)} entries are not executable or name a "
-                    f"missing interpreter (e.g. {broken[0]}/{ENTRY_NAME})",
+                    f"missing interpreter (e.g. {broken[0]})",
                     f"run `hookpack hooks install --root {root}`")
     else:
-        yield Check("hooks", PASS, f"entries installed in all {len(wanted)} hook directories")
+        yield Check("hooks", PASS, f"all {len(wanted)} entries installed")
     skipped = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir()
                      for f in d.iterdir() if not f.name.startswith(".")
                      and not NAME_MASK.match(f.name))

@@ -1,8 +1,10 @@
 """Lay hookpack's entry scripts out into a Ganeti hooks tree, as a reconcile.
 
 Ganeti runs a file only if it is executable and its name matches ^[a-zA-Z0-9_-]+$
-(shared/reference/ganeti-hooks.md), so the entry is `50-hookpack` and temporary files
-start with a dot (Ganeti lists only visible files). Files that are not hookpack's
+(shared/reference/ganeti-hooks.md), so the entries are `50-hookpack` (the actions),
+`00-hookpack-global` and `99-hookpack-global` (global hooks: they sort first in every
+`<hpath>-pre.d` and last in every `<hpath>-post.d`), and temporary files start with a
+dot (Ganeti lists only visible files). Files that are not hookpack's
 entries are never touched; directories hookpack created are listed in a manifest so
 `uninstall` removes exactly those (when empty) and nothing else.
 """
@@ -17,6 +19,9 @@ from pathlib import Path
 from hookpack import registry
 
 ENTRY_NAME = "50-hookpack"
+GLOBAL_PRE_ENTRY = "00-hookpack-global"
+GLOBAL_POST_ENTRY = "99-hookpack-global"
+ENTRY_NAMES = (GLOBAL_PRE_ENTRY, ENTRY_NAME, GLOBAL_POST_ENTRY)
 MARKER = "# hookpack-entry"
 MANIFEST = ".hookpack-created-dirs"
 PORTABLE_PYTHON = "/usr/bin/python3"
@@ -32,54 +37,111 @@ from hookpack.hook import main
 sys.exit(main({config}))
 """
 
+GLOBAL_TEMPLATE = """#!{python} -I
+{marker}: installed by `hookpack hooks install`. Ganeti runs it for this hook path and
+# phase; it runs the operator's global hooks ({global_dir}/ under the hooks
+# directory, Ganeti's rules). Nothing to run costs one directory listing. Do not edit:
+# reinstall.
+import sys
 
-def render_entry(python: str, config: str | None) -> str:
-    return TEMPLATE.format(python=python, marker=MARKER,
-                           config=repr(config) if config else "")
+from hookpack.globalhooks import main
+
+sys.exit(main({config}))
+"""
+
+# hpaths that get global hooks: every opcode hooks path. config-update is not run
+# around an opcode (Ganeti runs it on the master after any configuration write).
+GLOBAL_HPATHS = tuple(h for h in registry.GANETI_HPATHS if h != "config-update")
+
+
+def render_entry(python: str, config: str | None, entry: str = ENTRY_NAME) -> str:
+    if entry == ENTRY_NAME:
+        return TEMPLATE.format(python=python, marker=MARKER,
+                               config=repr(config) if config else "")
+    return GLOBAL_TEMPLATE.format(
+        python=python, marker=MARKER, config=repr(config) if config else "",
+        global_dir="global-pre.d" if entry == GLOBAL_PRE_ENTRY else "global-post.d")
+
+
+def default_layout() -> dict[str, list[str]]:
+    """Entry name -> the `<hpath>-<phase>.d` directories that get it."""
+    return {
+        GLOBAL_PRE_ENTRY: sorted(f"{h}-pre.d" for h in GLOBAL_HPATHS),
+        ENTRY_NAME: registry.layout(),
+        GLOBAL_POST_ENTRY: sorted(f"{h}-post.d" for h in GLOBAL_HPATHS),
+    }
+
+
+def _wanted(dirs: Iterable[str] | None,
+            entries: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    if entries is not None:
+        return {name: sorted(entries.get(name, ())) for name in ENTRY_NAMES}
+    if dirs is not None:  # only the actions' entry, in these directories
+        return {name: sorted(dirs) if name == ENTRY_NAME else [] for name in ENTRY_NAMES}
+    return default_layout()
 
 
 def install(root: Path, *, python: str | None = None, config: str | None = None,
-            dirs: Iterable[str] | None = None, dry_run: bool = False) -> list[str]:
-    """Make ``root`` hold exactly hookpack's entries; return what changed (or would)."""
+            dirs: Iterable[str] | None = None, entries: dict[str, list[str]] | None = None,
+            dry_run: bool = False) -> list[str]:
+    """Make ``root`` hold exactly hookpack's entries; return what changed (or would).
+
+    Default layout: `default_layout()`. ``dirs``: only the actions' entry, in these
+    directories; ``entries``: entry name -> directories (names not given: none).
+    """
+    wanted = _wanted(dirs, entries)
     if dry_run:
-        return plan_install(root, python=python, config=config, dirs=dirs)
-    wanted = sorted(dirs if dirs is not None else registry.layout())
-    content = render_entry(python or sys.executable, config)
+        return _plan(root, python, config, wanted)
     changes: list[str] = []
     root.mkdir(parents=True, exist_ok=True)
     created = _read_manifest(root)
-    for name in wanted:
+    for name in sorted({d for ds in wanted.values() for d in ds}):
         directory = root / name
         if not directory.is_dir():
             directory.mkdir(mode=0o755)
             created.add(name)
             changes.append(f"created {name}/")
-        if _write_if_different(directory / ENTRY_NAME, content):
-            changes.append(f"wrote {name}/{ENTRY_NAME}")
-    for name in sorted(_dirs_with_entry(root) - set(wanted)):
-        changes.extend(_remove_entry(root, name, created))
+        for entry in ENTRY_NAMES:
+            if name in wanted[entry]:
+                content = render_entry(python or sys.executable, config, entry)
+                if _write_if_different(directory / entry, content):
+                    changes.append(f"wrote {name}/{entry}")
+    for entry in ENTRY_NAMES:
+        for name in sorted(_dirs_with_entry(root, entry) - set(wanted[entry])):
+            changes.extend(_remove_entry(root, name, created, entry))
     _write_manifest(root, created)
     return changes
 
 
 def plan_install(root: Path, *, python: str | None = None, config: str | None = None,
-                 dirs: Iterable[str] | None = None) -> list[str]:
+                 dirs: Iterable[str] | None = None,
+                 entries: dict[str, list[str]] | None = None) -> list[str]:
     """What `install` would change, without touching anything."""
-    wanted = sorted(dirs if dirs is not None else registry.layout())
-    content = render_entry(python or sys.executable, config).encode()
+    return _plan(root, python, config, _wanted(dirs, entries))
+
+
+def _plan(root: Path, python: str | None, config: str | None,
+          wanted: dict[str, list[str]]) -> list[str]:
     changes = []
-    for name in wanted:
-        entry = root / name / ENTRY_NAME
+    for name in sorted({d for ds in wanted.values() for d in ds}):
         if not (root / name).is_dir():
             changes.append(f"created {name}/")
-        try:
-            same = entry.read_bytes() == content and os.stat(entry).st_mode & 0o777 == 0o755
-        except OSError:
-            same = False
-        if not same:
-            changes.append(f"wrote {name}/{ENTRY_NAME}")
-    changes += [f"removed {name}/{ENTRY_NAME}"
-                for name in sorted(_dirs_with_entry(root) - set(wanted))]
+        for entry_name in ENTRY_NAMES:
+            if name not in wanted[entry_name]:
+                continue
+            content = render_entry(python or sys.executable, config, entry_name).encode()
+            entry = root / name / entry_name
+            try:
+                same = (entry.read_bytes() == content
+                        and os.stat(entry).st_mode & 0o777 == 0o755)
+            except OSError:
+                same = False
+            if not same:
+                changes.append(f"wrote {name}/{entry_name}")
+    for entry_name in ENTRY_NAMES:
+        changes += [f"removed {name}/{entry_name}"
+                    for name in sorted(_dirs_with_entry(root, entry_name)
+                                       - set(wanted[entry_name]))]
     return changes
 
 
@@ -87,8 +149,9 @@ def uninstall(root: Path) -> list[str]:
     """Remove hookpack's entries and the directories hookpack created, if empty."""
     created = _read_manifest(root)
     changes: list[str] = []
-    for name in sorted(_dirs_with_entry(root)):
-        changes.extend(_remove_entry(root, name, created))
+    for entry in ENTRY_NAMES:
+        for name in sorted(_dirs_with_entry(root, entry)):
+            changes.extend(_remove_entry(root, name, created, entry))
     for name in sorted(created):
         if _remove_if_empty(root / name):
             changes.append(f"removed {name}/")
@@ -127,16 +190,17 @@ def _write_if_different(path: Path, content: str) -> bool:
     return True
 
 
-def _dirs_with_entry(root: Path) -> set[str]:
+def _dirs_with_entry(root: Path, entry: str = ENTRY_NAME) -> set[str]:
     if not root.is_dir():
         return set()
     return {d.name for d in root.iterdir()
-            if d.is_dir() and (d / ENTRY_NAME).exists() and is_entry(d / ENTRY_NAME)}
+            if d.is_dir() and (d / entry).exists() and is_entry(d / entry)}
 
 
-def _remove_entry(root: Path, name: str, created: set[str]) -> list[str]:
-    (root / name / ENTRY_NAME).unlink()
-    changes = [f"removed {name}/{ENTRY_NAME}"]
+def _remove_entry(root: Path, name: str, created: set[str],
+                  entry: str = ENTRY_NAME) -> list[str]:
+    (root / name / entry).unlink()
+    changes = [f"removed {name}/{entry}"]
     if name in created and _remove_if_empty(root / name):
         created.discard(name)
         changes.append(f"removed {name}/")

@@ -16,6 +16,7 @@ from hookpack.cli import main as cli
 from hookpack.emulator import run_hooks
 from hookpack.hooksinstall import ENTRY_NAME
 from hookpack.outbox import Outbox
+from tests.helpers.entries import actions_entry
 from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY, SLACK_PATH, Receiver
 
 CAP = 0.5  # attempt_timeout in these tests
@@ -68,7 +69,7 @@ def hook(tmp_path: Path, sample, phase: str, node: str = "node1", **overrides: s
     environ = {**environ, **overrides}
     hpath = environ["GANETI_HOOKS_PATH"]
     start = time.monotonic()
-    [result] = run_hooks(tmp_path / "hooks", hpath, phase, environ)
+    [result] = actions_entry(run_hooks(tmp_path / "hooks", hpath, phase, environ))
     return result, time.monotonic() - start
 
 

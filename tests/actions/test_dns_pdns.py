@@ -15,6 +15,7 @@ import pytest
 from hookpack.adapters.powerdns import Change, Client
 from hookpack.emulator import run_hooks
 from tests.helpers import pdns
+from tests.helpers.entries import actions_entry
 from tests.helpers.ganeti_env import instance_env
 
 # A real pdns_server (scripts/setup installs it): a missing one fails the tests, never skips.
@@ -68,7 +69,7 @@ def dns_hooks(tmp_path, write_config, server):
 
 def hook(root: Path, hpath: str, name: str, ips: list[str], **kw) -> str:
     environ = instance_env(hpath, "post", name, ips, **kw)
-    [result] = run_hooks(root, hpath, "post", environ)
+    [result] = actions_entry(run_hooks(root, hpath, "post", environ))
     assert result.status == "success"
     lines = result.output.splitlines()
     assert len(lines) == 1, result.output

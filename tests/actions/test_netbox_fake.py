@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hookpack.emulator import run_hooks
+from tests.helpers.entries import actions_entry
 from tests.helpers.ganeti_env import instance_env
 from tests.helpers.netbox_fake import FakeNetBox
 
@@ -48,7 +49,8 @@ def nb_hooks(tmp_path, write_config, netbox):
 
 
 def hook(root: Path, hpath: str, name: str, ips: list[str], **kw) -> str:
-    [result] = run_hooks(root, hpath, "post", instance_env(hpath, "post", name, ips, **kw))
+    [result] = actions_entry(run_hooks(root, hpath, "post",
+                                       instance_env(hpath, "post", name, ips, **kw)))
     assert result.status == "success"
     [line] = result.output.splitlines()
     return line

@@ -24,6 +24,7 @@ from hookpack.errors import BadInput
 from hookpack.result import Outcome
 from hookpack.validate import instance_name
 from tests.helpers import pdns
+from tests.helpers.entries import actions_entry
 from tests.helpers.ganeti_env import instance_env
 from tests.helpers.netbox_fake import FakeNetBox
 
@@ -84,7 +85,7 @@ def policy_hooks(tmp_path, write_config):
 def pre(root: Path, name: str, ips: list[str], hpath: str = "instance-add",
         new_name: str | None = None) -> tuple[bool, str]:
     environ = instance_env(hpath, "pre", name, ips, after_name=new_name)
-    results = run_hooks(root, hpath, "pre", environ)
+    results = actions_entry(run_hooks(root, hpath, "pre", environ))
     [line] = results[0].output.splitlines()
     return pre_aborts(results), line
 

@@ -111,8 +111,11 @@ def test_installed_hooks_run_under_ganetis_rules(node):
     environ, _ = load_sample(next(p for p in sample_files() if p.stem ==
                                   "instance-start-post-node1"))
     results = run_hooks(Path(variables["hookpack_hooks_dir"]), "instance-start", "post", environ)
-    assert [r.status for r in results] == ["success", "success"]
+    assert [r.status for r in results] == ["success", "success", "success"]
     assert results[1].output.startswith("hookpack record: inst1.example.test: changed")
+    # the global hooks' entry sorts last; without global-post.d scripts it says nothing
+    assert (results[2].name, results[2].output) == (
+        "instance-start-post.d/99-hookpack-global", "")
 
 
 def test_units_pass_systemd_analyze_verify(node):

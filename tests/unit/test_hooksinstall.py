@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from hookpack import registry
-from hookpack.hooksinstall import ENTRY_NAME, PORTABLE_PYTHON, install, render_entry, uninstall
+from hookpack.hooksinstall import (
+    ENTRY_NAME,
+    GLOBAL_POST_ENTRY,
+    GLOBAL_PRE_ENTRY,
+    PORTABLE_PYTHON,
+    default_layout,
+    install,
+    render_entry,
+    uninstall,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,8 +29,8 @@ def test_repo_hooks_d_matches_the_registry():
     """hooks.d/ is generated: `hookpack hooks install --root hooks.d --python /usr/bin/python3`
     (then drop .hookpack-created-dirs)."""
     hooks_d = REPO / "hooks.d"
-    expected = {f"{d}/{ENTRY_NAME}": render_entry(PORTABLE_PYTHON, None)
-                for d in registry.layout()}
+    expected = {f"{d}/{entry}": render_entry(PORTABLE_PYTHON, None, entry)
+                for entry, dirs in default_layout().items() for d in dirs}
     assert _tree(hooks_d) == expected
     assert all(os.access(hooks_d / name, os.X_OK) for name in expected)
 
@@ -29,7 +38,9 @@ def test_repo_hooks_d_matches_the_registry():
 def test_install_is_a_reconcile(tmp_path):
     root = tmp_path / "hooks"
     first = install(root, python="/py", config="/c.toml")
-    assert len(first) == 2 * len(registry.layout())
+    layout = default_layout()
+    directories = {d for dirs in layout.values() for d in dirs}
+    assert len(first) == len(directories) + sum(len(dirs) for dirs in layout.values())
     assert install(root, python="/py", config="/c.toml") == []
     (root / "disk-grow-post.d" / ENTRY_NAME).chmod(0o644)
     assert install(root, python="/py", config="/c.toml") == [
@@ -72,3 +83,33 @@ def test_uninstall_restores_the_tree_as_it_was(tmp_path):
     uninstall(root)
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
     assert uninstall(root) == []
+
+
+def test_global_entries_sort_first_in_pre_and_last_in_post_of_every_opcode_hpath(tmp_path):
+    root = tmp_path / "hooks"
+    install(root, python="/py", config="/c.toml")
+    for hpath in registry.GANETI_HPATHS:
+        pre = sorted(os.listdir(root / f"{hpath}-pre.d"))
+        post = sorted(os.listdir(root / f"{hpath}-post.d"))
+        if hpath == "config-update":  # not run around an opcode
+            assert GLOBAL_PRE_ENTRY not in pre and GLOBAL_POST_ENTRY not in post
+            continue
+        assert pre[0] == GLOBAL_PRE_ENTRY and GLOBAL_POST_ENTRY not in pre
+        assert post[-1] == GLOBAL_POST_ENTRY and GLOBAL_PRE_ENTRY not in post
+        assert ENTRY_NAME in pre and ENTRY_NAME in post
+    text = (root / "disk-grow-pre.d" / GLOBAL_PRE_ENTRY).read_text()
+    assert "from hookpack.globalhooks import main" in text and "main('/c.toml')" in text
+    assert not (root / "global-pre.d").exists()  # the operator's, never hookpack's
+
+
+def test_reconcile_removes_global_entries_no_longer_wanted_and_uninstall_all(tmp_path):
+    root = tmp_path / "hooks"
+    install(root, python="/py")
+    changes = install(root, python="/py", entries={ENTRY_NAME: ["disk-grow-post.d"],
+                                                   GLOBAL_POST_ENTRY: ["disk-grow-post.d"]})
+    assert f"removed disk-grow-pre.d/{GLOBAL_PRE_ENTRY}" in changes
+    assert f"removed disk-grow-post.d/{ENTRY_NAME}" not in changes
+    assert sorted(os.listdir(root / "disk-grow-post.d")) == [ENTRY_NAME, GLOBAL_POST_ENTRY]
+    assert not (root / "disk-grow-pre.d").exists()  # created by hookpack, now empty
+    uninstall(root)
+    assert sorted(p.name for p in root.iterdir()) == []

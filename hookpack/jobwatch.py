@@ -1,0 +1,390 @@
+"""`hookpack jobwatch`: global post hooks for what the synchronous part cannot see.
+
+Runs on the master (idle elsewhere), follows Ganeti's job queue
+(`<data_dir>/queue/job-<id>` and, once archived, `queue/archive/<n>/job-<id>`) and,
+for every opcode that has a start timestamp, runs the operator's `global-post.d`
+scripts once, on the master, with GANETI_POST_STATUS:
+
+- `success`: only for opcodes without hooks (`ganeti_opcodes.OPCODE_HPATH`); the
+  synchronous part (99-hookpack-global) ran after the hooks of the others;
+- `error`: the opcode's recorded status is `error` (or `canceled`: see docs);
+- `disappeared`: the job process died; seen either by the job's livelock file no
+  longer being locked (what luxid checks) while the job is not finalized, or by
+  luxid's own death detection having failed the job (reason
+  `gnt:daemon:luxid:deathdetection`).
+
+A persisted cursor (`<state_dir>/jobwatch.json`, replaced atomically after each
+report) records what was reported, so each opcode is reported once across restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hookpack.ganeti_opcodes import OPCODE_HPATH
+from hookpack.runparts import run_parts
+
+CURSOR_NAME = "jobwatch.json"
+FINAL = ("success", "error", "canceled")
+DEATH_REASON = "gnt:daemon:luxid:deathdetection"
+
+
+@dataclass(frozen=True)
+class Report:
+    job_id: int
+    index: int
+    op_code: str
+    status: str  # success, error or disappeared
+    op_status: str  # Ganeti's status of the opcode when reported
+    hpath: str | None  # None: the opcode has no hooks
+
+
+@dataclass
+class Cursor:
+    """Jobs fully handled (as id ranges) and, for the others, opcodes reported."""
+
+    path: Path
+    done: list[list[int]] = field(default_factory=list)
+    reported: dict[int, set[int]] = field(default_factory=dict)
+    exists: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> Cursor:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path)
+        except (OSError, ValueError) as err:
+            raise RuntimeError(f"{path}: unreadable cursor ({err}); move it away to "
+                               "start over (finished jobs are then not reported)") from None
+        return cls(path, [list(r) for r in data.get("done", [])],
+                   {int(k): set(v) for k, v in data.get("reported", {}).items()}, True)
+
+    def is_done(self, job_id: int) -> bool:
+        return any(lo <= job_id <= hi for lo, hi in self.done)
+
+    def is_reported(self, job_id: int, index: int) -> bool:
+        return index in self.reported.get(job_id, ())
+
+    def mark(self, job_id: int, index: int) -> None:
+        self.reported.setdefault(job_id, set()).add(index)
+
+    def finish(self, job_id: int) -> None:
+        self.reported.pop(job_id, None)
+        ranges = sorted([*self.done, [job_id, job_id]])
+        merged: list[list[int]] = []
+        for lo, hi in ranges:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.done = merged
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"version": 1, "done": self.done,
+                "reported": {str(k): sorted(v) for k, v in sorted(self.reported.items())}}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        self.exists = True
+
+
+def job_files(queue: Path) -> Iterator[tuple[int, Path]]:
+    """(job id, file) of the queue and its archive."""
+    for directory in (queue, *_archive_dirs(queue)):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("job-") and name[4:].isdigit():
+                yield int(name[4:]), directory / name
+
+
+def _archive_dirs(queue: Path) -> list[Path]:
+    try:
+        return [queue / "archive" / n for n in sorted(os.listdir(queue / "archive"))]
+    except OSError:
+        return []
+
+
+def read_job(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # moved to the archive meanwhile, or not a job file
+    if not isinstance(data, dict) or not isinstance(data.get("ops"), list):
+        return None
+    return data
+
+
+def finalized(job: Mapping[str, Any]) -> bool:
+    return all(isinstance(op, dict) and op.get("status") in FINAL for op in job["ops"])
+
+
+def died_by_luxid(job: Mapping[str, Any]) -> bool:
+    """luxid found the job process dead and failed every opcode of the job."""
+    for op in job["ops"]:
+        reasons = (op.get("input") or {}).get("reason") or []
+        if any(isinstance(r, list) and r and r[0] == DEATH_REASON for r in reasons):
+            return True
+    return False
+
+
+def process_dead(job: Mapping[str, Any], proc_root: Path = Path("/proc")) -> bool | None:
+    """Whether the job's process is dead: True, False, or None (not started/unknown).
+
+    As luxid does: a job process holds a lock on its livelock file while it lives.
+    Without a livelock file, its process_id is looked up in ``proc_root``.
+    """
+    livelock = job.get("livelock")
+    if isinstance(livelock, str) and livelock:
+        try:
+            fd = os.open(livelock, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return False  # the job process holds it
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return True
+        finally:
+            os.close(fd)
+    pid = job.get("process_id")
+    if isinstance(pid, int) and pid > 0:
+        return not (proc_root / str(pid)).exists()
+    return None
+
+
+def decide(job_id: int, job: Mapping[str, Any], dead: Callable[[], bool | None]
+           ) -> tuple[list[Report], list[int], bool]:
+    """What to report for ``job`` now: (reports, opcode indices settled without a
+    report, whether the job is fully handled)."""
+    ops = job["ops"]
+    started = [i for i, op in enumerate(ops) if op.get("start_timestamp")]
+    reports: list[Report] = []
+    silent: list[int] = []
+    by_luxid = finalized(job) and died_by_luxid(job)
+    gone = False
+    if not finalized(job):
+        gone = bool(started) and dead() is True
+    for i in started:
+        op = ops[i]
+        op_code = str((op.get("input") or {}).get("OP_ID", ""))
+        hpath = OPCODE_HPATH.get(op_code)
+        status = op.get("status")
+        if by_luxid:
+            # luxid overwrote every opcode with an error: the last started one was
+            # running when the process died, those before it had succeeded.
+            status = "disappeared" if i == started[-1] else "success"
+        elif gone and status not in FINAL:
+            status = "disappeared"
+        if status == "success":
+            if hpath is None:
+                reports.append(Report(job_id, i, op_code, "success", op["status"], None))
+            else:
+                silent.append(i)  # 99-hookpack-global ran after its post hooks
+        elif status in ("error", "canceled"):
+            reports.append(Report(job_id, i, op_code, "error", status, hpath))
+        elif status == "disappeared":
+            reports.append(Report(job_id, i, op_code, "disappeared", op["status"], hpath))
+        # queued/waiting/running/canceling: not settled yet
+    handled = finalized(job) or gone
+    return reports, silent, handled
+
+
+class Watcher:
+    def __init__(self, *, data_dir: Path, hooks_dir: Path, state_dir: Path, fqdn: str,
+                 script_timeout: float, proc_root: Path = Path("/proc"),
+                 out: Callable[[str], None] = print) -> None:
+        self.data_dir = data_dir
+        self.queue = data_dir / "queue"
+        self.hooks_dir = hooks_dir
+        self.cursor = Cursor.load(state_dir / CURSOR_NAME)
+        self.fqdn = fqdn
+        self.script_timeout = script_timeout
+        self.proc_root = proc_root
+        self.out = out
+        self.stopping = False
+
+    def ssconf(self, name: str) -> str:
+        try:
+            return (self.data_dir / f"ssconf_{name}").read_text().strip()
+        except OSError:
+            return ""
+
+    def is_master(self) -> bool:
+        from hookpack.roles import normalize_host
+
+        master = self.ssconf("master_node")
+        return bool(master) and normalize_host(master) == normalize_host(self.fqdn)
+
+    def cycle(self) -> list[Report]:
+        """One look at the queue; returns what was reported."""
+        if not self.is_master():
+            return []
+        if not self.cursor.exists:
+            self._baseline()
+            return []
+        done: list[Report] = []
+        for job_id, path in sorted(job_files(self.queue)):
+            if self.stopping:
+                break
+            if self.cursor.is_done(job_id):
+                continue
+            done += self._job(job_id, path)
+        return done
+
+    def _baseline(self) -> None:
+        # First start: jobs that finished before the watcher existed are history.
+        for job_id, path in job_files(self.queue):
+            job = read_job(path)
+            if job is not None and finalized(job):
+                self.cursor.finish(job_id)
+        self.cursor.save()
+        self.out(f"jobwatch: first start: {sum(hi - lo + 1 for lo, hi in self.cursor.done)} "
+                 "finished job(s) taken as already reported")
+
+    def _job(self, job_id: int, path: Path) -> list[Report]:
+        job = read_job(path)
+        if job is None:
+            return []
+
+        def dead() -> bool | None:
+            verdict = process_dead(job, self.proc_root)
+            if verdict:  # it may have just finished: believe a finalized file first
+                again = read_job(path) or read_job(self._archived(job_id))
+                if again is not None and finalized(again):
+                    return False
+            return verdict
+
+        reports, silent, handled = decide(job_id, job, dead)
+        out = []
+        changed = False
+        for index in silent:
+            if not self.cursor.is_reported(job_id, index):
+                self.cursor.mark(job_id, index)
+                changed = True
+        for report in reports:
+            if self.cursor.is_reported(job_id, report.index):
+                continue
+            self._run(report, job)
+            self.cursor.mark(job_id, report.index)
+            self.cursor.save()
+            out.append(report)
+        if handled:
+            self.cursor.finish(job_id)
+            changed = True
+        if changed:
+            self.cursor.save()
+        return out
+
+    def _archived(self, job_id: int) -> Path:
+        return self.queue / "archive" / str(job_id // 10000) / f"job-{job_id}"
+
+    def environment(self, report: Report) -> dict[str, str]:
+        env = {
+            "GANETI_HOOKS_VERSION": "2",
+            "GANETI_HOOKS_PHASE": "post",
+            "GANETI_OP_CODE": report.op_code,
+            "GANETI_JOB_ID": str(report.job_id),
+            "GANETI_IS_MASTER": "master",
+            "GANETI_POST_STATUS": report.status,
+            "GANETI_OP_STATUS": report.op_status,
+            "GANETI_CLUSTER": self.ssconf("cluster_name"),
+            "GANETI_MASTER": self.ssconf("master_node"),
+            "GANETI_DATA_DIR": str(self.data_dir),
+        }
+        if report.hpath is None:
+            env["GANETI_OBJECT_TYPE"] = "NOT_APPLICABLE"
+        else:
+            env["GANETI_HOOKS_PATH"] = report.hpath
+        return env
+
+    def _run(self, report: Report, job: Mapping[str, Any]) -> None:
+        directory = self.hooks_dir / "global-post.d"
+        results = run_parts(directory, self.environment(report),
+                            timeout=self.script_timeout)
+        ran = [r for r in results if r.status != "skip"]
+        summary = ", ".join(f"{r.name.split('/')[-1]}: "
+                            f"{'killed' if r.timed_out else f'exit {r.exit_code}'}"
+                            for r in ran) or "no scripts"
+        self.out(f"jobwatch: job {report.job_id} op {report.index} {report.op_code}: "
+                 f"{report.status}: {summary}")
+        for r in ran:
+            if r.output:
+                self.out(f"jobwatch:   {r.name}: {r.output}")
+
+
+def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
+    from hookpack.roles import system_fqdn
+
+    settings = cfg.core["global_hooks"]
+    if not settings["enabled"]:
+        out("jobwatch: [global_hooks] enabled = false; nothing to do")
+        return 0
+    run_dir = cfg.path_of("run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = os.open(run_dir / "jobwatch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        from hookpack.errors import HookpackError
+
+        raise HookpackError(f"another jobwatch holds {run_dir}/jobwatch.lock") from None
+    watcher = Watcher(data_dir=cfg.path_of("ganeti_data_dir"),
+                      hooks_dir=cfg.path_of("hooks_dir"), state_dir=cfg.path_of("state_dir"),
+                      fqdn=cfg.core["node"]["fqdn"] or system_fqdn(),
+                      script_timeout=settings["script_timeout"],
+                      proc_root=cfg.path_of("proc_root"), out=out)
+
+    def stop(signum, frame):  # finish the report under way, save, leave
+        watcher.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    out(f"jobwatch: watching {watcher.queue} as {watcher.fqdn}")
+    while True:
+        watcher.cycle()
+        if once or watcher.stopping:
+            return 0
+        end = time.monotonic() + settings["poll_interval"]
+        while not watcher.stopping and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+        if watcher.stopping:
+            return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("jobwatch", help="run global post hooks from Ganeti's job queue "
+                       "(on the master)")
+    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
+                   "/etc/hookpack/hookpack.toml)")
+    p.add_argument("--once", action="store_true", help="one look at the queue, then exit")
+    p.set_defaults(handler=_cmd)
+
+
+def _cmd(ns) -> int:
+    from hookpack.cli import load
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    return run(load(ns), once=ns.once, out=out)
+

@@ -1,0 +1,252 @@
+"""Global hooks on the real Ganeti 3.0.2 lab: the synchronous entries around a
+grow-disk on every node, and `hookpack jobwatch` on the master for an error, an
+opcode without hooks, a job whose process is killed, and a watcher restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vmtestbed.ganeti.hookpack_install import VENV
+from vmtestbed.ganeti.layout import instance_name
+
+from tests.ganeti.hooktable import expected_nodes
+
+pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
+
+MASTER = "node1.example.test"
+INST = instance_name(7)
+REPORTS = "/var/log/hookpack/global-reports.jsonl"
+CURSOR = "/var/lib/hookpack/jobwatch.json"
+# The operator's global hook: one JSON line per run with its environment and node.
+SLOW = "/var/log/hookpack/global-slow"  # while it exists, each report takes 2 s more
+SCRIPT = f"""#!/usr/bin/python3
+import json, os, socket, time
+with open({REPORTS!r}, "a") as f:
+    f.write(json.dumps({{"node": socket.gethostname(), "env": dict(os.environ)}}) + "\\n")
+if os.path.exists({SLOW!r}):
+    time.sleep(2)
+"""
+
+
+class Watcher:
+    """`hookpack jobwatch` started on the master in the background, stopped by pid."""
+
+    def __init__(self, lab, log: Path) -> None:
+        self.lab, self.log, self.proc = lab, log, None
+
+    def start(self) -> None:
+        argv = self.lab.master.nsenter([str(VENV / "bin/hookpack"), "jobwatch", "--config",
+                                        "/etc/hookpack/hookpack.toml"])
+        # nsenter execs hookpack: the pid is the watcher's
+        self.proc = subprocess.Popen(argv, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        wait_for(lambda: "jobwatch: watching" in self.log.read_text(), 30, "watcher start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def lab(ganeti_lab, tmp_path_factory):
+    lab = ganeti_lab
+    made = []
+    for node in lab.nodes:
+        for phase in ("pre", "post"):
+            directory = lab.node_file(node, f"/etc/ganeti/hooks/global-{phase}.d")
+            directory.mkdir(exist_ok=True)
+            made.append(directory)
+            script = directory / "10-report"
+            script.write_text(SCRIPT)
+            script.chmod(0o755)
+        lab.node_file(node, REPORTS).unlink(missing_ok=True)
+    lab.node_file(MASTER, CURSOR).unlink(missing_ok=True)
+    watcher = Watcher(lab, tmp_path_factory.mktemp("jobwatch") / "jobwatch.log")
+    lab.global_watcher = watcher
+    try:
+        watcher.start()
+        wait_for(lambda: lab.node_file(MASTER, CURSOR).exists(), 30, "the first cursor")
+        lab.add_instance(7, node="node2", start=False)
+        yield lab
+    finally:
+        watcher.stop()
+        print(watcher.log.read_text())
+        lab.gnt("gnt-instance", "remove", "-f", "--shutdown-timeout=0", INST, check=False)
+        for directory in made:
+            for f in directory.iterdir():
+                f.unlink()
+            directory.rmdir()
+        for node in lab.nodes:
+            lab.node_file(node, REPORTS).unlink(missing_ok=True)
+        lab.node_file(MASTER, CURSOR).unlink(missing_ok=True)
+
+
+def reports(lab, node: str = MASTER) -> list[dict[str, Any]]:
+    try:
+        text = lab.node_file(node, REPORTS).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def watcher_reports(lab, job_id: str) -> list[dict[str, str]]:
+    # Only the watcher sets GANETI_OP_STATUS (hookpack's addition).
+    return [r["env"] for r in reports(lab) if r["env"].get("GANETI_JOB_ID") == job_id
+            and "GANETI_OP_STATUS" in r["env"]]
+
+
+def submit(lab, *argv: str) -> str:
+    done = lab.gnt(*argv[:2], "--submit", *argv[2:])  # options before arguments
+    out = (done.stdout + done.stderr).strip()  # "JobID: <id>"
+    match = re.search(r"(\d+)\s*$", out)
+    assert match, out
+    return match.group(1)
+
+
+def job_status(lab, job_id: str) -> str:
+    return lab.gnt("gnt-job", "list", "--no-headers", "-o", "status", job_id).stdout.strip()
+
+
+def wait_job(lab, job_id: str, timeout: float = 120) -> str:
+    return wait_for(lambda: (s := job_status(lab, job_id)) in ("success", "error", "canceled")
+                    and s, timeout, f"job {job_id}")
+
+
+def test_grow_disk_runs_global_hooks_around_its_own_on_every_node(lab):
+    job = submit(lab, "gnt-instance", "grow-disk", INST, "0", "16M")
+    assert wait_job(lab, job) == "success"
+    want = expected_nodes("disk-grow", master=MASTER, primary="node2.example.test")
+    seen: dict[str, set[str]] = {"pre": set(), "post": set()}
+    for node in lab.nodes:
+        for r in reports(lab, node.name):
+            env = r["env"]
+            if env.get("GANETI_HOOKS_PATH") != "disk-grow" or "GANETI_OP_STATUS" in env:
+                continue
+            assert env["GANETI_INSTANCE_NAME"] == INST
+            phase = env["GANETI_HOOKS_PHASE"]
+            seen[phase].add(r["node"])
+            assert env["GANETI_IS_MASTER"] == ("master" if r["node"] == MASTER
+                                               else "not_master")
+            assert env["GANETI_OP_CODE"] == "OP_INSTANCE_GROW_DISK"
+            assert env["PATH"] == "/sbin:/bin:/usr/sbin:/usr/bin"
+            if phase == "post":
+                assert env["GANETI_POST_STATUS"] == "success"
+                assert env["GANETI_POST_INSTANCE_DISK0_SIZE"] == "80"
+            else:
+                assert "GANETI_POST_STATUS" not in env
+            if r["node"] == MASTER:  # the master has the job queue
+                assert env["GANETI_JOB_ID"] == job
+            else:  # a master candidate's copy may or may not name it; never another id
+                assert env.get("GANETI_JOB_ID", job) == job
+    assert seen == want
+    # the watcher leaves it to the synchronous part: a later job is reported, this not
+    marker = submit(lab, "gnt-debug", "delay", "--no-master", "0.1")
+    wait_for(lambda: watcher_reports(lab, marker), 60, "the watcher's report of the marker")
+    assert watcher_reports(lab, job) == []
+
+
+def test_grow_beyond_the_storage_is_reported_as_error_by_the_watcher(lab):
+    job = submit(lab, "gnt-instance", "grow-disk", INST, "0", "100T")
+    assert wait_job(lab, job) == "error"
+    (env,) = wait_for(lambda: watcher_reports(lab, job), 60, f"report of job {job}")
+    assert env["GANETI_POST_STATUS"] == "error"
+    assert env["GANETI_OP_CODE"] == "OP_INSTANCE_GROW_DISK"
+    assert env["GANETI_HOOKS_PATH"] == "disk-grow"
+    assert env["GANETI_IS_MASTER"] == "master" and env["GANETI_MASTER"] == MASTER
+    assert env["GANETI_CLUSTER"] == "cluster1.example.test"
+    assert "GANETI_OBJECT_TYPE" not in env and "GANETI_INSTANCE_NAME" not in env
+    # no synchronous post run: Ganeti runs post hooks only after a success
+    assert not [r for r in reports(lab) if r["env"].get("GANETI_JOB_ID") == job
+                and r["env"]["GANETI_HOOKS_PHASE"] == "post" and "GANETI_OP_STATUS"
+                not in r["env"]]
+
+
+def test_an_opcode_without_hooks_is_reported_not_applicable(lab):
+    job = submit(lab, "gnt-debug", "delay", "--no-master", "0.5")
+    assert wait_job(lab, job) == "success"
+    (env,) = wait_for(lambda: watcher_reports(lab, job), 60, f"report of job {job}")
+    assert (env["GANETI_OP_CODE"], env["GANETI_POST_STATUS"], env["GANETI_OBJECT_TYPE"]) == (
+        "OP_TEST_DELAY", "success", "NOT_APPLICABLE")
+    assert env["GANETI_HOOKS_VERSION"] == "2" and env["GANETI_HOOKS_PHASE"] == "post"
+
+
+def _job_file(lab, job_id: str) -> dict[str, Any] | None:
+    path = lab.node_file(MASTER, f"/var/lib/ganeti/queue/job-{job_id}")
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def test_a_watcher_restart_mid_stream_neither_loses_nor_repeats(lab):
+    watcher = lab.global_watcher
+    slow = lab.node_file(MASTER, SLOW)
+    slow.write_text("")
+    try:
+        first = [submit(lab, "gnt-debug", "delay", "--no-master", "1") for _ in range(3)]
+        for job in first:
+            wait_job(lab, job)
+        # the three are reported in one cycle, 2 s each: stop during the first
+        wait_for(lambda: any(watcher_reports(lab, j) for j in first), 60, "a first report")
+        watcher.stop()  # SIGTERM: finishes the report under way, saves the cursor
+    finally:
+        slow.unlink(missing_ok=True)
+    reported = sum(len(watcher_reports(lab, j)) for j in first)
+    assert reported < len(first), "the watcher was not stopped mid-stream"
+    during = [submit(lab, "gnt-debug", "delay", "--no-master", "0.5") for _ in range(2)]
+    for job in first + during:
+        wait_job(lab, job)
+    watcher.start()
+    after = [submit(lab, "gnt-debug", "delay", "--no-master", "0.5")]
+    for job in first + during + after:
+        wait_for(lambda j=job: watcher_reports(lab, j), 60, f"report of job {job}")
+    time.sleep(5)
+    counts = {job: len(watcher_reports(lab, job)) for job in first + during + after}
+    assert counts == {job: 1 for job in counts}
+
+
+def test_a_killed_job_process_is_reported_disappeared(lab):
+    job = submit(lab, "gnt-debug", "delay", "--no-master", "60")
+    data = wait_for(lambda: (d := _job_file(lab, job)) and d.get("process_id")
+                    and d["ops"][0]["status"] == "running" and d, 60, "the job running")
+    pid = data["process_id"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert "ganeti" in cmdline, f"pid {pid} is not a Ganeti job process: {cmdline}"
+    os.kill(pid, signal.SIGKILL)
+    (env,) = wait_for(lambda: watcher_reports(lab, job), 90, f"report of job {job}")
+    assert (env["GANETI_OP_CODE"], env["GANETI_POST_STATUS"]) == ("OP_TEST_DELAY",
+                                                                  "disappeared")
+    assert env["GANETI_OBJECT_TYPE"] == "NOT_APPLICABLE"
+    # Ganeti itself has not noticed yet (luxid looks every 307 s)...
+    assert job_status(lab, job) == "running"
+    # ...until told to: luxid's death detection then fails the job and wconfd frees
+    # its locks; the watcher reported it already and does not report it again.
+    lab.gnt("gnt-job", "cancel", "--kill", "--yes-do-it", job, check=False)
+    assert wait_job(lab, job, timeout=90) == "error"
+    time.sleep(5)  # two more watcher cycles
+    assert len(watcher_reports(lab, job)) == 1
