@@ -23,6 +23,7 @@ from hookpack.diskgrow.plan import MIB, Decision, find_block, mib, plan_resize
 from hookpack.emulator import run_hooks
 from hookpack.errors import ActionError
 from hookpack.result import Outcome
+from tests.helpers.entries import actions_entry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ID0 = "disk-403d6c96-7c55-47ab"
@@ -258,7 +259,7 @@ def hooks(tmp_path, write_config):
 def test_hook_on_the_primary_without_qemu_skips_in_one_line(hooks, sample, tmp_path):
     environ, node_name = sample("disk-grow-post-node1")
     root = hooks(f'[node]\nfqdn = "{node_name}"\n')  # default disk_grow: enabled
-    [result] = run_hooks(root, "disk-grow", "post", environ)
+    [result] = actions_entry(run_hooks(root, "disk-grow", "post", environ))
     assert result.status == "success" and result.exit_code == 0
     [line] = result.output.splitlines()
     assert line.startswith("hookpack disk-grow: inst1.example.test: skipped: instance not "
@@ -268,5 +269,5 @@ def test_hook_on_the_primary_without_qemu_skips_in_one_line(hooks, sample, tmp_p
 def test_hook_does_nothing_on_other_nodes(hooks, sample):
     environ, _ = sample("disk-grow-post-node1")
     root = hooks('[node]\nfqdn = "node2.example.test"\n')  # not the primary
-    [result] = run_hooks(root, "disk-grow", "post", environ)
+    [result] = actions_entry(run_hooks(root, "disk-grow", "post", environ))
     assert (result.status, result.output) == ("success", "")

@@ -27,6 +27,7 @@ from vmtestbed.kvmnode import KvmNode
 from vmtestbed.qmp import QMPClient
 
 from hookpack.emulator import run_hooks
+from tests.helpers.entries import actions_entry
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -81,7 +82,7 @@ def grow_env(sample, inst, disk: DiskSpec, new_mib: int) -> dict[str, str]:
 
 
 def run_hook(root: Path, environ: dict[str, str]) -> str:
-    [result] = run_hooks(root, "disk-grow", "post", environ)
+    [result] = actions_entry(run_hooks(root, "disk-grow", "post", environ))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == 1, result.output
