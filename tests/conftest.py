@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,27 @@ def sample():
     def get(name: str) -> tuple[dict[str, str], str]:
         return load_sample(SAMPLES / f"{name}.env")
     return get
+
+
+@pytest.fixture
+def install_hooks(tmp_path):
+    """Lay hookpack's entries into tmp_path/hooks as an operator would (`hookpack hooks
+    install`), passing them ``config``; returns the hooks root."""
+    def install(config: Path) -> Path:
+        root = tmp_path / "hooks"
+        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
+                        str(root), "--entry-config", str(config)], check=True,
+                       capture_output=True)
+        return root
+    return install
+
+
+@pytest.fixture
+def hooks(write_config, install_hooks):
+    """A hooks tree whose entries use a config with the given extra TOML."""
+    def make(extra_config: str = "") -> Path:
+        return install_hooks(write_config(extra_config))
+    return make
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -243,18 +241,6 @@ def test_runtime_disks_as_ganeti_writes_them(paths):
 
 
 # -- the hook, installed and run as Ganeti runs it (no QEMU here) --------------------
-
-@pytest.fixture
-def hooks(tmp_path, write_config):
-    def install(extra: str = "") -> Path:
-        config = write_config(extra)
-        root = tmp_path / "hooks"
-        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
-                        str(root), "--entry-config", str(config)], check=True,
-                       capture_output=True)
-        return root
-    return install
-
 
 def test_hook_on_the_primary_without_qemu_skips_in_one_line(hooks, sample, tmp_path):
     environ, node_name = sample("disk-grow-post-node1")

@@ -49,7 +49,7 @@ def zones(server):
 
 
 @pytest.fixture
-def dns_hooks(tmp_path, write_config, server):
+def dns_hooks(tmp_path, write_config, install_hooks, server):
     def install(extra: str = "", url: str | None = None, key_mode: int = 0o600) -> Path:
         key = tmp_path / "pdns.key"
         key.write_text(server.api_key + "\n")
@@ -59,11 +59,7 @@ def dns_hooks(tmp_path, write_config, server):
             f'api_url = "{url or server.url}"\napi_key_file = "{key}"\n'
             f'forward_zones = ["example.test"]\n'
             f'reverse_zones = ["{REV4}", "{REV6}"]\nttl = 600\ntimeout = 1.0\n{extra}')
-        root = tmp_path / "hooks"
-        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
-                        str(root), "--entry-config", str(config)], check=True,
-                       capture_output=True)
-        return root
+        return install_hooks(config)
     return install
 
 

@@ -32,7 +32,7 @@ def netbox():
 
 
 @pytest.fixture
-def nb_hooks(tmp_path, write_config, netbox):
+def nb_hooks(tmp_path, write_config, install_hooks, netbox):
     def install(extra: str = "") -> Path:
         token = tmp_path / "netbox.token"
         token.write_text(netbox.token + "\n")
@@ -40,11 +40,7 @@ def nb_hooks(tmp_path, write_config, netbox):
         config = write_config(
             f'[node]\nfqdn = "node1.example.test"\n\n[netbox]\nenabled = true\n'
             f'url = "{netbox.url}"\ntoken_file = "{token}"\ntimeout = 1.0\n{extra}')
-        root = tmp_path / "hooks"
-        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
-                        str(root), "--entry-config", str(config)], check=True,
-                       capture_output=True)
-        return root
+        return install_hooks(config)
     return install
 
 

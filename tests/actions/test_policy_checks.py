@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -61,7 +59,7 @@ def blackhole():
 
 
 @pytest.fixture
-def policy_hooks(tmp_path, write_config):
+def policy_hooks(tmp_path, write_config, install_hooks):
     def install(policy: str, dns_url: str = "", netbox_url: str = "", key: str = "k",
                 deadline: float = 10.0, dns_timeout: float = 1.0) -> Path:
         keyfile = tmp_path / "key"
@@ -74,11 +72,7 @@ def policy_hooks(tmp_path, write_config):
             f'api_key_file = "{keyfile}"\nforward_zones = ["example.test"]\n'
             f"timeout = {dns_timeout}\n\n"
             f'[netbox]\nurl = "{netbox_url}"\ntoken_file = "{keyfile}"\ntimeout = 1.0\n')
-        root = tmp_path / "hooks"
-        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
-                        str(root), "--entry-config", str(config)], check=True,
-                       capture_output=True)
-        return root
+        return install_hooks(config)
     return install
 
 

@@ -17,16 +17,9 @@ from hookpack.hooksinstall import ENTRY_NAME, GLOBAL_POST_ENTRY, GLOBAL_PRE_ENTR
 
 
 @pytest.fixture
-def tree(tmp_path, write_config):
-    """A hooks tree with hookpack's entries and a global-<phase>.d maker."""
-    def make(extra_config: str = "") -> Path:
-        config = write_config(extra_config)
-        root = tmp_path / "hooks"
-        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
-                        str(root), "--entry-config", str(config)], check=True,
-                       capture_output=True)
-        return root
-    return make
+def tree(hooks):
+    """A hooks tree with hookpack's entries (the shared `hooks` fixture)."""
+    return hooks
 
 
 def _script(directory: Path, name: str, body: str, mode: int = 0o755) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,19 +14,6 @@ from hookpack.emulator import run_hooks as _run_hooks
 from hookpack.hooksinstall import ENTRY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def hooks(tmp_path, write_config):
-    """Install hookpack's entries into a temp hooks tree, as an operator would."""
-    def install(extra_config: str = "") -> Path:
-        config = write_config(extra_config)
-        root = tmp_path / "hooks"
-        subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root",
-                        str(root), "--entry-config", str(config)], check=True,
-                       capture_output=True)
-        return root
-    return install
 
 
 def run_hooks(*args, **kwargs):
