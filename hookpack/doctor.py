@@ -9,9 +9,11 @@ from __future__ import annotations
 import importlib
 import os
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hookpack import registry
 from hookpack.action import Paths
@@ -19,6 +21,9 @@ from hookpack.config import Config
 from hookpack.emulator import NAME_MASK
 from hookpack.errors import HookpackError
 from hookpack.hooksinstall import default_layout, is_entry
+
+if TYPE_CHECKING:  # imported lazily: doctor runs off the hook's hot path, but keep it light
+    from hookpack.pinning.topology import Topology
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -37,7 +42,9 @@ class Check:
 
 def run_checks(cfg: Config) -> list[Check]:
     paths = Paths.from_config(cfg)
-    checks = [ganeti_version(paths), *hooks_installed(paths), *config_checks(cfg)]
+    checks = [ganeti_version(paths), kvm_dir_check(paths), *hooks_installed(paths),
+              *config_checks(cfg), *secret_checks(cfg), *qmp_checks(paths), numa_check(cfg, paths),
+              outbox_check(paths)]
     for spec in registry.ACTIONS:
         if not cfg.section_enabled(spec.section, spec.enabled_by_default):
             continue
@@ -61,7 +68,8 @@ def ganeti_version(paths: Paths) -> Check:
                      "node is not in a cluster",
                      "install Ganeti and join the node, or set paths.ganeti_data_dir")
     except OSError as err:
-        return Check("ganeti", FAIL, f"cannot read {release}: {err.strerror}")
+        return Check("ganeti", FAIL, f"cannot read {release}: {err.strerror}",
+                     "run hookpack doctor as root")
     major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if major_minor < (3, 0):
         return Check("ganeti", WARN, f"Ganeti {version}: hookpack is built and tested for 3.0")
@@ -138,3 +146,157 @@ def config_checks(cfg: Config) -> Iterable[Check]:
         enabled = [s.name for s in registry.ACTIONS
                    if cfg.section_enabled(s.section, s.enabled_by_default)]
         yield Check("config", PASS, f"valid; enabled actions: {', '.join(enabled) or 'none'}")
+
+
+def kvm_dir_check(paths: Paths) -> Check:
+    if paths.kvm_dir.is_dir():
+        return Check("paths", PASS, f"KVM runtime files in {paths.kvm_dir}")
+    return Check("paths", WARN, f"{paths.kvm_dir} does not exist: no KVM instance has run "
+                 "here, or Ganeti keeps its KVM runtime files elsewhere",
+                 "set paths.kvm_dir to Ganeti's kvm-hypervisor directory if it is elsewhere")
+
+
+def secret_files(cfg: Config) -> list[tuple[str, Path]]:
+    """("section.key", path) of every root-only file an enabled action is set to read."""
+    found = []
+    for spec in registry.ACTIONS:
+        if not cfg.section_enabled(spec.section, spec.enabled_by_default):
+            continue
+        schema = getattr(importlib.import_module(spec.module), "SETTINGS", {})
+        try:
+            values = cfg.section(spec.section, schema)
+        except HookpackError:
+            continue  # reported by config_checks
+        for key, field in schema.items():
+            if key.endswith("_file") and "root-only" in field.doc.lower() and values[key]:
+                found.append((f"{spec.section}.{key}", Path(str(values[key]))))
+    return found
+
+
+def secret_checks(cfg: Config) -> Iterable[Check]:
+    files = secret_files(cfg)
+    bad = [_secret_problem(key, path) for key, path in files]
+    yield from filter(None, bad)
+    if not any(bad):
+        yield Check("secrets", PASS, f"{len(files)} secret file(s), each root-only")
+
+
+def _secret_problem(key: str, path: Path) -> Check | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return Check("secrets", FAIL, f"{key}: {path} does not exist",
+                     f"write it (install -m 600 -o root /dev/stdin {path}) or clear {key}")
+    except OSError as err:
+        return Check("secrets", FAIL, f"{key}: cannot stat {path}: {err.strerror}")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return Check("secrets", FAIL, f"{key}: {path} is accessible by group or others "
+                     f"(mode {mode:o}): the action refuses to read it", f"chmod 600 {path}")
+    if info.st_uid != 0 and os.geteuid() == 0:
+        return Check("secrets", FAIL, f"{key}: {path} is not owned by root",
+                     f"chown root: {path}")
+    return None
+
+
+QMP_TIMEOUT = 2.0
+
+
+def qmp_checks(paths: Paths) -> Iterable[Check]:
+    """Each running instance's QMP socket answers (pinning and disk-grow need it)."""
+    from hookpack.pinning.threads import running_instances
+
+    running = running_instances(paths.kvm_dir, paths.proc_root)
+    if not running:
+        yield Check("qmp", PASS, f"no running instance under {paths.kvm_dir}")
+    for name, proc in sorted(running.items()):
+        yield _qmp_check(name, proc.pid, paths.kvm_dir / "ctrl" / f"{name}.qmp")
+
+
+def _qmp_check(name: str, pid: int, sock: Path) -> Check:
+    from hookpack.adapters.qmp import QmpBusy, QmpError, QmpUnavailable, session
+
+    try:
+        with session(sock, QMP_TIMEOUT) as qmp:
+            state = qmp.execute("query-status").get("status", "?")
+    except QmpBusy:
+        return Check("qmp", WARN, f"{name}: {sock} is held by another QMP client",
+                     "retry; if it stays busy, find the client with `ss -xp | grep "
+                     f"{sock.name}`")
+    except (QmpUnavailable, QmpError) as err:
+        return Check("qmp", FAIL, f"{name}: QEMU pid {pid} runs but {sock} does not answer "
+                     f"({err}): pinning and disk-grow cannot reach it",
+                     f"restore the socket: `gnt-instance reboot {name}` (or stop and start it)")
+    return Check("qmp", PASS, f"{name}: QMP answers (status {state})")
+
+
+def numa_check(cfg: Config, paths: Paths) -> Check:
+    """The CPU/NUMA topology pinning plans with, and reserved_cpus against it."""
+    from hookpack.pinning.topology import read_topology
+
+    try:
+        topo = read_topology(paths.sysfs_root)
+    except HookpackError as err:
+        return Check("numa", FAIL, f"cannot read the CPU topology: {err}",
+                     "check paths.sysfs_root (normally /sys)")
+    nodes = ", ".join(f"node{n}: {len(cpus)} CPU(s)" for n, cpus in topo.nodes.items())
+    problem = _reserved_problem(cfg, topo)
+    if problem:
+        return Check("numa", WARN, f"{topo.describe()}; {problem}",
+                     "fix pinning.reserved_cpus (cpulist of this node's CPUs)")
+    return Check("numa", PASS, f"{topo.describe()} ({nodes})")
+
+
+def _reserved_problem(cfg: Config, topo: Topology) -> str:
+    from hookpack.actions.pinning import SETTINGS, policy_from
+
+    if not cfg.section_enabled("pinning", False):
+        return ""
+    try:
+        reserved = policy_from(cfg.section("pinning", SETTINGS)).reserved
+    except HookpackError:
+        return ""  # reported by config_checks
+    online = topo.online
+    offline = sorted(reserved - online)
+    if offline:
+        return f"pinning.reserved_cpus names CPU(s) this node does not have online: {offline}"
+    full = [n for n, cpus in topo.nodes.items() if set(cpus) <= reserved]
+    if full:
+        return f"pinning.reserved_cpus leaves NUMA node(s) {full} no CPU for instances"
+    return ""
+
+
+OUTBOX_STALE_S = 3600.0
+
+
+def outbox_check(paths: Paths, now: float | None = None) -> Check:
+    """Undelivered announcements: a backlog older than an hour means a sink is down or
+    the flush timer does not run."""
+    from hookpack.outbox import Outbox
+
+    outbox = Outbox(paths.spool_dir, paths.run_dir)
+    ids = outbox.ids()
+    if not ids:
+        return Check("outbox", PASS, "empty")
+    age = (now if now is not None else time.time()) - int(ids[0][:13]) / 1000
+    try:
+        oldest = outbox.read(ids[0]) or {}
+    except HookpackError as err:
+        return Check("outbox", FAIL, str(err), f"look at it, then `hookpack outbox drop {ids[0]}`")
+    errors = [d.get("last_error") for d in oldest.get("deliveries", {}).values()
+              if not d.get("done_ms") and d.get("last_error")]
+    summary = f"{len(ids)} event(s) queued, oldest {_age(age)} old"
+    if age < OUTBOX_STALE_S:
+        return Check("outbox", PASS, summary)
+    last = f"; last error: {errors[0]}" if errors else ""
+    return Check("outbox", WARN, summary + last,
+                 "`hookpack outbox list`; fix the sink, then `hookpack outbox retry --all`; "
+                 "is hookpack-outbox-flush.timer active?")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

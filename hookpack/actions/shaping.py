@@ -265,14 +265,44 @@ def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -
 
 
 
+def _backend_check(setting: str) -> Any:
+    """The backend hookpack writes with against the ones holding rules here."""
+    from hookpack.doctor import FAIL, PASS, WARN, Check
+    from hookpack.shaping import netfilter
+
+    try:
+        tools = netfilter.detect(setting)
+    except ActionError as err:
+        return Check("shaping iptables", FAIL, str(err),
+                     "install iptables, or set shaping.iptables_backend")
+    counts = netfilter.rules_by_backend()
+    other = "legacy" if tools.backend == "nf_tables" else "nf_tables"
+    written = f"writes with {tools.restore[0]} ({tools.backend})"
+    if counts.get(other):
+        return Check("shaping iptables", WARN, f"{written}, but {counts[other]} rule(s) are "
+                     f"loaded through {other}: the host's firewall uses the other backend, "
+                     "and each backend's tools cannot see the other's rules",
+                     f"use one backend: set shaping.iptables_backend = \"{other}\" "
+                     "or move the firewall to the backend `iptables -V` shows")
+    return Check("shaping iptables", PASS, f"{written}; rules in use: "
+                 + ", ".join(f"{b} {'?' if n is None else n}" for b, n in counts.items()))
+
+
 def doctor(cfg: Any, paths: Paths) -> list[Any]:
-    """`hookpack doctor` checks: classifier probe, uplink, backend, br_netfilter."""
+    """`hookpack doctor` checks: HTB, classifier probe, uplink, backend, br_netfilter."""
     from hookpack.doctor import FAIL, PASS, WARN, Check
     from hookpack.shaping import classifier, netfilter, tc
 
     settings = cfg.section("shaping", SETTINGS)
     checks = []
     probe = classifier.probe(paths.run_dir)
+    if probe.get("htb"):
+        checks.append(Check("shaping htb", PASS, "the kernel takes an HTB qdisc (probed)"))
+    else:
+        why = probe.get("detail") or probe.get("error") or "no HTB"
+        checks.append(Check("shaping htb", FAIL, f"the kernel refused an HTB qdisc ({why})",
+                            "load sch_htb (`modprobe sch_htb`) or boot a kernel with "
+                            "CONFIG_NET_SCH_HTB; then `hookpack shaping doctor --refresh`"))
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
     if mode == "fw" and not probe.get("fw"):
         checks.append(Check("shaping classifier", FAIL, f"fw forced but {why}",
@@ -301,12 +331,7 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
                                 "remove it or set shaping.replace_foreign_qdisc = true"))
         else:
             checks.append(Check("shaping uplink", PASS, f"{uplink} root qdisc: {state}"))
-    try:
-        tools = netfilter.detect(str(settings["iptables_backend"]))
-        checks.append(Check("shaping iptables", PASS, f"backend {tools.backend}, "
-                            f"writes with {tools.restore[0]}"))
-    except ActionError as err:
-        checks.append(Check("shaping iptables", FAIL, str(err)))
+    checks.append(_backend_check(str(settings["iptables_backend"])))
     if netfilter.bridge_nf_call(4, str(paths.proc_root)) is not True:
         checks.append(Check("shaping br_netfilter", FAIL, "bridged traffic does not pass "
                             "iptables: physdev rules cannot classify VM traffic",

@@ -125,6 +125,36 @@ def detect(preferred: str = "auto") -> Tools:
                  (tool("iptables-restore"), tool("ip6tables-restore")))
 
 
+def rules_by_backend(timeout: float = 5.0) -> dict[str, int | None]:
+    """How many rules (``-A`` lines, IPv4 and IPv6) each iptables backend holds in this
+    network namespace; None: that backend's tools are missing or failed. Both backends
+    apply at once in the kernel, but each backend's tools see only their own rules."""
+    counts: dict[str, int | None] = {}
+    for backend, suffix in (("nf_tables", "nft"), ("legacy", "legacy")):
+        total: int | None = 0
+        for tool in (f"iptables-{suffix}-save", f"ip6tables-{suffix}-save"):
+            total = _add(total, _count_rules(tool, timeout))
+        counts[backend] = total
+    return counts
+
+
+def _add(total: int | None, more: int | None) -> int | None:
+    return None if total is None or more is None else total + more
+
+
+def _count_rules(tool: str, timeout: float) -> int | None:
+    if not shutil.which(tool):
+        return None
+    try:
+        proc = subprocess.run([tool], capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("-A "))
+
+
 def nft_genid() -> int | None:
     """nf_tables' ruleset generation in this network namespace (NFT_MSG_GETGEN): every
     committed transaction, by any tool, increments it by one."""
