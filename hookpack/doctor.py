@@ -107,6 +107,8 @@ def hooks_installed(paths: Paths) -> Iterable[Check]:
         yield Check("hook-names", WARN, f"Ganeti skips {len(skipped)} file(s) whose names are "
                     f"not ^[a-zA-Z0-9_-]+$ (e.g. {skipped[0]})",
                     "rename them without dots if they are meant to run")
+    else:
+        yield Check("hook-names", PASS, "Ganeti runs every file in the hook directories")
 
 
 def _bad_interpreter(entry: Path) -> bool:
