@@ -226,7 +226,7 @@ def _qmp_check(name: str, pid: int, sock: Path) -> Check:
                      "retry; if it stays busy, find the client with `ss -xp | grep "
                      f"{sock.name}`")
     except (QmpUnavailable, QmpError) as err:
-        return Check("qmp", FAIL, f"{name}: QEMU pid {pid} runs but {sock} does not answer "
+        return Check("qmp", FAIL, f"{name}: QEMU pid {pid} runs but QMP does not answer "
                      f"({err}): pinning and disk-grow cannot reach it",
                      f"restore the socket: `gnt-instance reboot {name}` (or stop and start it)")
     return Check("qmp", PASS, f"{name}: QMP answers (status {state})")

@@ -111,8 +111,9 @@ def test_running_instance_answers_and_a_stale_socket_fails(qemus, tmp_path, writ
     assert checks[good]["status"] == "pass"
     bad = checks[stale]
     assert bad["status"] == "fail"
-    assert bad["message"].startswith(f"{stale}: QEMU pid {stale_proc.pid} runs but {path} "
-                                     "does not answer")
+    assert bad["message"].startswith(f"{stale}: QEMU pid {stale_proc.pid} runs but QMP does "
+                                     f"not answer ({path}: ")
+    assert bad["message"].endswith("pinning and disk-grow cannot reach it")
     assert bad["fix"] == f"restore the socket: `gnt-instance reboot {stale}` (or stop and start it)"
 
 
