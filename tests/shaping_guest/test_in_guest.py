@@ -39,7 +39,7 @@ def test_fw_kernel_path_in_guest(run_in_host_guest):
 def test_hookpack_fw_mode_in_guest(run_in_host_guest):
     run, counts = _run_inner(run_in_host_guest, "test_hookpack_fw.py")
     assert run.rc == 0, run.output[-4000:]
-    assert counts.get("passed") == 4 and set(counts) == {"passed"}, run.output[-4000:]
+    assert counts.get("passed") == 5 and set(counts) == {"passed"}, run.output[-4000:]
 
 
 # What a TCG guest's fake VMs can carry on this machine is ~30-40 Mbit/s in all

@@ -6,7 +6,9 @@ a real cls_fw: probe, filters written and read back, real traffic per class.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 
 import pytest
 from vmtestbed.shapemeter import Flow, measure
@@ -89,3 +91,16 @@ def test_hotplugged_nic_adds_one_fw_filter_and_leaves_the_rest(node, tmp_path):
     assert out["writes"] == {"netlink": 4, "iptables": 2}, out
     after = shaper.fw_filters("uplink")
     assert before < after and len(after - before) == 1, (before, after)
+
+
+def test_hookpack_doctor_passes_cls_fw_present_and_htb(node, tmp_path):
+    """`hookpack doctor`'s shaping checks with cls_fw present (the host shows the fallback)."""
+    shaper = HookpackNode(node, tmp_path, "auto")
+    proc = node.exec([sys.executable, "-m", "hookpack", "doctor", "--json", "--config",
+                      str(shaper.config)], check=False, timeout=120)
+    checks = {c["name"]: c for c in json.loads(proc.stdout) if c["name"].startswith("shaping")}
+    classifier = checks["shaping classifier"]
+    assert classifier["status"] == "pass", checks
+    assert classifier["message"].startswith("fw (cls_fw present (probed)); u32 mark match: kept")
+    assert checks["shaping htb"]["status"] == "pass", checks
+    assert checks["shaping br_netfilter"]["status"] == "pass", checks
