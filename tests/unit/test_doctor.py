@@ -55,6 +55,16 @@ def test_entry_with_missing_interpreter_or_not_executable_fails(tmp_path, write_
     assert check.status == FAIL and "not executable" in check.message
 
 
+def test_emptied_entry_counts_as_missing(tmp_path, write_config):
+    config = write_config()
+    install(tmp_path / "hooks_dir", python=sys.executable)
+    entry = tmp_path / "hooks_dir/disk-grow-post.d/50-hookpack"
+    entry.write_text("")
+    check = _doctor(config)["hooks"]
+    assert check.status == FAIL
+    assert check.message.endswith("entries are missing (e.g. disk-grow-post.d/50-hookpack)")
+
+
 def test_misnamed_operator_script_is_a_warning(tmp_path, write_config):
     config = write_config()
     install(tmp_path / "hooks_dir", python=sys.executable)
