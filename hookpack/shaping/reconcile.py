@@ -381,6 +381,13 @@ class Reconciler:
         small = sum(len(lines) for lines in plan.nf.values()) <= OVERLAP_LINES
         started = None
         debugpoints.point("shaping:start")
+        # Deletions (stale classes, filters, tap qdiscs) go before the rules change: a
+        # hook killed in between then leaves rules naming its instance, which its next
+        # (instance-scoped) run sees and repairs. The other way round it would leave
+        # classes no rule names, invisible to every later hook run (orphans until a
+        # full apply).
+        self._run(plan.last, failures, skipped, plan)
+        debugpoints.point("shaping:deleted")
         if not small:
             self._run(plan.first, failures, skipped, plan)
             debugpoints.point("shaping:first")
@@ -392,8 +399,6 @@ class Reconciler:
         if small:
             self._run(plan.first, failures, skipped, plan)
             debugpoints.point("shaping:first")
-        self._run(plan.last, failures, skipped, plan)
-        debugpoints.point("shaping:last")
         if started is not None:
             try:
                 failures += self.nf.restore_finish(started)

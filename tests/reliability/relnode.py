@@ -9,6 +9,7 @@ pid), also after a failure.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -250,26 +251,35 @@ class RelNode:
         assert probe["plan"] == [], probe["plan"]  # a full reconcile now changes nothing
         return got
 
-    def pinning_state(self) -> pnode.NodeState:
+    def check_pinning(self, hooked: set[str] | None = None) -> dict[str, tuple[int, ...]]:
+        """Every instance's own reconcile (what its hook computes: QMP vCPU ids for it
+        alone, the others read from /proc) moves nothing; no CPU dedicated twice; as many
+        instances pinned 1:1, on the same CPUs, as a full rebalance plans. Returns
+        instance -> dedicated CPUs as ``hookpack pinning show`` sees them."""
+        policy = Policy()
         procs = running_instances(self.kvm_dir, Path("/proc"))
         assert sorted(procs) == self.running(), (sorted(procs), self.running())
         tids = {n: qmp_vcpu_tids(self.kvm_dir / "ctrl" / f"{n}.qmp", 10) for n in procs}
-        return pnode.observe_node(Path("/sys"), self.kvm_dir, Path("/proc"), tids,
-                                  processes=procs)
-
-    def check_pinning(self) -> dict[str, tuple[int, ...]]:
-        """Every instance's own reconcile (what its hook computes against the others as
-        they are) moves nothing; no CPU dedicated twice; as many instances pinned 1:1,
-        on the same CPUs, as a full rebalance plans. Returns instance -> dedicated CPUs."""
-        policy = Policy()
-        state = self.pinning_state()
-        for name in state.observed:
+        for name in procs if hooked is None else sorted(hooked & set(procs)):
+            state = pnode.observe_node(Path("/sys"), self.kvm_dir, Path("/proc"),
+                                       {name: tids[name]}, processes=procs)
             outcome = pnode.pin_instance(state, name, policy)
             assert outcome.moves == [], [m.describe() for m in outcome.moves]
-        dedicated = {n: tuple(o.dedicated) for n, o in state.observed.items()}
+        shown = pnode.observe_node(Path("/sys"), self.kvm_dir, Path("/proc"),
+                                   processes=procs)
+        dedicated = {n: tuple(o.dedicated) for n, o in shown.observed.items()}
         cpus = [c for d in dedicated.values() for c in d]
         assert len(cpus) == len(set(cpus)), f"a CPU pinned twice: {dedicated}"
-        full = pnode.rebalance(state, policy, set())
+        for name, obs in shown.observed.items():  # nobody's threads on others' CPUs
+            others = {c for n, d in dedicated.items() if n != name for c in d}
+            for tid, on in obs.affinities.items():
+                assert not on & others, (name, tid, sorted(on), dedicated)
+        if hooked is not None:
+            # hooks pin only the instance they run for: after a departure a node-wide
+            # rebalance may plan more pins than the hooks made (by design)
+            return dedicated
+        full = pnode.rebalance(pnode.observe_node(Path("/sys"), self.kvm_dir, Path("/proc"),
+                                                  tids, processes=procs), policy, set())
         planned = sorted(tuple(p.vcpu_cpus) for p in full.plans if p.mode == "pinned")
         assert sorted(d for d in dedicated.values() if d) == planned, (dedicated, planned)
         return dedicated
@@ -279,13 +289,22 @@ class RelNode:
         from hookpack.locks import node_lock
 
         found = [str(p) for d in (self.state_dir, self.run_dir) if d.exists()
-                 for p in d.rglob(".*")]
+                 for p in d.rglob(".*") if p.suffix != ".lock"]
         for lock in ("shaping", "pinning"):
             try:
                 with node_lock(self.run_dir, lock, 0.0):
                     pass
             except Exception as err:
                 found.append(f"{lock} lock: {err}")
+        # the per-action run statistics' locks (state_dir/runs/.<action>.lock)
+        for path in (self.state_dir / "runs").glob(".*.lock"):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                found.append(f"{path}: {err}")
+            finally:
+                os.close(fd)
         return found
 
     def close(self) -> None:
