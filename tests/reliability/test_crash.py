@@ -123,7 +123,7 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
         trace = tmp_path / f"trace{i}"
         proc = entry(hpath, environ, {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
                                       "HOOKPACK_DEBUG_APPLY_PAUSE_MS": str(PAUSE_MS)})
-        delay = rng.uniform(0.15, 1.1) * span
+        delay = rng.uniform(0.1, 0.9) * span
         try:
             proc.wait(timeout=delay)
             finished = True
@@ -151,7 +151,7 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
           "all converged, 0 orphans, 0 temp files, no blocking lock")
     assert kills >= KILLS
     assert inside >= MIN_INSIDE, landed
-    assert landed.get("inside shaping", 0) >= 5 and landed.get("inside pinning", 0) >= 5, landed
+    assert landed.get("inside shaping", 0) >= 5 and landed.get("inside pinning", 0) >= 3, landed
 
 
 def test_stop_hook_killed_between_deletes_and_rules_leaves_no_orphan_class(
