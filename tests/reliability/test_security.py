@@ -128,7 +128,7 @@ def test_files_hookpack_creates_have_safe_modes(hooks, sample, tmp_path, loose_u
     assert spool_readable == {}, "spool events may carry instance data: root only"
     config = tmp_path / "hookpack.toml"
     assert stat.S_IMODE(os.stat(config).st_mode) == 0o600
-    entries = [p for p in root.rglob("*") if p.is_file()]
+    entries = [p for p in root.rglob("*hookpack*") if p.is_file() and p.parent != root]
     assert entries and all(stat.S_IMODE(os.stat(p).st_mode) == 0o755 for p in entries)
 
 
