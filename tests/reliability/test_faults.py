@@ -280,3 +280,137 @@ def test_a_full_or_read_only_spool_is_one_clear_line(fault, tiny_tmpfs, write_co
     if fault == "full":
         assert [p.name for p in (tiny_tmpfs / "outbox").iterdir()] == []  # no torn file
     assert result.exit_code == 0
+
+
+# -- network faults (real netns, real kernel; shaping, post phase) ---------------------
+
+_EMULATE_IN_NETNS = """
+import json, sys
+from pathlib import Path
+from hookpack.emulator import run_hooks
+root, hpath, phase, environ = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+print(json.dumps([[r.name, r.exit_code, r.output] for r in
+                  run_hooks(Path(root), hpath, phase, environ)]))
+"""
+
+
+@pytest.fixture
+def netns_shaper(tmp_path):
+    """A netns node (tests/shaping/topo.py: uplink up0 on bridge br0) with a hookpack
+    config for it and hookpack's entries installed; namespaces deleted at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    from tests.shaping.conftest import Shaper
+
+    shaper = Shaper(tmp_path / "node")
+    try:
+        yield shaper
+    finally:
+        shaper.close()
+
+
+def run_entry_in_netns(shaper, config_extra: dict, environ: dict[str, str], during=None):
+    """The installed entries run by the emulator inside the node's netns; ``during`` runs
+    (in this process) while the hook runs."""
+    shaper.write_config(f"[hook]\ndeadline = {DEADLINE}\n", **config_extra)
+    root = shaper.base / "hooks"
+    subprocess.run([sys.executable, "-m", "hookpack", "hooks", "install", "--root", str(root),
+                    "--entry-config", str(shaper.config)], check=True, capture_output=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(["ip", "netns", "exec", shaper.node.ns, sys.executable, "-c",
+                             _EMULATE_IN_NETNS, str(root), "instance-start", "post",
+                             json.dumps(environ)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        if during:
+            during()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, err
+    [(_, code, output)] = [r for r in json.loads(out) if r[0].endswith("50-hookpack")]
+    print(f"{elapsed:.2f} s, exit {code}: {output.strip()}")
+    assert elapsed < DEADLINE + STARTUP, f"{elapsed:.2f} s with a {DEADLINE} s deadline"
+    assert "Traceback" not in output and "internal error" not in output, output
+    return code, output.splitlines()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start_env(sample) -> dict[str, str]:
+    environ, _ = sample("instance-start-post-node1")
+    return environ
+
+
+@pytest.mark.netns
+def test_missing_uplink_device_is_one_clear_line(netns_shaper, sample):
+    netns_shaper.node.add_tap("rltap0")
+    netns_shaper.node.nic(NAME, 0, "rltap0")
+    code, lines = run_entry_in_netns(netns_shaper, {"uplink": "rlnosuch0"}, _start_env(sample))
+    line = one_line(lines, "shaping", "failed")
+    assert "rlnosuch0" in line
+    assert code == 0
+
+
+@pytest.mark.netns
+def test_a_tap_gone_before_apply_is_one_clear_line(netns_shaper, sample):
+    """Ganeti's nic file names a tap that no longer exists (vanished between QEMU's start
+    and the hook's observe)."""
+    netns_shaper.node.nic(NAME, 0, "rlgone0")
+    code, lines = run_entry_in_netns(netns_shaper, {}, _start_env(sample))
+    line = one_line(lines, "shaping", "nochange")
+    print(line)
+    assert code == 0
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("delay", [0.2, 0.3, 0.4])
+def test_taps_vanishing_while_shaping_applies(delay, netns_shaper, sample):
+    """Eight taps, deleted one by one while the hook observes and applies. Which step
+    each deletion hits is up to the scheduler (this cannot be pinned to one netlink
+    message from outside); whatever it hits, the outcome must be one clean line."""
+    taps = [f"rlv{i}" for i in range(8)]
+    netns_shaper.node.add_taps_batch(taps)
+    for index, tap in enumerate(taps):
+        netns_shaper.node.nic(NAME, index, tap)
+    environ = {**_start_env(sample), "GANETI_INSTANCE_NIC_COUNT": "8"}
+
+    def delete_taps():
+        time.sleep(delay)  # the hook's interpreter is starting
+        for tap in reversed(taps):
+            subprocess.run(["ip", "-n", netns_shaper.node.ns, "link", "del", tap],
+                           check=False, capture_output=True)
+
+    code, lines = run_entry_in_netns(netns_shaper, {}, environ, during=delete_taps)
+    [line] = [line for line in lines if line.startswith("hookpack shaping:")]
+    assert any(f": {o}: " in line for o in ("changed", "nochange", "failed")), line
+    assert code == 0
+
+
+@pytest.mark.netns
+def test_qdisc_handle_0_is_refused_by_the_config(netns_shaper, sample):
+    """Found here: with handle "0" the kernel picked a handle itself (htb 8003:), the
+    hook reported "htb qdisc 0: created", and the next run refused the qdisc as foreign.
+    Now the config refuses 0 with one clear line and nothing is written."""
+    netns_shaper.node.add_tap("rltap1")
+    netns_shaper.node.nic(NAME, 0, "rltap1")
+    code, lines = run_entry_in_netns(netns_shaper, {"handle": "0"}, _start_env(sample))
+    line = one_line(lines, "shaping", "failed")
+    assert "shaping.handle: '0' does not match" in line
+    assert code == 0
+    assert "htb" not in netns_shaper.node.run("tc", "qdisc", "show", "dev", "up0")
+
+
+@pytest.mark.netns
+def test_the_highest_qdisc_handle_works_and_is_in_step_on_the_second_run(netns_shaper,
+                                                                         sample):
+    netns_shaper.node.add_tap("rltap1")
+    netns_shaper.node.nic(NAME, 0, "rltap1")
+    for outcome in ("changed", "nochange"):
+        code, lines = run_entry_in_netns(netns_shaper, {"handle": "ffff"}, _start_env(sample))
+        one_line(lines, "shaping", outcome)
+        assert code == 0
