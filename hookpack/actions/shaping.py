@@ -32,8 +32,10 @@ SETTINGS = {
                         "filter), `classify` (CLASSIFY --set-class, no filter) or `auto` "
                         "(fw when the kernel has a working cls_fw).",
                         choices=("auto", "fw", "classify")),
-    "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs.",
-                    pattern=r"[0-9a-f]{1,4}"),
+    # Not 0: the kernel takes handle 0: as "pick one" (8001:...), so hookpack would not
+    # find its own qdisc again and refuse it as foreign on the next run.
+    "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs (1-ffff).",
+                    pattern=r"(?!0+$)[0-9a-f]{1,4}"),
     "fw_prio": Field(int, 4850, "Priority of hookpack's fw filters.", minimum=1,
                      maximum=65535),
     "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's MARK rules and fw filters use.",
