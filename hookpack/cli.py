@@ -22,6 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    os.umask(os.umask(0o022) | 0o022)  # as in hook.main: never group/other-writable files
     if args[:1] == ["hook"] and len(args) <= 3:
         return _hook_fast(args)
     parser = build_parser()
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "/var/lib/prometheus/node-exporter/hookpack.prom)")
     _config_arg(p)
     p.set_defaults(handler=cmd_metrics)
+
+    p = sub.add_parser("status", help="per instance: shaping, pinning, disks, last hook runs")
+    p.add_argument("instance", nargs="?", help="one instance (default: all on this node)")
+    p.add_argument("--json", action="store_true", help="machine-readable output "
+                   "(schema: docs/monitoring.md)")
+    _config_arg(p)
+    p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("actions", help="list the actions and where they act")
     _config_arg(p)
@@ -223,6 +231,17 @@ def cmd_metrics(ns: argparse.Namespace) -> int:
         write_textfile(Path(ns.write), text)
     else:
         print(text, end="")
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from hookpack.status import collect, render, to_json
+
+    instances = collect(load(ns), ns.instance)
+    if ns.json:
+        print(json.dumps(to_json(instances), indent=2, sort_keys=True))
+    else:
+        print(render(instances), end="")
     return 0
 
 

@@ -20,6 +20,10 @@ def main(config: str | None = None, actions: tuple[ActionSpec, ...] | None = Non
     """Run the hook; ``actions`` replaces the registry (tests)."""
     from hookpack import registry
 
+    # Files and directories hookpack creates (state, run stats, spool, locks, parents
+    # made by mkdir(parents=True)) take their mode from the umask: never let a loose one
+    # (000 from an operator's shell or a unit) make them group/other-writable.
+    os.umask(os.umask(0o022) | 0o022)
     actions = registry.ACTIONS if actions is None else actions
     hpath = os.environ.get("GANETI_HOOKS_PATH", "")
     phase = os.environ.get("GANETI_HOOKS_PHASE", "")

@@ -12,6 +12,17 @@ from pathlib import Path
 
 from hookpack.errors import LockTimeout
 
+_HELD: list[int] = []  # fds of the node locks this process holds
+
+
+def held_lock_fds() -> tuple[int, ...]:
+    """The node locks held here, for ``pass_fds`` of a child that writes kernel state.
+
+    A child that inherits them keeps the lock until it exits too: a hook killed while its
+    ``iptables-restore`` still commits cannot let the next run read the rules halfway.
+    """
+    return tuple(_HELD)
+
 
 @contextlib.contextmanager
 def node_lock(run_dir: Path, name: str, timeout: float) -> Iterator[None]:
@@ -37,6 +48,9 @@ def node_lock(run_dir: Path, name: str, timeout: float) -> Iterator[None]:
                         f"lock {path} is held by another hookpack run for over {timeout:.1f} s"
                     ) from None
                 time.sleep(0.01)
+        _HELD.append(fd)
         yield
     finally:
+        if fd in _HELD:
+            _HELD.remove(fd)
         os.close(fd)

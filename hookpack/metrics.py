@@ -39,7 +39,7 @@ class Sample:
 
 def collect(cfg: Config) -> list[Sample]:
     paths = Paths.from_config(cfg)
-    samples = list(run_samples(paths.state_dir))
+    samples = [*run_samples(paths.state_dir), *outbox_samples(paths)]
     for spec in registry.ACTIONS:
         if not cfg.section_enabled(spec.section, spec.enabled_by_default):
             continue
@@ -73,6 +73,41 @@ def run_samples(state_dir: Path) -> Iterable[Sample]:
         if last[0].get("time"):
             yield Sample("hookpack_action_last_run_timestamp_seconds", last[0]["time"],
                          {"action": action}, "When the action last ran.")
+
+
+def outbox_samples(paths: Paths, now_ms: int | None = None) -> list[Sample]:
+    """Backlog of the durable outbox (announce's events): events, pending deliveries per
+    sink, and the age of the oldest event (from its id, which starts with its creation
+    time in ms)."""
+    from hookpack.outbox import Outbox
+    from hookpack.outbox import now_ms as clock
+
+    outbox = Outbox(paths.spool_dir, paths.run_dir)
+    ids = outbox.ids()
+    now = clock() if now_ms is None else now_ms
+    oldest = max(0.0, (now - int(ids[0][:13])) / 1000) if ids else 0.0
+    pending: dict[str, int] = {}
+    unreadable = 0
+    for event in ids:
+        try:
+            data = outbox.read(event)
+        except HookpackError:
+            unreadable += 1
+            continue
+        for sink, delivery in (data or {}).get("deliveries", {}).items():
+            if isinstance(delivery, dict) and not delivery.get("done_ms"):
+                pending[sink] = pending.get(sink, 0) + 1
+    samples = [
+        Sample("hookpack_outbox_events", len(ids), {}, "Events waiting in the outbox."),
+        Sample("hookpack_outbox_oldest_event_age_seconds", oldest, {},
+               "Age of the oldest event in the outbox (0 when it is empty)."),
+        Sample("hookpack_outbox_unreadable_events", unreadable, {},
+               "Outbox event files that cannot be read (see `hookpack outbox list`)."),
+    ]
+    samples += [Sample("hookpack_outbox_pending_deliveries", count, {"sink": sink},
+                       "Deliveries not yet done, per sink.")
+                for sink, count in sorted(pending.items())]
+    return samples
 
 
 def render(samples: Iterable[Sample]) -> str:

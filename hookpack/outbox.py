@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hookpack.errors import BadInput
+from hookpack.errors import ActionError, BadInput
 
 FORMAT = 1
 _ID = re.compile(r"^[0-9]{13}-[0-9a-f]{16}$")
@@ -105,19 +105,27 @@ class Outbox:
         update does not: losing the rename loses only an attempt count (the event is
         retried a little sooner), and it saves ~5 ms on the hook's path.
         """
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = self.dir / f"{event}.json"
         tmp = self.dir / f".tmp-{event}-{os.getpid()}"
         blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-        if new:
-            self._sync_dir()
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                if os.write(fd, blob) != len(blob):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if new:
+                self._sync_dir()
+        except OSError as err:
+            # A full or read-only spool: a clear error, and no torn temporary file left.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise ActionError(f"spool {self.dir}: cannot write event {event}: "
+                              f"{err.strerror or err}") from None
 
     def remove(self, event: str) -> None:
         # No directory fsync: if a crash undoes the unlink, the event is sent once more
@@ -169,10 +177,13 @@ class Outbox:
 
     @contextlib.contextmanager
     def _locked(self, event: str, *, wait: bool) -> Iterator[bool]:
-        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.lock_dir / f"{event}.lock"
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as err:
+                raise ActionError(f"outbox lock {path}: {err.strerror or err}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as err:

@@ -73,7 +73,7 @@ def roles_from_values(values: Mapping[str, str], hpath: str, phase: str,
             roles.add(Role.SOURCE)
         if me == target:
             roles.add(Role.TARGET)
-    host = target if moved is not None and phase == "post" and moved[2] else primary
+    host = moved[2] if moved is not None and phase == "post" and moved[2] else primary
     if me and has_instance and me == host:
         roles.add(Role.HOST)
     return frozenset(roles or {Role.OTHER})

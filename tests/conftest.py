@@ -12,7 +12,9 @@ import pytest
 from hookpack.env import read_env_dump
 
 # vm-testbed fixtures (guest_image, netnode, kvmnode, boot_guest) for every test dir.
-pytest_plugins = ["vmtestbed.pytest_plugin"]
+# tests.helpers.secretscan: fails any test whose output shows one of the suite's secrets;
+# pytester: tests/reliability/test_security.py proves the scanner with it.
+pytest_plugins = ["vmtestbed.pytest_plugin", "tests.helpers.secretscan", "pytester"]
 
 # Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
 # shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.

@@ -172,3 +172,31 @@ def _check_disk(qmp: Any, name: str, disk: node.RuntimeDisk, paths: Paths) -> Di
         return DiskOutcome(disk.index, Outcome.FAILED, f"{label}: DRIFT; fix: hookpack disk "
                            f"resize {name} --disk {disk.index}", plan=plan)
     return DiskOutcome(disk.index, Outcome.FAILED, f"{label}: {plan.reason}", plan=plan)
+
+
+# -- hookpack status ---------------------------------------------------------------------
+
+def status(cfg: Any, paths: Paths, instance_names: list[str]) -> dict[str, Any]:
+    """`hookpack status`: each disk's size in QEMU vs its storage (read-only)."""
+    from hookpack.adapters.qmp import QmpUnavailable, session
+    from hookpack.diskgrow import status as dstatus
+    from hookpack.status import QMP_TIMEOUT, Part
+
+    settings = cfg.section("disk_grow", SETTINGS)
+    timeout = min(QMP_TIMEOUT, float(settings["qmp_timeout"]))
+    out: dict[str, Any] = {}
+    for name in instance_names:
+        def query_block(name: str = name) -> Any:
+            sock = node.qmp_socket(paths, name)
+            if not sock.exists():
+                raise QmpUnavailable(f"{sock}: no QMP socket")
+            with session(sock, timeout) as qmp:
+                return qmp.execute("query-block")
+        try:
+            view = dstatus.observe(paths, name, query_block)
+        except ActionError as err:
+            out[name] = Part({"disks": []}, error=str(err))
+            continue
+        out[name] = Part(view.to_json(), [dstatus.describe(d) for d in view.disks],
+                         error=view.error)
+    return out

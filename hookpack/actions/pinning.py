@@ -266,3 +266,31 @@ def _show(paths: Paths, as_json: bool) -> int:
         print("no running instance")
     return 0
 
+
+
+# -- hookpack status -----------------------------------------------------------
+
+def status(cfg: Any, paths: Paths, instance_names: list[str]) -> dict[str, Any]:
+    """`hookpack status`: each vCPU thread's affinity and NUMA node vs the plan."""
+    from hookpack.pinning import status as pstatus
+    from hookpack.pinning.threads import qmp_vcpu_tids
+    from hookpack.status import QMP_TIMEOUT, Part
+
+    policy = policy_from(cfg.section("pinning", SETTINGS))
+    out: dict[str, Any] = {}
+    for name in instance_names:
+        qmp_path = paths.kvm_dir / "ctrl" / f"{name}.qmp"
+
+        def tids(qmp_path: Any = qmp_path) -> list[int]:
+            from hookpack.adapters.qmp import QmpUnavailable
+
+            if not qmp_path.exists():
+                raise QmpUnavailable(f"{qmp_path}: no QMP socket")
+            return qmp_vcpu_tids(qmp_path, QMP_TIMEOUT)
+        view = pstatus.observe(name, kvm_dir=paths.kvm_dir, proc_root=paths.proc_root,
+                               sysfs_root=paths.sysfs_root, policy=policy, vcpu_tids=tids)
+        data = view.to_json()
+        data.pop("error")
+        lines = ([view.note] if view.note else []) + [pstatus.describe(v) for v in view.vcpus]
+        out[name] = Part(data, lines, error=view.error)
+    return out

@@ -32,8 +32,10 @@ SETTINGS = {
                         "filter), `classify` (CLASSIFY --set-class, no filter) or `auto` "
                         "(fw when the kernel has a working cls_fw).",
                         choices=("auto", "fw", "classify")),
-    "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs.",
-                    pattern=r"[0-9a-f]{1,4}"),
+    # Not 0: the kernel takes handle 0: as "pick one" (8001:...), so hookpack would not
+    # find its own qdisc again and refuse it as foreign on the next run.
+    "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs (1-ffff).",
+                    pattern=r"(?!0+$)[0-9a-f]{1,4}"),
     "fw_prio": Field(int, 4850, "Priority of hookpack's fw filters.", minimum=1,
                      maximum=65535),
     "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's MARK rules and fw filters use.",
@@ -340,3 +342,75 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
     else:
         checks.append(Check("shaping br_netfilter", PASS, "bridge-nf-call-iptables = 1"))
     return checks
+
+
+# -- hookpack status / metrics ------------------------------------------------------------
+
+def status(cfg: Any, paths: Paths, instance_names: list[str]) -> dict[str, Any]:
+    """`hookpack status`: per tap, the wanted rate vs the kernel's class and counters."""
+    from hookpack.shaping import status as sstatus
+    from hookpack.status import Part
+
+    settings = cfg.section("shaping", SETTINGS)
+    views = sstatus.observe(settings, paths.kvm_dir, paths.state_dir, instance_names)
+    out: dict[str, Any] = {}
+    for name in instance_names:
+        taps = views.get(name, [])
+        lines = []
+        for tv in taps:
+            head = f"{tv.tap} (nic {tv.nic})"
+            if tv.error:
+                lines.append(f"{head}: {tv.error}")
+            lines += [f"{head}: {sstatus.describe(c)}" for c in tv.classes
+                      if not tv.error or c.error != tv.error]
+        out[name] = Part({"taps": [tv.to_json() for tv in taps]},
+                         lines or ["no NIC files (nic/<instance>/<index>): no tap to show"])
+    return out
+
+
+def metrics(cfg: Any, paths: Paths) -> list[Any]:
+    """Shaped bytes, packets, drops and overlimits from the kernel's HTB class counters."""
+    from hookpack.metrics import Sample
+    from hookpack.shaping import status as sstatus
+
+    settings = cfg.section("shaping", SETTINGS)
+    views = sstatus.observe(settings, paths.kvm_dir, paths.state_dir, None)
+    samples: list[Sample] = []
+    for name, taps in sorted(views.items()):
+        totals: dict[tuple[str, str], int] = {}
+        for tv in taps:
+            for cv in tv.classes:
+                if cv.counters is None:
+                    continue
+                labels = {"instance": name, "nic": str(tv.nic), "tap": tv.tap,
+                          "direction": cv.direction}
+                for field, value in (("bytes", cv.counters.bytes),
+                                     ("packets", cv.counters.packets),
+                                     ("drops", cv.counters.drops),
+                                     ("overlimits", cv.counters.overlimits)):
+                    samples.append(Sample(f"hookpack_shaping_tap_{field}_total", value, labels,
+                                          _TAP_HELP[field], "counter"))
+                    key = (cv.direction, field)
+                    totals[key] = totals.get(key, 0) + value
+                samples.append(Sample("hookpack_shaping_tap_rate_bytes_per_second",
+                                      cv.rate or 0, labels,
+                                      "Rate (= ceil) of the tap's HTB class in the kernel."))
+        for (direction, field), value in sorted(totals.items()):
+            if field in ("bytes", "drops"):
+                samples.append(Sample(f"hookpack_shaping_{field}_total", value,
+                                      {"instance": name, "direction": direction},
+                                      _INSTANCE_HELP[field], "counter"))
+    return samples
+
+
+_TAP_HELP = {
+    "bytes": "Bytes sent through the tap's HTB class (egress: VM -> world on the uplink; "
+             "ingress: world -> VM on the tap).",
+    "packets": "Packets sent through the tap's HTB class.",
+    "drops": "Packets the tap's HTB class dropped.",
+    "overlimits": "Times the tap's HTB class was over its rate (packets delayed).",
+}
+_INSTANCE_HELP = {
+    "bytes": "Bytes sent through the HTB classes of the instance's taps, per direction.",
+    "drops": "Packets dropped by the HTB classes of the instance's taps, per direction.",
+}

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hookpack import debugpoints
 from hookpack.pinning.affinity import set_affinity
 from hookpack.pinning.allocate import PINNED, Plan, Policy, Request, plan_instance, plan_node
 from hookpack.pinning.threads import Observed, Process, observe_process, running_instances
@@ -157,10 +158,13 @@ def rebalance(state: NodeState, policy: Policy, unknown: set[str]) -> Outcome:
 
 
 def apply(outcome: Outcome) -> Outcome:
+    debugpoints.point("pinning:start")
     for move in outcome.moves:
         why = set_affinity(move.tid, move.new)
+        debugpoints.point("pinning:move")
         if why is None:
             outcome.done.append(move)
         elif why != "gone":
             outcome.notes.append(f"{move.instance} thread {move.tid}: {why}")
+    debugpoints.point("pinning:end")
     return outcome

@@ -35,7 +35,7 @@ def parse_cpulist(text: str) -> frozenset[int]:
         stride = 1
         if ":" in part:
             part, _, step = part.partition(":")
-            if not step.isdigit() or int(step) < 1:
+            if not (step.isascii() and step.isdigit()) or int(step) < 1:
                 raise BadInput(f"cpulist {text.strip()!r}: bad stride {step!r}")
             stride = int(step)
         match = _RANGE.match(part)

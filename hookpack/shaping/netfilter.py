@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookpack.errors import ActionError
+from hookpack.locks import held_lock_fds
 
 CHAIN = "HOOKPACK-SHAPE"
 HOOK_CHAIN = "FORWARD"
@@ -429,7 +430,8 @@ class _Procs:
                 try:
                     self.procs[key] = subprocess.Popen(
                         cmd, stdin=subprocess.PIPE if key in inputs else subprocess.DEVNULL,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        pass_fds=held_lock_fds())
                 except OSError as err:
                     self.results[key] = (127, "", str(err))
             # the tools read all their input before they write (little) output

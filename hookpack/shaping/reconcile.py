@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hookpack import validate
+from hookpack import debugpoints, validate
 from hookpack.errors import ActionError, BadInput, ConfigError
 from hookpack.shaping import tc
 from hookpack.shaping.model import (
@@ -380,20 +380,31 @@ class Reconciler:
         # 2-core node, overlapping two big restores with 3000 netlink requests is slower.
         small = sum(len(lines) for lines in plan.nf.values()) <= OVERLAP_LINES
         started = None
+        debugpoints.point("shaping:start")
+        # Deletions (stale classes, filters, tap qdiscs) go before the rules change: a
+        # hook killed in between then leaves rules naming its instance, which its next
+        # (instance-scoped) run sees and repairs. The other way round it would leave
+        # classes no rule names, invisible to every later hook run (orphans until a
+        # full apply).
+        self._run(plan.last, failures, skipped, plan)
+        debugpoints.point("shaping:deleted")
         if not small:
             self._run(plan.first, failures, skipped, plan)
+            debugpoints.point("shaping:first")
         try:
             started = self.nf.restore_start(plan.nf)
         except (ActionError, OSError) as err:
             failures.append(f"rules: {err}")
+        debugpoints.point("shaping:rules-started")
         if small:
             self._run(plan.first, failures, skipped, plan)
-        self._run(plan.last, failures, skipped, plan)
+            debugpoints.point("shaping:first")
         if started is not None:
             try:
                 failures += self.nf.restore_finish(started)
             except ActionError as err:
                 failures.append(f"rules: {err}")
+        debugpoints.point("shaping:rules-done")
         if plan.verify and not failures:
             checks = [(req, want) for req, want in plan.verify
                       if not any(t in req.what for t in skipped)]
@@ -405,6 +416,7 @@ class Reconciler:
                     good = obj is not None and obj.fw() == want
                 if not good:
                     failures.append(f"{req.what}: not read back as written")
+        debugpoints.point("shaping:end")
         return failures
 
     def _read_back(self, gets: list[tc.Request]) -> list[tc.TcObject | None]:

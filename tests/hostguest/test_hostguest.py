@@ -77,3 +77,21 @@ def test_timeout_kills_qemu_and_virtiofsd(host_guest_image):
     mine = host.owner_tag()
     left = {pid for pid, owner in host.owned_pids().items() if owner == mine} - before
     assert not left, left
+
+
+def test_soft_lockup_cuts_the_run_short(host_guest_image):
+    """The kernel's soft-lockup report (here printed by the command itself: no lockup
+    can be provoked on purpose without a test module the cloud kernel lacks) followed
+    by the panic's power-off ends the run at once as GuestKernelLockup, not a timeout."""
+    from vmtestbed.errors import GuestKernelLockup
+    from vmtestbed.hostguest import run_in_guest
+
+    fake_report = ("echo 'watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [python3:1]'"
+                   " > /dev/ttyS0; echo o > /proc/sysrq-trigger; sleep 30")
+    with pytest.raises(GuestKernelLockup, match="CPU#0 stuck"):
+        run_in_guest(["sh", "-c", fake_report], image=host_guest_image, timeout=120)
+
+
+def test_softlockup_panic_is_on_in_the_guest(run_in_host_guest):
+    run = run_in_host_guest(["cat", "/proc/sys/kernel/softlockup_panic"], timeout=120)
+    assert run.rc == 0 and run.output.strip() == "1", run.output

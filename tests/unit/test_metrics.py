@@ -45,3 +45,49 @@ def test_write_is_atomic_and_labels_are_escaped(tmp_path):
     assert families["x"][0].labels["instance"] == 'a"b\\c\nd'
     assert families["y"][0].value == 0.25
     assert [p.name for p in tmp_path.iterdir()] == ["hookpack.prom"]
+
+
+def _outbox_event(outbox, created_ms: int, key: str, deliveries: dict) -> str:
+    from hookpack.outbox import event_id
+
+    event = event_id(created_ms, key)
+    outbox.write(event, {"subject": "web1.example.test", "event": {"kind": "migrate"},
+                         "deliveries": deliveries}, new=True)
+    return event
+
+
+def test_outbox_backlog_and_oldest_age(tmp_path, write_config):
+    from hookpack.action import Paths
+    from hookpack.config import load_config
+    from hookpack.metrics import outbox_samples
+    from hookpack.outbox import Outbox
+
+    config = write_config()
+    paths = Paths.from_config(load_config(config, required=True))
+    empty = {s.name: s.value for s in outbox_samples(paths, now_ms=10_000_000)}
+    assert empty == {"hookpack_outbox_events": 0, "hookpack_outbox_unreadable_events": 0,
+                     "hookpack_outbox_oldest_event_age_seconds": 0}
+    outbox = Outbox(paths.spool_dir, paths.run_dir)
+    _outbox_event(outbox, 1_000_000, "a" * 16, {"slack": {"attempts": 2},
+                                                "webhook": {"done_ms": 1_000_500}})
+    _outbox_event(outbox, 4_000_000, "b" * 16, {"slack": {}, "grafana": {}})
+    (outbox.dir / f"{'0' * 12}5-{'c' * 16}.json").write_text("not json")
+    samples = outbox_samples(paths, now_ms=10_000_000)
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples}
+    assert values == {
+        ("hookpack_outbox_events", ()): 3,
+        ("hookpack_outbox_unreadable_events", ()): 1,
+        ("hookpack_outbox_oldest_event_age_seconds", ()): (10_000_000 - 5) / 1000,
+        ("hookpack_outbox_pending_deliveries", (("sink", "slack"),)): 2,
+        ("hookpack_outbox_pending_deliveries", (("sink", "grafana"),)): 1,
+    }
+    # through the CLI, parsed by Prometheus' parser, typed as documented
+    out = subprocess.run([sys.executable, "-m", "hookpack", "metrics", "--config", str(config)],
+                         capture_output=True, text=True, check=True).stdout
+    families = {f.name: f for f in text_string_to_metric_families(out)}
+    for name in ("hookpack_outbox_events", "hookpack_outbox_oldest_event_age_seconds",
+                 "hookpack_outbox_pending_deliveries", "hookpack_outbox_unreadable_events"):
+        assert families[name].type == "gauge" and families[name].documentation, name
+    assert families["hookpack_outbox_events"].samples[0].value == 3
+    # the oldest event's id says it was created at ms 5 of the epoch
+    assert families["hookpack_outbox_oldest_event_age_seconds"].samples[0].value > 10**9

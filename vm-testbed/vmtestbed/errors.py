@@ -49,3 +49,11 @@ class GuestCommandFailed(TestbedError):
         self.returncode = returncode
         self.output = output
         super().__init__(f"guest: {command!r} exited {returncode}: {output.strip()[-2000:]}")
+
+
+class GuestKernelLockup(TestbedError):
+    """The guest kernel reported a soft lockup (and panicked: the run was cut short)."""
+
+    def __init__(self, tail: str) -> None:
+        self.tail = tail
+        super().__init__(f"hostguest: guest kernel soft lockup; console tail:\n{tail}")

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmtestbed import host, paths
-from vmtestbed.errors import TestbedError
+from vmtestbed.errors import GuestKernelLockup, TestbedError
 from vmtestbed.guest import _which, _write_cpio, _write_exec, find_kernel_version
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -62,6 +62,7 @@ TAG = "hostroot"
 READY_RE = re.compile(r"^HPG-READY uptime=(?P<uptime>[\d.]+)$", re.MULTILINE)
 EXIT_RE = re.compile(r"^HPG-EXIT rc=(?P<rc>\d+)$", re.MULTILINE)
 ERROR_RE = re.compile(r"^HPG-ERROR (?P<what>.*)$", re.MULTILINE)
+LOCKUP_RE = re.compile(r"BUG: soft lockup")
 _BUILD_VERSION = "1"
 
 # Loaded by stage 1 from the initramfs; dependencies resolved from modules.dep.
@@ -118,6 +119,9 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/netns /run/lock
+# A soft lockup panics (-> QEMU exits, -no-reboot) with the stuck task's stack on the
+# console, instead of the run hanging until the host-side timeout.
+echo 1 > /proc/sys/kernel/softlockup_panic
 exec </dev/null >/dev/ttyS0 2>&1
 off() {{ sync; echo o > /proc/sysrq-trigger; sleep 10; }}
 for m in {modules}; do
@@ -315,6 +319,8 @@ def run_in_guest(
         ready = READY_RE.search(text)
         end = EXIT_RE.search(text)
         errors = [m.group("what") for m in ERROR_RE.finditer(text)]
+        if not end and LOCKUP_RE.search(text):
+            raise GuestKernelLockup("\n".join(text.splitlines()[-80:]))
         if not ready or not end:
             qlog = (job / "qemu.log").read_text(errors="replace")
             vlog = (job / "virtiofsd.log").read_text(errors="replace")

@@ -1,0 +1,196 @@
+"""kill -9 of hook runs at random points in shaping and pinning applies; the next
+normal run converges and nothing is left behind.
+
+The node is tests/reliability/relnode.py's (netns with bridge/uplink/taps, real QEMU
+``-accel kvm -S`` per running instance). At most two instances run at once so that
+pinning takes its 1:1 path on this 2-CPU host (one pinned, one kept off its CPU)
+instead of only floating. Each step changes the world as an operation does (start,
+migrate in, reboot: shaping and pinning apply; stop, migrate out, NIC hotplug: shaping
+applies), runs the installed entry for its post hook with the debug-only trace points
+of hookpack/debugpoints.py (a pause at each point stretches the applies so that
+seeded random kill delays land inside them; off unless the environment sets it), and
+kills it with SIGKILL after a seeded random delay. The trace tells where the kill
+landed. Then a normal run of the same hook must succeed, the kernel must hold exactly
+what a full reconcile wants (and a full reconcile plans nothing), and no temp file or
+blocking lock may be left.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+
+import pytest
+
+from tests.reliability.relnode import RelNode
+
+pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]
+
+KILLS = 50
+MAX_STEPS = 80
+MIN_INSIDE = 20  # kills that must land inside an apply (shaping or pinning)
+PAUSE_MS = 30
+
+
+@pytest.fixture
+def relnode(tmp_path):
+    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
+        pytest.skip("needs root and /dev/kvm")
+    node = RelNode(tmp_path / "node")
+    yield node
+    node.close()
+
+
+def where(points: list[str]) -> str:
+    """Where a killed run was: before any apply, inside one, or after/between them."""
+    for apply in ("shaping", "pinning"):
+        if f"{apply}:start" in points and f"{apply}:end" not in points:
+            return f"inside {apply}"
+    return "outside" if points else "before"
+
+
+def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tmp_path):
+    node = relnode
+    hooks = install_hooks(node.config)
+    seed = int(os.environ.get("RELLOAD_SEED", random.randrange(1 << 30)))  # noqa: S311
+    print(f"\ncrash seed {seed} (rerun: RELLOAD_SEED={seed})")
+    rng = random.Random(seed)  # noqa: S311 - a seeded test
+    names = [f"cr{i}.example.test" for i in range(3)]
+
+    def step() -> tuple[str, str, dict[str, str]]:
+        running = node.running()
+        stopped = [n for n in names if n not in running]
+        if len(running) < 2 and (not running or rng.random() < 0.5):
+            op, name = rng.choice(("start", "migrate-target")), rng.choice(stopped)
+            nics = rng.randint(1, 2)
+            node.start(name, nics)
+        else:
+            op, name = rng.choice(("reboot", "reboot", "modify", "stop", "migrate-source")), \
+                rng.choice(running)
+            nics = 1
+            if op == "reboot":
+                node.reboot(name)
+            elif op == "modify":
+                nics = node.hotplug(name)
+            else:
+                node.stop(name)
+        hpath, environ = node.env(op, name, nics)
+        return op, hpath, environ
+
+    def entry(hpath: str, environ: dict[str, str], debug: dict[str, str]) -> subprocess.Popen:
+        env = {k: v for k, v in environ.items() if k.startswith("GANETI_")}
+        env.update(PATH="/usr/sbin:/usr/bin:/sbin:/bin", **debug)
+        # ip netns exec execs the entry: the pid is the hook process itself
+        return subprocess.Popen(["ip", "netns", "exec", node.net.ns,
+                                 str(hooks / f"{hpath}-post.d" / "50-hookpack")], env=env,
+                                cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def converge(op: str, hpath: str, environ: dict[str, str]) -> str:
+        proc = entry(hpath, environ, {})
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert ": failed:" not in out and "internal error" not in out, out
+        node.check_shaping(node.probe())
+        node.check_pinning({environ["GANETI_INSTANCE_NAME"]})
+        assert node.leftovers() == []
+        return out
+
+    # calibrate: an undisturbed start with the pauses, to spread the kill delays
+    op, hpath, environ = ("start", *node.env("start", names[0], 1))
+    node.start(names[0], 1)
+    trace = tmp_path / "trace-calib"
+    t0 = time.monotonic()
+    proc = entry(hpath, environ, {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
+                                  "HOOKPACK_DEBUG_APPLY_PAUSE_MS": str(PAUSE_MS)})
+    out, _ = proc.communicate(timeout=60)
+    span = time.monotonic() - t0
+    assert proc.returncode == 0, out
+    calib = [line.split()[1] for line in trace.read_text().splitlines()]
+    assert "shaping:start" in calib and "pinning:start" in calib, calib
+    converge(op, hpath, environ)
+    print(f"calibration run {span:.2f} s, points {calib}")
+
+    landed: dict[str, int] = {}
+    ops: dict[str, int] = {}
+    i = 0
+    while sum(n for s, n in landed.items() if s != "finished") < KILLS:
+        assert i < MAX_STEPS, landed
+        i += 1
+        op, hpath, environ = step()
+        trace = tmp_path / f"trace{i}"
+        proc = entry(hpath, environ, {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
+                                      "HOOKPACK_DEBUG_APPLY_PAUSE_MS": str(PAUSE_MS)})
+        delay = rng.uniform(0.1, 0.9) * span
+        try:
+            proc.wait(timeout=delay)
+            finished = True
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL, our own child's pid
+            finished = False
+        proc.communicate(timeout=60)
+        points = []
+        if trace.exists():
+            pids = set()
+            for line in trace.read_text().splitlines():
+                pid, point = line.split()
+                pids.add(int(pid))
+                points.append(point)
+            assert pids == {proc.pid}, (pids, proc.pid)
+        spot = "finished" if finished else where(points)
+        landed[spot] = landed.get(spot, 0) + 1
+        ops[op] = ops.get(op, 0) + 1
+        out = converge(op, hpath, environ)
+        print(f"{i:2} {op:15} delay {delay:.2f} s: {spot:15} {points[-1:]}; "
+              f"next run: {' | '.join(out.strip().splitlines())[:160]}")
+    kills = sum(n for s, n in landed.items() if s != "finished")
+    inside = sum(n for s, n in landed.items() if s.startswith("inside"))
+    print(f"kills: {kills} (inside an apply {inside}: {landed}); ops {ops}; "
+          "all converged, 0 orphans, 0 temp files, no blocking lock")
+    assert kills >= KILLS
+    assert inside >= MIN_INSIDE, landed
+    assert landed.get("inside shaping", 0) >= 5 and landed.get("inside pinning", 0) >= 3, landed
+
+
+def test_stop_hook_killed_between_deletes_and_rules_leaves_no_orphan_class(
+        relnode, install_hooks, tmp_path):
+    """Regression: the apply removed the rules before the classes; a stop hook killed in
+    between left uplink classes no rule named, which no later hook run saw (found by
+    the random kills above). Killed right after the first step now, the next run of
+    the same hook must leave nothing behind."""
+    node = relnode
+    hooks = install_hooks(node.config)
+    name = "orph.example.test"
+    node.start(name, 2)
+    for op in ("start", "stop"):
+        if op == "stop":
+            node.stop(name)
+        hpath, environ = node.env(op, name, 2)
+        env = {k: v for k, v in environ.items() if k.startswith("GANETI_")}
+        entry = [str(hooks / f"{hpath}-post.d" / "50-hookpack")]
+        trace = tmp_path / f"trace-{op}"
+        debug = {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
+                 "HOOKPACK_DEBUG_APPLY_PAUSE_MS": "2000"} if op == "stop" else {}
+        proc = subprocess.Popen(["ip", "netns", "exec", node.net.ns, *entry],
+                                env={**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **debug},
+                                cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        if op == "stop":
+            give_up = time.monotonic() + 30
+            # the first point after "start": one kernel step of the apply is done
+            while len(trace.read_text().splitlines() if trace.exists() else []) < 2:
+                assert time.monotonic() < give_up and proc.poll() is None
+                time.sleep(0.01)
+            proc.kill()
+        out, _ = proc.communicate(timeout=60)
+        if op == "stop":
+            print(trace.read_text())
+            proc = subprocess.run(["ip", "netns", "exec", node.net.ns, *entry],
+                                  env={**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                  cwd="/", capture_output=True, text=True, timeout=60)
+            out = proc.stdout + proc.stderr
+            print(out)
+        assert proc.returncode == 0 and ": failed:" not in out, out
+        node.check_shaping(node.probe())

@@ -1,0 +1,366 @@
+"""Bad input: hypothesis against every parser that reads what Ganeti, an operator or a
+tag writer hands hookpack, and hostile instance names/tags end to end.
+
+Contract: a parser either returns or raises one of hookpack's own HookpackError
+subclasses (a clean one-line error); anything else (ValueError, KeyError, TypeError,
+RecursionError...) is a bug. The environment parser is stricter: it never raises.
+
+The full runs (FULL = 10,000 examples per parser) are marked `slow`; the same
+properties run unmarked with FAST examples so the fast subset still covers them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from hookpack import registry, validate
+from hookpack.config import CORE_SCHEMA, load_config
+from hookpack.emulator import run_hooks
+from hookpack.env import parse_env
+from hookpack.errors import HookpackError
+from hookpack.pinning.topology import parse_cpulist
+from hookpack.roles import resolve_roles
+from hookpack.shaping.model import parse_rate
+from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
+from tests.conftest import load_sample, sample_files
+
+FULL = 10_000
+FAST = 300
+
+
+def fuzz(examples: int):
+    """Hypothesis settings: no deadline (a shared 2-core machine), no example database,
+    no shrinking (a failure prints its falsifying example all the same)."""
+    return settings(max_examples=examples, deadline=None, database=None,
+                    phases=(Phase.generate,),
+                    suppress_health_check=list(HealthCheck))
+
+
+def both(prop, *args, **kwargs):
+    """The property twice: FULL examples marked slow, FAST examples unmarked."""
+    slow = pytest.mark.slow(fuzz(FULL)(given(*args, **kwargs)(prop)))
+    return slow, fuzz(FAST)(given(*args, **kwargs)(prop))
+
+
+# -- strategies --------------------------------------------------------------------
+
+SAMPLE_KEYS = sorted({k for path in sample_files() for k in load_sample(path)[0]})
+SAMPLE_ENVS = [load_sample(path)[0] for path in sample_files()]
+
+# Hostile text: traversal, shell metacharacters, control characters, RTL/homoglyphs,
+# combining marks, odd unicode digits, NUL.
+HOSTILE = ["../", "/", "..", "\x00", "\n", "\r", "\t", ";", "|", "&", "$(", "`", "'", '"',
+           " ", "*", "?", "~", "\u202e", "\u200f", "\u0430", "\u0435", "\u0301", "\ufeff",
+           "\u2028", "\x85", "\x1b[31m", "²", "\u0661", "\u0663", "-", "=", ":", "%s", "{}", "\\"]
+hostile_text = st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(max_size=8)),
+                        max_size=8).map("".join)
+numberish = st.one_of(st.integers(-10**20, 10**20).map(str),
+                      st.sampled_from(["", "None", "True", "False", " 1 ", "1e3", "0x10",
+                                       "1_000", "\u0663", "²", "-0", "9" * 5000, "nan"]))
+value_text = st.one_of(st.text(max_size=40), hostile_text, numberish)
+
+
+@st.composite
+def environments(draw):
+    """A real sample's keys with random values, plus random GANETI_* and other keys."""
+    base = dict(draw(st.sampled_from(SAMPLE_ENVS)))
+    for key in draw(st.lists(st.sampled_from(SAMPLE_KEYS), max_size=25)):
+        base[key] = draw(value_text)
+    for _ in range(draw(st.integers(0, 4))):
+        prefix = draw(st.sampled_from(["GANETI_", "GANETI_POST_", "GANETI_INSTANCE_NIC",
+                                       "GANETI_INSTANCE_DISK", ""]))
+        base[prefix + draw(st.text(max_size=12))] = draw(value_text)
+    if draw(st.booleans()):
+        base["GANETI_INSTANCE_NIC_COUNT"] = draw(numberish)
+        base["GANETI_INSTANCE_DISK_COUNT"] = draw(numberish)
+    return base
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def dump_toml(data: dict) -> str:
+    """A minimal TOML writer (no tomli_w here): tables of key = value."""
+    lines = []
+    for section, body in data.items():
+        if isinstance(body, dict):
+            lines.append(f"[{_toml_value(section)}]")
+            lines += [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in body.items()]
+        else:
+            lines.insert(0, f"{_toml_value(section)} = {_toml_value(body)}")
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = [*CORE_SCHEMA, *(spec.section for spec in registry.ACTIONS)]
+KEYS = sorted({k for schema in CORE_SCHEMA.values() for k in schema}
+              | {"enabled", "uplink", "egress_rate", "max_egress_rate", "reserved_cpus",
+                 "name_pattern", "api_key_file", "token_file", "qmp_timeout", "mtu"})
+scalars = st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1), st.floats(),
+                    value_text)
+toml_values = st.one_of(scalars, st.lists(scalars, max_size=4),
+                        st.dictionaries(st.text(max_size=5), scalars, max_size=3))
+config_dicts = st.dictionaries(
+    st.one_of(st.sampled_from(SECTIONS), st.text(max_size=10)),
+    st.one_of(st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=10)),
+                              toml_values, max_size=6), scalars),
+    max_size=5)
+toml_text = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.sampled_from(["[hook]", "[paths]", "[shaping]", "[pinning]", "deadline = ",
+                              "enabled = true", "= ", '"', "'''", "[[x]]", "\n", "0.5",
+                              "-inf", "nan", "1979-05-27", "{a = 1}", "[1, 'a']", "\x00",
+                              "[hook.deadline]", "a.b.c = 1"]), max_size=30).map("".join))
+
+
+def _load_everything(path: Path) -> None:
+    """Load the file and validate every action's section, as the dispatcher would."""
+    import importlib
+
+    cfg = load_config(path, required=True)
+    assert 0.5 <= cfg.deadline <= 600
+    for spec in registry.ACTIONS:
+        module = importlib.import_module(spec.module)
+        cfg.section_enabled(spec.section, spec.enabled_by_default)
+        values = cfg.section(spec.section, getattr(module, "SETTINGS", {}))
+        if spec.section == "shaping":
+            Defaults.from_settings(values)
+        if spec.section == "pinning":
+            from hookpack.actions.pinning import policy_from
+
+            policy_from(values)
+
+
+# -- environment parser ------------------------------------------------------------
+
+def _env_property(environ):
+    env = parse_env(environ)  # must never raise, not even a HookpackError
+    json.dumps(env.to_dict())
+    _ = env.relocation, env.disk_grow, env.instance_after, env.supported
+    for node in ("node1.example.test", "", "\x00"):
+        resolve_roles(env, node)
+    for warning in env.warnings:
+        assert "\n" not in warning and "\x00" not in warning
+
+
+test_env_parser_full, test_env_parser_fast = both(_env_property, environments())
+
+
+# -- config parser -----------------------------------------------------------------
+
+def _config_text_property(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("cfg") / "hookpack.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    with contextlib.suppress(HookpackError):
+        _load_everything(path)
+
+
+def _config_dict_property(tmp_path_factory, data):
+    text = dump_toml(data)
+    assert tomllib.loads(text) is not None  # our writer writes valid TOML
+    _config_text_property(tmp_path_factory, text)
+
+
+test_config_text_full, test_config_text_fast = both(_config_text_property,
+                                                      text=toml_text)
+test_config_dict_full, test_config_dict_fast = both(_config_dict_property,
+                                                      data=config_dicts)
+
+
+# -- tag parsers -------------------------------------------------------------------
+
+DEFAULTS = Defaults(egress=parse_rate("100mbit"), ingress=parse_rate("100mbit"),
+                    max_egress=parse_rate("200mbit"), max_ingress=parse_rate("100mbit"))
+rate_text = st.one_of(
+    hostile_text,
+    st.builds(lambda n, u: f"{n}{u}", st.one_of(st.integers(-5, 10**9).map(str),
+                                                 st.floats().map(repr), hostile_text),
+              st.sampled_from(["bit", "kbit", "mbit", "gbit", "tbit", "bps", "kbps", "mbps",
+                               "gbps", "tbps", "MBIT", "mbit ", "xbit", ""])))
+tag = st.one_of(
+    st.builds(lambda d, sep, r: f"hookpack:{d}{sep}{r}",
+              st.sampled_from(["egress", "ingress", "Egress", "egres", ""]),
+              st.sampled_from([":", "=", "::", ""]), rate_text),
+    hostile_text, st.text(max_size=30))
+cpulist = st.one_of(
+    hostile_text,
+    st.lists(st.one_of(st.integers(-3, 70000).map(str),
+                       st.builds(lambda a, b: f"{a}-{b}", st.integers(-3, 70000),
+                                 st.integers(-3, 70000)),
+                       st.builds(lambda a, b, s: f"{a}-{b}:{s}", st.integers(0, 300),
+                                 st.integers(0, 300), st.one_of(st.integers(-1, 9).map(str),
+                                                                hostile_text))),
+             max_size=6).map(",".join))
+
+
+def _tags_property(tags, rate, cpus):
+    policy = from_tags(tags, DEFAULTS)
+    # a tag can lower a rate, never raise it above the cap
+    assert policy.egress <= DEFAULTS.max_egress and policy.ingress <= DEFAULTS.max_ingress
+    for note in policy.notes:
+        assert "\n" not in note or "\\n" in repr(note)
+    try:
+        parsed = parse_rate(rate)
+        assert 1000 <= parsed <= 10**12 // 8
+    except HookpackError:
+        pass
+    with contextlib.suppress(HookpackError):
+        assert all(0 <= c < 1 << 16 for c in parse_cpulist(cpus))
+
+
+test_tag_parsers_full, test_tag_parsers_fast = both(
+    _tags_property, tags=st.lists(tag, max_size=6), rate=rate_text, cpus=cpulist)
+
+
+def _validate_property(text):
+    for check in (validate.instance_name, validate.interface_name, validate.device_index):
+        try:
+            value = check(text)
+        except HookpackError:
+            continue
+        if check is validate.device_index:
+            assert 0 <= value <= 63
+        else:  # what passes is plain ASCII, no separators or control characters
+            assert value.isascii() and value.isprintable()
+            assert "/" not in value and value not in (".", "..") and " " not in value
+
+
+test_validators_full, test_validators_fast = both(
+    _validate_property, st.one_of(hostile_text, st.text()))
+
+
+# -- hostile names and tags, unit level --------------------------------------------
+
+HOSTILE_NAMES = [
+    "../../../etc/passwd", "/etc/passwd", "inst1/../../x", "inst1\x00.example.test",
+    "inst1\n", "inst1.example.test\n", "a;rm -rf /", "$(touch /tmp/pwned)", "`id`",
+    "inst1 example", "-name", "--help", "inst1.example.test\r", "\u202einst1",
+    "inst1.ex\u0430mple.test", "inst\u0301.example", "inst\x1b[31m", "..", ".", "",
+    "a" * 65536, ("a" * 63 + ".") * 5, "inst|x", "inst&x", "inst>x", "inst*", "~root",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_hostile_instance_names_are_rejected_by_validate(name):
+    with pytest.raises(HookpackError):
+        validate.instance_name(name)
+    with pytest.raises(HookpackError):
+        PolicyStore(Path("/nonexistent")).path(name)
+
+
+@pytest.mark.parametrize("value", ["²", "\u0661", "0\n", "-1", "64", "1e1", " 1", "00001"])
+def test_odd_device_indexes_are_a_clean_error(value):
+    with pytest.raises(HookpackError):
+        validate.device_index(value)
+
+
+@pytest.mark.parametrize("tap", ["tap0\n", "tap0/x", "..", "tap 0", "tap0\x00", "t" * 16])
+def test_hostile_interface_names_are_rejected(tap):
+    with pytest.raises(HookpackError):
+        validate.interface_name(tap)
+
+
+def test_unicode_superscript_stride_is_a_clean_cpulist_error():
+    with pytest.raises(HookpackError):
+        parse_cpulist("0-7:²")
+
+
+# -- hostile names end to end: the real entries, the real filesystem ---------------
+
+# (No NUL here: execve cannot pass one in an environment value; the unit tests above
+# cover NUL in names that come from elsewhere.)
+E2E_NAMES = ["../../escape", "/abs/escape", "inst1.example.test\n", "a;touch pwn",
+             "$(touch pwn)", "\u202eescape", "inst1.ex\u0430mple.test", "a" * 65536]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", E2E_NAMES, ids=range(len(E2E_NAMES)))
+def test_hostile_names_never_reach_a_path_or_a_command(name, hooks, sample, tmp_path):
+    """disk-grow (pid file, instance-disks link, QMP socket path), pinning (pid file, QMP
+    socket), shaping (iptables comments, tc on taps; state file per instance), announce
+    (outbox spool) and record, all enabled, run by the real entries with a hostile
+    GANETI_INSTANCE_NAME: each refuses with one clean line, nothing is created from the
+    name, no process runs a command built from it."""
+    environ, node = sample("disk-grow-post-node1")
+    environ = {k: v.replace("inst1.example.test", name) for k, v in environ.items()}
+    (tmp_path / "kvm_dir" / "pid").mkdir(parents=True)
+    (tmp_path / "kvm_dir" / "ctrl").mkdir(parents=True)
+    spool = tmp_path / "spool_dir"
+    root = hooks(f'[node]\nfqdn = "{node}"\n[disk-grow]\nenabled = true\n')
+    before = _tree(tmp_path)
+    [result] = [r for r in run_hooks(root, "disk-grow", "post", environ)
+                if r.name.endswith("50-hookpack")]
+    lines = result.output.splitlines()
+    assert result.exit_code == 0
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("hookpack disk-grow: ") and ": failed: instance name" in lines[0]
+    assert "Traceback" not in result.output
+    created = _tree(tmp_path) - before
+    assert all(c.startswith(("state_dir", "run_dir")) for c in created), created
+    assert not any("escape" in c or "pwn" in c or "\n" in c for c in _tree(tmp_path))
+    assert not spool.exists() or not any(spool.iterdir())
+    assert not Path("pwn").exists() and not Path("/pwn").exists()
+
+
+@pytest.mark.parametrize("hpath", ["instance-start", "instance-migrate"])
+@pytest.mark.parametrize("name", ["../../escape", "a;touch pwn", "\u202eescape"])
+def test_hostile_names_in_shaping_pinning_announce_are_refused(name, hpath, hooks, sample,
+                                                               tmp_path):
+    environ, node = sample(f"{hpath}-post-node1")
+    old = environ["GANETI_INSTANCE_NAME"]
+    environ = {k: v.replace(old, name) for k, v in environ.items()}
+    url = tmp_path / "webhook.url"
+    url.write_text("http://127.0.0.1:9/fuzz-webhook-secret-0001\n")
+    url.chmod(0o600)
+    root = hooks(
+        f'[node]\nfqdn = "{node}"\n[pinning]\nenabled = true\n'
+        '[shaping]\nenabled = true\nuplink = "hpfz0"\n'
+        f'[announce]\nenabled = true\nwebhook_url_file = "{url}"\n'
+        'allow_insecure_hosts = ["127.0.0.1"]\n')
+    before = _tree(tmp_path)
+    results = [r for r in run_hooks(root, hpath, "post", environ)
+               if r.name.endswith("50-hookpack")]
+    assert results, "the entry ran"
+    output = results[0].output
+    assert "Traceback" not in output and results[0].exit_code == 0
+    for line in output.splitlines():
+        assert line.startswith("hookpack "), line
+        assert ": failed: " in line or ": skipped: " in line, line
+    assert not any("escape" in c or "pwn" in c for c in _tree(tmp_path) - before)
+
+
+
+def test_roles_with_an_empty_node_name_in_a_migrate_post_hook(sample):
+    """Found by test_env_parser: roles_from_values read `target` before assignment when
+    the node name was empty in a migrate/failover post hook (UnboundLocalError)."""
+    environ, _ = sample("instance-migrate-post-node1")
+    assert resolve_roles(parse_env(environ), "") == frozenset({"other"})

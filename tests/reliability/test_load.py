@@ -1,0 +1,159 @@
+"""16 hook runs at once on one node, through the installed entries, while another tool
+writes the same mangle table; the kernel must end exactly as a full reconcile wants.
+
+One node: a netns laid out like a Ganeti KVM node (bridge br0, uplink up0, a tap per
+NIC), Ganeti's KVM runtime dir, a real QEMU per running instance (``-accel kvm -S``,
+no guest OS). Each burst prepares the world as Ganeti leaves it before the post hooks
+(QEMU started/stopped/restarted, taps created/removed, NIC hotplugged), then runs 16
+post hooks for 16 different instances at the same moment with a seeded random mix of
+start / stop / migrate source / migrate target / reboot / grow-disk / NIC hotplug
+(instance-modify), env dumps derived from tests/fixtures/ganeti-env-samples. This
+kernel has no cls_fw: shaping runs the CLASSIFY path (as "auto" would choose here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.reliability.relnode import ROOT, RelNode
+
+pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]
+
+BURST = 16
+UNIVERSE = 24
+ROUNDS = 3
+DEADLINE = 15.0  # hookpack's default hook deadline
+LEAVE = ("stop", "migrate-source")
+STAY = ("reboot", "grow-disk", "modify")
+ARRIVE = ("start", "migrate-target")
+
+
+@pytest.fixture
+def relnode(tmp_path):
+    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
+        pytest.skip("needs root and /dev/kvm")
+    node = RelNode(tmp_path / "node")
+    yield node
+    node.close()
+
+
+def mix(rng: random.Random, node: RelNode, names: list[str], first: bool) -> list[tuple]:
+    """16 (op, instance) pairs for 16 different instances, every op type at least once."""
+    running = node.running()
+    stopped = [n for n in names if n not in running]
+    if first:
+        return [(rng.choice(ARRIVE), n) for n in rng.sample(stopped, BURST)]
+    arrivals = rng.randint(3, min(len(stopped), 7))
+    ops = [(op, None) for op in ARRIVE] + [(rng.choice(ARRIVE), None)
+                                           for _ in range(arrivals - 2)]
+    stay = [*LEAVE, *STAY] + [rng.choice(LEAVE + STAY) for _ in range(BURST - arrivals - 5)]
+    out = list(zip([o for o, _ in ops], rng.sample(stopped, arrivals), strict=True))
+    out += list(zip(stay, rng.sample(running, len(stay)), strict=True))
+    rng.shuffle(out)
+    return out
+
+
+def prepare(node: RelNode, op: str, name: str) -> dict[str, str]:
+    """Change the world as the operation did, return the post hook's environment."""
+    nics = 1
+    if op in ARRIVE:
+        nics = 1 + (sum(map(ord, name)) % 2)
+        node.start(name, nics)
+    elif op in LEAVE:
+        node.stop(name)
+    elif op == "reboot":
+        node.reboot(name)
+    elif op == "grow-disk":
+        node.grow_disk(name)
+    elif op == "modify":
+        nics = node.hotplug(name)
+    return node.env(op, name, nics)[1]
+
+
+def foreign_rules(lines: list[str]) -> set[tuple[str, int]]:
+    out = set()
+    for line in lines:
+        words = line.split()
+        out.add((words[1], int(words[words.index("-s") + 1].split(".")[3].split("/")[0])))
+    return out
+
+
+def test_16_concurrent_hooks_converge_exactly_beside_a_foreign_writer(
+        relnode, install_hooks, tmp_path, record_property):
+    node = relnode
+    hooks = install_hooks(node.config)
+    seed = int(os.environ.get("RELLOAD_SEED", random.randrange(1 << 30)))  # noqa: S311
+    print(f"\nload seed {seed} (rerun: RELLOAD_SEED={seed})")
+    rng = random.Random(seed)  # noqa: S311 - a seeded test mix
+    names = [f"ld{i}.example.test" for i in range(UNIVERSE)]
+    backend = node.probe()
+    ipt = backend["save_tool"].replace("-save", "")  # iptables-nft or iptables-legacy
+    print(f"iptables backend hookpack detects: {backend['backend']} (foreign writer: {ipt})")
+    foreign_expected: set[tuple[str, int]] = set()
+    stats = []
+    for rnd in range(ROUNDS):
+        ops = mix(rng, node, names, first=rnd == 0)
+        spec = [{"hpath": node.env(op, name)[0], "phase": "post",
+                 "env": prepare(node, op, name)} for op, name in ops]
+        spec_file = tmp_path / f"burst{rnd}.json"
+        spec_file.write_text(json.dumps(spec))
+        stop, ledger = tmp_path / f"stop{rnd}", tmp_path / f"ledger{rnd}.json"
+        writer = subprocess.Popen(
+            ["ip", "netns", "exec", node.net.ns, sys.executable, "-m",
+             "tests.reliability.foreign", ipt, str(seed + rnd), str(stop), str(ledger),
+             str(1 + 40 * rnd)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            time.sleep(0.3)  # the writer is busy before the burst starts
+            burst = subprocess.run(["ip", "netns", "exec", node.net.ns, sys.executable, "-m",
+                                    "tests.reliability.burst", str(hooks), str(spec_file)],
+                                   cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                   check=False)
+        finally:
+            stop.touch()
+            _, werr = writer.communicate(timeout=120)
+        assert burst.returncode == 0, burst.stderr
+        assert writer.returncode == 0, werr
+        out = json.loads(burst.stdout)
+        lines = []
+        for (op, name), run in zip(ops, out["runs"], strict=True):
+            for script, status, code, timed_out, text in run["results"]:
+                lines.append(f"{op:15} {name}: {script} {status} {text.strip()}")
+                assert status == "success" and code == 0 and not timed_out, lines[-1]
+                assert ": failed:" not in text and "internal error" not in text, lines[-1]
+            assert any("hookpack shaping:" in r[4] or "hookpack disk-grow:" in r[4]
+                       for r in run["results"]), (op, name, run)
+        print("\n".join(lines))
+        slowest = max(r["seconds"] for r in out["runs"])
+        # the foreign writer: none of its writes failed, its rules are as it left them
+        wrote = json.loads(ledger.read_text())
+        assert wrote["failures"] == [], wrote["failures"]
+        assert wrote["writes"] > 10, wrote  # it really wrote during the burst
+        foreign_expected = {(k, v) for k, v in foreign_expected} | {
+            ("FORWARD" if n % 2 else "RELLOAD-FOREIGN", n) for n in wrote["present"]}
+        probe = node.probe()
+        assert foreign_rules(probe["foreign"]) == foreign_expected
+        # hookpack: exactly a full reconcile's state, and a full reconcile changes nothing
+        burst_state = node.check_shaping(probe)
+        pins = node.check_pinning()
+        # ... and the same as a full reconcile from scratch computes for this set
+        for verb in (["shaping", "clear"], ["shaping", "apply", "--all"]):
+            done = node.cli(*verb)
+            assert done.returncode == 0, done.stderr
+        again = node.probe()
+        assert node.check_shaping(again) == burst_state
+        assert foreign_rules(again["foreign"]) == foreign_expected
+        counts = {op: sum(1 for o, _ in ops if o == op) for op in ARRIVE + LEAVE + STAY}
+        stats.append((out["wall"], slowest, wrote["writes"]))
+        print(f"round {rnd}: {counts}; {len(node.running())} running, {len(burst_state)} "
+              f"NICs shaped, pinned {sorted((n, c) for n, c in pins.items() if c)}; burst "
+              f"wall {out['wall']:.1f} s, slowest hook {slowest:.1f} s (deadline "
+              f"{DEADLINE:.0f} s); foreign writer: {wrote['writes']} writes, 0 failed")
+    record_property("bursts", json.dumps(stats))
