@@ -449,8 +449,9 @@ class Reconciler:
             if not reply.error or reply.error in op.ok:
                 continue
             if op.tap is not None and (reply.error in tc.GONE or tc.ifindex(op.tap) is None):
+                if op.tap not in skipped:  # one note per tap, however many of its ops failed
+                    plan.notes.append(f"{op.tap} vanished during the change: skipped")
                 skipped.add(op.tap)
-                plan.notes.append(f"{op.tap} vanished during the change: skipped")
                 continue
             failures.append(str(tc.NetlinkError(reply.error, reply.extack, op.request.what)))
 

@@ -1,0 +1,134 @@
+"""Faults with the real parts, through the installed entry in the node's netns:
+a real QEMU killed while hookpack waits on its QMP socket, and a tap deleted in the
+middle of a shaping apply (pinned to the apply's steps by hookpack/debugpoints.py).
+
+Each must end within the hook deadline with one clear line, exit 0 (post phase), and
+leave a node the next run brings in step with no orphaned kernel object.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.relnode import RelNode
+
+pytestmark = [pytest.mark.netns, pytest.mark.qemu]
+
+DEADLINE = 15.0  # the default [hook] deadline the node's config keeps
+STARTUP = 2.0  # interpreter start on a loaded 2-core machine, on top of the deadline
+NAME = "fr0.example.test"
+WAIT_BEFORE_KILL = 2.0  # s: the entry starts (~0.3-1 s here) and retries QMP until 15 s
+
+
+@pytest.fixture
+def node(tmp_path):
+    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
+        pytest.fail("needs root and /dev/kvm (CI runs as root on a machine with KVM)")
+    relnode = RelNode(tmp_path / "node")
+    try:
+        yield relnode
+    finally:
+        relnode.close()
+
+
+def start_entry(hooks: Path, node: RelNode, hpath: str, environ: dict[str, str],
+                debug: dict[str, str] | None = None) -> subprocess.Popen:
+    """The installed post entry, run as Ganeti runs it (GANETI_* and PATH only), plus the
+    debug-point variables when given (Ganeti never passes them)."""
+    env = {k: v for k, v in environ.items() if k.startswith("GANETI_")}
+    env.update(PATH="/usr/sbin:/usr/bin:/sbin:/bin", **(debug or {}))
+    return subprocess.Popen(["ip", "netns", "exec", node.net.ns,
+                             str(hooks / f"{hpath}-post.d" / "50-hookpack")], env=env, cwd="/",
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, started: float) -> list[str]:
+    out, _ = proc.communicate(timeout=DEADLINE + 30)
+    elapsed = time.monotonic() - started
+    print(f"{elapsed:.2f} s, exit {proc.returncode}: {out.strip()}")
+    assert elapsed < DEADLINE + STARTUP, f"{elapsed:.2f} s with a {DEADLINE} s deadline"
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out and "internal error" not in out, out
+    return out.splitlines()
+
+
+def the_line(lines: list[str], action: str) -> str:
+    mine = [line for line in lines if line.startswith(f"hookpack {action}: ")]
+    assert len(mine) == 1, lines
+    return mine[0]
+
+
+def test_real_qemu_killed_while_hookpack_waits(node, install_hooks):
+    """grow-disk post: QEMU is stopped (SIGSTOP), so hookpack gets no QMP greeting and
+    keeps retrying (a busy socket, until its deadline); QEMU is then killed (SIGKILL)
+    under it. A clean skip, and the next run (QEMU back) grows the disk."""
+    hooks = install_hooks(node.config)
+    inst = node.start(NAME)
+    node.grow_disk(NAME)
+    os.kill(inst.qemu.pid, signal.SIGSTOP)
+    hpath, environ = node.env("grow-disk", NAME)
+    started = time.monotonic()
+    proc = start_entry(hooks, node, hpath, environ)
+    time.sleep(WAIT_BEFORE_KILL)  # the hook is up and in its QMP wait (QEMU is stopped)
+    waiting = proc.poll() is None
+    os.kill(inst.qemu.pid, signal.SIGKILL)
+    inst.qemu.wait()
+    line = the_line(finish(proc, started), "disk-grow")
+    assert waiting, "the hook ended before QEMU was killed"
+    # a stopped QEMU is "busy" (the hook retries until its deadline); only its death
+    # turns that into this skip
+    assert f"hookpack disk-grow: {NAME}: skipped: disk 0: no QEMU to talk to" in line, line
+    # Ganeti restarts the instance; the next grow-disk run tells the new QEMU
+    inst.qemu = None
+    node.stop(NAME)
+    node.start(NAME)
+    node.grow_disk(NAME)
+    again = the_line(finish(start_entry(hooks, node, hpath, environ), time.monotonic()),
+                     "disk-grow")
+    assert ": changed: disk 0: grown 64 MiB -> 128 MiB" in again, again
+
+
+@pytest.mark.parametrize("point", ["shaping:start", "shaping:rules-started"])
+def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, node, install_hooks, tmp_path):
+    """instance-start post with two NICs; the second tap is deleted while the hook sits
+    at ``point`` of its apply (after observe and plan; "rules-started": the rules are
+    being committed and the tap's qdisc and class are still to be made). One clean line;
+    then Ganeti's unplug (nic file gone) and the next hook leave exactly what a full
+    reconcile computes: no class, rule or qdisc of the deleted tap left over."""
+    hooks = install_hooks(node.config)
+    inst = node.start(NAME, nics=2)
+    victim = inst.taps[1]
+    trace = tmp_path / "trace"
+    hpath, environ = node.env("start", NAME)
+    started = time.monotonic()
+    proc = start_entry(hooks, node, hpath, environ,
+                       {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
+                        "HOOKPACK_DEBUG_APPLY_PAUSE_MS": "300"})
+    give_up = time.monotonic() + DEADLINE
+    while time.monotonic() < give_up and proc.poll() is None:
+        if point in (trace.read_text().split() if trace.exists() else []):
+            break
+        time.sleep(0.01)
+    node.net.del_link(victim)
+    line = the_line(finish(proc, started), "shaping")
+    points = trace.read_text().split()[1::2]
+    print(points)
+    assert point in points and "shaping:end" in points, points
+    assert victim in line, line  # the line names the tap it could not shape
+    # Ganeti's side of the NIC going away, then the next hook (hot-unplug: modify post)
+    del inst.taps[1]
+    node.net.nic(NAME, 1, None)
+    hpath, environ = node.env("modify", NAME, nics=1)
+    the_line(finish(start_entry(hooks, node, hpath, environ), time.monotonic()), "shaping")
+    node.check_shaping(node.probe())
+    assert node.leftovers() == []
+    again = the_line(finish(start_entry(hooks, node, hpath, environ), time.monotonic()),
+                     "shaping")
+    assert ": nochange: " in again, again
