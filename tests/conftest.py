@@ -13,8 +13,11 @@ from hookpack.env import read_env_dump
 
 # vm-testbed fixtures (guest_image, netnode, kvmnode, boot_guest) for every test dir.
 # tests.helpers.secretscan: fails any test whose output shows one of the suite's secrets;
+# tests.helpers.noskip: under scripts/test a skipped test fails the run;
 # pytester: tests/reliability/test_security.py proves the scanner with it.
-pytest_plugins = ["vmtestbed.pytest_plugin", "tests.helpers.secretscan", "pytester"]
+pytest_plugins = [
+    "vmtestbed.pytest_plugin", "tests.helpers.secretscan", "tests.helpers.noskip", "pytester",
+]
 
 # Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
 # shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.
@@ -75,3 +78,4 @@ def write_config(tmp_path):
         path.chmod(mode)
         return path
     return write
+

@@ -57,7 +57,8 @@ def one_line(lines: list[str], action: str, outcome: str) -> str:
 def qemu_stand_in(tmp_path):
     """A live process whose command line carries `-name inst1.example.test`, as Ganeti's
     pid check wants (not QEMU: these cases are about the socket; the real-QEMU case is
-    test_faults_real.py::test_real_qemu_killed_while_hookpack_waits). Killed by its pid at teardown."""
+    test_faults_real.py::test_real_qemu_killed_while_hookpack_waits). Killed by its pid
+    at teardown."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-name",
                              NAME], stdin=subprocess.DEVNULL)
     kvm = tmp_path / "kvm_dir"
