@@ -24,23 +24,12 @@ import time
 
 import pytest
 
-from tests.reliability.relnode import RelNode
-
 pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]
 
 KILLS = 50
 MAX_STEPS = 80
 MIN_INSIDE = 20  # kills that must land inside an apply (shaping or pinning)
 PAUSE_MS = 30
-
-
-@pytest.fixture
-def relnode(tmp_path):
-    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
-        pytest.skip("needs root and /dev/kvm")
-    node = RelNode(tmp_path / "node")
-    yield node
-    node.close()
 
 
 def where(points: list[str]) -> str:

@@ -26,17 +26,6 @@ NAME = "fr0.example.test"
 WAIT_BEFORE_KILL = 2.0  # s: the entry starts (~0.3-1 s here) and retries QMP until 15 s
 
 
-@pytest.fixture
-def node(tmp_path):
-    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
-        pytest.fail("needs root and /dev/kvm (CI runs as root on a machine with KVM)")
-    relnode = RelNode(tmp_path / "node")
-    try:
-        yield relnode
-    finally:
-        relnode.close()
-
-
 def start_entry(hooks: Path, node: RelNode, hpath: str, environ: dict[str, str],
                 debug: dict[str, str] | None = None) -> subprocess.Popen:
     """The installed post entry, run as Ganeti runs it (GANETI_* and PATH only), plus the
@@ -65,10 +54,11 @@ def the_line(lines: list[str], action: str) -> str:
     return mine[0]
 
 
-def test_real_qemu_killed_while_hookpack_waits(node, install_hooks):
+def test_real_qemu_killed_while_hookpack_waits(relnode, install_hooks):
     """grow-disk post: QEMU is stopped (SIGSTOP), so hookpack gets no QMP greeting and
     keeps retrying (a busy socket, until its deadline); QEMU is then killed (SIGKILL)
     under it. A clean skip, and the next run (QEMU back) grows the disk."""
+    node = relnode
     hooks = install_hooks(node.config)
     inst = node.start(NAME)
     node.grow_disk(NAME)
@@ -96,12 +86,14 @@ def test_real_qemu_killed_while_hookpack_waits(node, install_hooks):
 
 
 @pytest.mark.parametrize("point", ["shaping:start", "shaping:rules-started"])
-def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, node, install_hooks, tmp_path):
+def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_hooks,
+                                                      tmp_path):
     """instance-start post with two NICs; the second tap is deleted while the hook sits
     at ``point`` of its apply (after observe and plan; "rules-started": the rules are
     being committed and the tap's qdisc and class are still to be made). One clean line;
     then Ganeti's unplug (nic file gone) and the next hook leave exactly what a full
     reconcile computes: no class, rule or qdisc of the deleted tap left over."""
+    node = relnode
     hooks = install_hooks(node.config)
     inst = node.start(NAME, nics=2)
     victim = inst.taps[1]

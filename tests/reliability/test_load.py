@@ -35,15 +35,6 @@ STAY = ("reboot", "grow-disk", "modify")
 ARRIVE = ("start", "migrate-target")
 
 
-@pytest.fixture
-def relnode(tmp_path):
-    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
-        pytest.skip("needs root and /dev/kvm")
-    node = RelNode(tmp_path / "node")
-    yield node
-    node.close()
-
-
 def mix(rng: random.Random, node: RelNode, names: list[str], first: bool) -> list[tuple]:
     """16 (op, instance) pairs for 16 different instances, every op type at least once."""
     running = node.running()
