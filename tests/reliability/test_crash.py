@@ -30,6 +30,7 @@ KILLS = 50
 MAX_STEPS = 80
 MIN_INSIDE = 20  # kills that must land inside an apply (shaping or pinning)
 PAUSE_MS = 30
+PINNING_OPS = ("start", "reboot", "migrate-target")  # the ops whose post hook pins here
 
 
 def where(points: list[str]) -> str:
@@ -83,7 +84,10 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
         assert proc.returncode == 0, out
         assert ": failed:" not in out and "internal error" not in out, out
         node.check_shaping(node.probe())
-        node.check_pinning({environ["GANETI_INSTANCE_NAME"]})
+        # the hook's own instance is in step only where pinning runs (start, reboot,
+        # migrate target; not modify/stop): after another instance left, a modify hook's
+        # instance may still float where it was put (docs/actions/pinning.md)
+        node.check_pinning({environ["GANETI_INSTANCE_NAME"]} if op in PINNING_OPS else set())
         assert node.leftovers() == []
         return out
 
