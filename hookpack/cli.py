@@ -22,9 +22,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    os.umask(os.umask(0o022) | 0o022)  # as in hook.main: never group/other-writable files
     if args[:1] == ["hook"] and len(args) <= 3:
-        return _hook_fast(args)
+        return _hook_fast(args)  # hook.main sets the umask itself
+    os.umask(os.umask(0o022) | 0o022)  # as in hook.main: never group/other-writable files
     parser = build_parser()
     ns = parser.parse_args(args)
     handler: Handler | None = getattr(ns, "handler", None)
