@@ -1,7 +1,8 @@
-"""Shaping in the real Ganeti lab: Ganeti's own hooks shape an instance's tap, a live
-migration moves the shaping (target builds, source drops), and clear + the boot
-command restore it. The lab's nodes run this machine's kernel (no cls_fw): the
-classifier probe picks CLASSIFY there."""
+"""Shaping in the real Ganeti lab: Ganeti's own hooks shape an instance's tap, the
+guest's own traffic (iperf3 in the guest to a server on the other node) leaves and
+arrives at the rates its tag and the config set, a live migration moves the shaping
+(target builds, source drops), and clear + the boot command restore it. The lab's
+nodes run this machine's kernel (no cls_fw): the classifier probe picks CLASSIFY there."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import re
 
 import pytest
 from vmtestbed.ganeti.hookpack_install import VENV
-from vmtestbed.ganeti.layout import instance_name
+from vmtestbed.ganeti.layout import instance_ip, instance_name
+from vmtestbed.shapemeter import IperfServers, client_argv, parse, within
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
 INDEX = 5
 INST = instance_name(INDEX)
+IP = instance_ip(INDEX)
+IPERF_PORT = 5341
+ATTEMPTS = 3  # a bounded retry on a loaded machine; every attempt is printed
 N1, N2 = "node1.example.test", "node2.example.test"
 KVM_NIC = "/run/ganeti/kvm-hypervisor/nic"  # /var/run is an absolute link: not via node_root
 HOOKPACK = str(VENV / "bin" / "hookpack")
@@ -68,6 +73,27 @@ def test_add_shapes_the_new_instance_on_its_primary(lab):
     tap_qdisc = lab.run_on(N2, ["tc", "qdisc", "show", "dev", tap], check=True).stdout
     assert "htb 4850:" in tap_qdisc
     assert f"hookpack:{INST}" not in _rules(lab, N1)
+
+
+def test_the_guests_traffic_runs_at_its_rates(lab, tmp_path):
+    """From the guest (on node2) to node1 and back, through node2's tap, bridge and
+    uplink: egress at the tag's 20 Mbit/s, ingress at the config's 40 Mbit/s (wire rate,
+    within 5 %). Checked on the traffic, whatever mechanism classifies it."""
+    lab.wait_guest(INST, IP)
+    server = lab.node(N1).spec
+    failures = []
+    with IperfServers(server.netns, server.ip, (IPERF_PORT,), tmp_path):
+        for direction, reverse, rate in (("from-vm", False, 20), ("to-vm", True, 40)):
+            command = " ".join(client_argv(server.ip, IPERF_PORT, 5, 1, reverse))
+            attempts = []
+            for _ in range(ATTEMPTS):
+                attempts.append(parse(lab.guest_run(INST, command, timeout=90), direction))
+                if within(attempts[-1].wire, rate):
+                    break
+            print("\n".join(str(m) for m in attempts))
+            if not within(attempts[-1].wire, rate):
+                failures.append((rate, [str(m) for m in attempts]))
+    assert not failures, failures
 
 
 def test_migrate_target_shaped_source_clean(lab):

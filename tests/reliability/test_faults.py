@@ -2,10 +2,16 @@
 traceback, and the exit code the fail-open/closed settings call for.
 
 Every case runs the real installed entry (hookpack hooks install) through the emulator,
-as Ganeti's node daemon would, with `[hook] deadline = 3`. The run time is compared to
-that deadline: a hook that outlives it holds Ganeti's job locks (a correctness
-property, not a performance assert). STARTUP is the allowance for starting the entry's
-interpreter on a shared, loaded 2-core machine, on top of the deadline.
+as Ganeti's node daemon would, with `[hook] deadline = 3`. Two bounds, both asserted
+and both stated in docs/reliability.md (a hook that outlives them holds Ganeti's job
+locks: a correctness property, not a performance assert):
+
+- the deadline is on the hook's own clock, which starts once its config is loaded: the
+  actions' times in their lines add up to at most DEADLINE (the dispatcher abandons an
+  action there; GRACE covers waking up from that wait, well inside the watchdog's
+  0.25 s after which it ends the process);
+- the whole process, interpreter start and imports included, ends within DEADLINE +
+  STARTUP (STARTUP: starting the entry's interpreter on a shared, loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +34,15 @@ from hookpack.emulator import run_hooks
 
 DEADLINE = 3.0
 STARTUP = 2.0
+GRACE = 0.1
+_ACTION_MS = re.compile(r", (\d+) ms\)$")
+
+
+def within_deadline(lines: list[str], elapsed: float) -> None:
+    """The two bounds of the module docstring."""
+    spent = sum(int(m.group(1)) for line in lines if (m := _ACTION_MS.search(line)))
+    assert spent <= (DEADLINE + GRACE) * 1000, f"actions took {spent} ms of {DEADLINE} s"
+    assert elapsed < DEADLINE + STARTUP, f"{elapsed:.2f} s with a {DEADLINE} s deadline"
 NAME = "inst1.example.test"
 
 
@@ -37,7 +53,7 @@ def run_entry(root: Path, hpath: str, phase: str, environ: dict[str, str]):
     elapsed = time.monotonic() - start
     assert len(results) == 1
     result = results[0]
-    assert elapsed < DEADLINE + STARTUP, f"{elapsed:.2f} s with a {DEADLINE} s deadline"
+    within_deadline(result.output.splitlines(), elapsed)
     assert "Traceback" not in result.output, result.output
     # for docs/reliability.md (pytest -rP shows it)
     print(f"{elapsed:.2f} s, exit {result.exit_code}: {result.output.strip()}")
@@ -334,7 +350,7 @@ def run_entry_in_netns(shaper, config_extra: dict, environ: dict[str, str], duri
     assert proc.returncode == 0, err
     [(_, code, output)] = [r for r in json.loads(out) if r[0].endswith("50-hookpack")]
     print(f"{elapsed:.2f} s, exit {code}: {output.strip()}")
-    assert elapsed < DEADLINE + STARTUP, f"{elapsed:.2f} s with a {DEADLINE} s deadline"
+    within_deadline(output.splitlines(), elapsed)
     assert "Traceback" not in output and "internal error" not in output, output
     return code, output.splitlines()
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from hookpack.shaping.model import parse_rate
 from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
 from tests.conftest import load_sample, sample_files
 
+REPO = Path(__file__).resolve().parents[2]
 FULL = 10_000
 FAST = 300
 
@@ -223,8 +226,8 @@ def _tags_property(tags, rate, cpus):
     policy = from_tags(tags, DEFAULTS)
     # a tag can lower a rate, never raise it above the cap
     assert policy.egress <= DEFAULTS.max_egress and policy.ingress <= DEFAULTS.max_ingress
-    for note in policy.notes:
-        assert "\n" not in note or "\\n" in repr(note)
+    for note in policy.notes:  # one printable line: hostile tag text comes back escaped
+        assert note.isprintable(), repr(note)
     try:
         parsed = parse_rate(rate)
         assert 1000 <= parsed <= 10**12 // 8
@@ -303,38 +306,75 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+def _lines_by_action(output: str) -> dict[str, str]:
+    """The entry's output, one line per action: {action: line}; every line is one."""
+    out: dict[str, str] = {}
+    for line in output.splitlines():
+        assert line.startswith("hookpack ") and ": " in line, line
+        action = line.split(":", 1)[0].removeprefix("hookpack ")
+        assert action not in out, output
+        out[action] = line
+    return out
+
+
+REFUSED = "is not a valid host name; refusing to use it"
+
+
 @pytest.mark.parametrize("name", E2E_NAMES, ids=range(len(E2E_NAMES)))
 def test_hostile_names_never_reach_a_path_or_a_command(name, hooks, sample, tmp_path):
-    """disk-grow (pid file, instance-disks link, QMP socket path), pinning (pid file, QMP
-    socket), shaping (iptables comments, tc on taps; state file per instance), announce
-    (outbox spool) and record, all enabled, run by the real entries with a hostile
-    GANETI_INSTANCE_NAME: each refuses with one clean line, nothing is created from the
-    name, no process runs a command built from it."""
+    """disk-grow (pid file, instance-disks link, QMP socket path) and record, both enabled
+    under their real section names, run by the real entries with a hostile
+    GANETI_INSTANCE_NAME: disk-grow refuses the name with one clean line, record keeps it
+    as data (JSON) in its own file; nothing else is created, nothing from the name, and
+    no process runs a command built from it."""
     environ, node = sample("disk-grow-post-node1")
     environ = {k: v.replace("inst1.example.test", name) for k, v in environ.items()}
     (tmp_path / "kvm_dir" / "pid").mkdir(parents=True)
     (tmp_path / "kvm_dir" / "ctrl").mkdir(parents=True)
     spool = tmp_path / "spool_dir"
-    root = hooks(f'[node]\nfqdn = "{node}"\n[disk-grow]\nenabled = true\n')
+    record = tmp_path / "record.jsonl"
+    root = hooks(f'[node]\nfqdn = "{node}"\n[disk_grow]\nenabled = true\n'
+                 f'[record]\nenabled = true\npath = "{record}"\n')
     before = _tree(tmp_path)
     [result] = [r for r in run_hooks(root, "disk-grow", "post", environ)
                 if r.name.endswith("50-hookpack")]
-    lines = result.output.splitlines()
     assert result.exit_code == 0
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("hookpack disk-grow: ") and ": failed: instance name" in lines[0]
     assert "Traceback" not in result.output
+    lines = _lines_by_action(result.output)
+    # both actions ran (a config the loader refused would give one "no action ran" line)
+    assert set(lines) == {"disk-grow", "record"}, result.output
+    assert ": failed: instance name " in lines["disk-grow"] and REFUSED in lines["disk-grow"]
+    assert ": changed: recorded to " in lines["record"], lines["record"]
+    [entry] = [json.loads(line) for line in record.read_text().splitlines()]
+    assert entry["instance"] == name  # kept as data, byte for byte
     created = _tree(tmp_path) - before
-    assert all(c.startswith(("state_dir", "run_dir")) for c in created), created
+    assert all(c.startswith(("state_dir", "run_dir")) or c == "record.jsonl"
+               for c in created), created
     assert not any("escape" in c or "pwn" in c or "\n" in c for c in _tree(tmp_path))
     assert not spool.exists() or not any(spool.iterdir())
     assert not Path("pwn").exists() and not Path("/pwn").exists()
 
 
-@pytest.mark.parametrize("hpath", ["instance-start", "instance-migrate"])
+_EMULATE_IN_OWN_NETNS = """
+import json, sys
+from pathlib import Path
+from hookpack.emulator import run_hooks
+root, hpath, environ = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+print(json.dumps([[r.name, r.exit_code, r.output] for r in
+                  run_hooks(Path(root), hpath, "post", environ)]))
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("hpath", "actions"), [("instance-start", {"pinning", "shaping"}),
+                                                ("instance-migrate", {"announce", "shaping"})])
 @pytest.mark.parametrize("name", ["../../escape", "a;touch pwn", "\u202eescape"])
-def test_hostile_names_in_shaping_pinning_announce_are_refused(name, hpath, hooks, sample,
-                                                               tmp_path):
+def test_hostile_names_in_shaping_pinning_announce_are_refused(name, hpath, actions, hooks,
+                                                               sample, tmp_path):
+    """The entries run in a network namespace of their own (``unshare -n``) whose uplink
+    exists (its loopback), so shaping gets past its node checks to the instance: every
+    action that runs there reaches the hostile name and refuses it, nothing is created
+    from it."""
     environ, node = sample(f"{hpath}-post-node1")
     old = environ["GANETI_INSTANCE_NAME"]
     environ = {k: v.replace(old, name) for k, v in environ.items()}
@@ -343,20 +383,21 @@ def test_hostile_names_in_shaping_pinning_announce_are_refused(name, hpath, hook
     url.chmod(0o600)
     root = hooks(
         f'[node]\nfqdn = "{node}"\n[pinning]\nenabled = true\n'
-        '[shaping]\nenabled = true\nuplink = "hpfz0"\n'
+        '[shaping]\nenabled = true\nuplink = "lo"\n'
         f'[announce]\nenabled = true\nwebhook_url_file = "{url}"\n'
         'allow_insecure_hosts = ["127.0.0.1"]\n')
     before = _tree(tmp_path)
-    results = [r for r in run_hooks(root, hpath, "post", environ)
-               if r.name.endswith("50-hookpack")]
-    assert results, "the entry ran"
-    output = results[0].output
-    assert "Traceback" not in output and results[0].exit_code == 0
-    for line in output.splitlines():
-        assert line.startswith("hookpack "), line
-        assert ": failed: " in line or ": skipped: " in line, line
+    run = subprocess.run(["unshare", "-n", sys.executable, "-c", _EMULATE_IN_OWN_NETNS,
+                          str(root), hpath, json.dumps(environ)], capture_output=True,
+                         text=True, timeout=60, check=False, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    [(_, code, output)] = [r for r in json.loads(run.stdout) if r[0].endswith("50-hookpack")]
+    assert "Traceback" not in output and code == 0, output
+    lines = _lines_by_action(output)
+    assert set(lines) == actions, output
+    for line in lines.values():
+        assert REFUSED in line, line
     assert not any("escape" in c or "pwn" in c for c in _tree(tmp_path) - before)
-
 
 
 def test_roles_with_an_empty_node_name_in_a_migrate_post_hook(sample):

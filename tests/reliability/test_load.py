@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from tests.reliability.relnode import ROOT, RelNode
+from hookpack.adapters.qmp import session as qmp_session
+from tests.reliability.relnode import DISK_MIB, ROOT, RelNode
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]
 
@@ -76,6 +77,15 @@ def foreign_rules(lines: list[str]) -> set[tuple[str, int]]:
     return out
 
 
+def qemu_disk_bytes(node: RelNode, name: str) -> int:
+    """The size QEMU itself gives its one disk (QMP query-block): it stays at the size
+    QEMU opened the file with until someone sends block_resize, whatever the file is."""
+    with qmp_session(node.kvm_dir / "ctrl" / f"{name}.qmp", 10) as qmp:
+        blocks = qmp.execute("query-block")
+    [size] = [b["inserted"]["image"]["virtual-size"] for b in blocks if b.get("inserted")]
+    return int(size)
+
+
 def test_16_concurrent_hooks_converge_exactly_beside_a_foreign_writer(
         relnode, install_hooks, tmp_path, record_property):
     node = relnode
@@ -122,6 +132,10 @@ def test_16_concurrent_hooks_converge_exactly_beside_a_foreign_writer(
             assert any("hookpack shaping:" in r[4] or "hookpack disk-grow:" in r[4]
                        for r in run["results"]), (op, name, run)
         print("\n".join(lines))
+        # grow-disk: the hook told each running QEMU (the file alone changes nothing there)
+        grown = {name: qemu_disk_bytes(node, name) for op, name in ops if op == "grow-disk"}
+        assert set(grown.values()) <= {2 * DISK_MIB << 20}, grown
+        assert grown or rnd == 0, ops  # the first round only starts instances
         slowest = max(r["seconds"] for r in out["runs"])
         # the foreign writer: none of its writes failed, its rules are as it left them
         wrote = json.loads(ledger.read_text())
