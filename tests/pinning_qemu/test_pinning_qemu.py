@@ -85,23 +85,50 @@ def test_one_vcpu_pinned_1to1_and_second_run_changes_nothing(boot_guest, hook):
     assert "nothing to change" in plan
 
 
+def spinners(count: int) -> list[subprocess.Popen]:
+    """Busy loops (killed by pid by the caller)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def migrations_while_crowding(pid: int, tid: int, busy: list[subprocess.Popen],
+                              seconds: float) -> int:
+    """se.nr_migrations of the thread while the busy loops crowd one CPU, then the other,
+    every 0.25 s: a floating thread finds its CPU crowded and the other one idle, and
+    the scheduler moves it; a thread pinned to one CPU has nowhere to go."""
+    before = migrations(pid, tid)
+    end = time.monotonic() + seconds
+    turn = 0
+    while time.monotonic() < end:
+        for proc in busy:
+            os.sched_setaffinity(proc.pid, {HOST_CPUS[turn % 2]})
+        turn += 1
+        time.sleep(0.25)
+    return migrations(pid, tid) - before
+
+
 @needs_two
-def test_busy_vcpu_no_migrations_when_pinned(boot_guest, hook, record_property):
+def test_busy_vcpu_stops_migrating_once_pinned(boot_guest, hook, record_property):
+    """A busy vCPU thread while two busy loops crowd one CPU then the other: floating,
+    the scheduler moves it between CPUs (the measurement must count some, else it could
+    not tell); after the hook pins it, the same measurement counts none."""
     inst = boot_guest(vcpus=1, nics=[], disks=[])
     inst.console.run("(while :; do :; done) >/dev/null 2>&1 &")
     tid = inst.vcpu_threads()[0]
-    before = migrations(inst.pid, tid)
-    time.sleep(10)
-    baseline = migrations(inst.pid, tid) - before
-    assert hook(inst.name).outcome is Outcome.CHANGED
-    time.sleep(0.5)  # the thread moves at its next scheduling point
-    before = migrations(inst.pid, tid)
-    time.sleep(10)
-    pinned = migrations(inst.pid, tid) - before
-    record_property("unpinned_migrations_10s", baseline)
-    record_property("pinned_migrations_10s", pinned)
-    print(f"busy vCPU thread, se.nr_migrations over 10 s: unpinned {baseline}, "
-          f"pinned {pinned}")
+    busy = spinners(2)
+    try:
+        floating = migrations_while_crowding(inst.pid, tid, busy, 4)
+        assert hook(inst.name).outcome is Outcome.CHANGED
+        time.sleep(0.5)  # the thread moves at its next scheduling point
+        pinned = migrations_while_crowding(inst.pid, tid, busy, 4)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    record_property("floating_migrations_4s", floating)
+    record_property("pinned_migrations_4s", pinned)
+    print("busy vCPU thread, 2 busy loops switching CPUs, se.nr_migrations over 4 s: "
+          f"floating {floating}, pinned {pinned}")
+    assert floating > 0, "the floating thread never migrated: this measures nothing"
     assert pinned == 0
 
 
@@ -172,15 +199,18 @@ def test_migrate_target_and_second_instance(boot_guest, hook):
 @needs_two
 def test_concurrent_hooks_for_two_instances_get_distinct_cpus(boot_guest, kvmnode, tmp_path):
     """Two hooks at the same moment (as Ganeti runs them for two jobs) end with a CPU
-    per vCPU. The race window (observe+plan+apply, a few ms after QMP) is too small
-    for this test to catch a missing lock reliably (it passed twice with the lock
-    taken out); that the lock is held around the work is shown by the lock-held test."""
+    per vCPU. The race window (observe+plan, then apply) is a few ms, so the hooks pause
+    at the start of the apply (HOOKPACK_DEBUG_APPLY_PAUSE_MS, hookpack/debugpoints.py):
+    without the node lock both plan from the same observation and pick the same CPU
+    (this test then fails: checked by taking the lock out, and by scripts/mutation-check);
+    with it the second plans after the first applied."""
     a = boot_guest(vcpus=1, nics=[], disks=[])
     b = boot_guest(vcpus=1, nics=[], disks=[])
     config = write_config(tmp_path / "hookpack.toml", kvmnode.layout.hv_dir, tmp_path / "run",
-                          "emulator_cpus = 0")
+                          "emulator_cpus = 0\nlock_timeout = 10")  # 10 paused points
     procs = [subprocess.Popen([sys.executable, "-m", "hookpack", "hook", "--config",
-                               str(config)], env={**start_env(i.name), "PATH": "/usr/bin:/bin"},
+                               str(config)], env={**start_env(i.name), "PATH": "/usr/bin:/bin",
+                                                   "HOOKPACK_DEBUG_APPLY_PAUSE_MS": "400"},
                               stderr=subprocess.PIPE, text=True) for i in (a, b)]
     lines = [p.communicate(timeout=60)[1].strip() for p in procs]
     print("\n".join(lines))
