@@ -3,8 +3,11 @@
 Measures what the TCG guest can carry through tap, bridge and uplink unshaped
 (virtio-net with offloads: about 1 Gbit/s here), then shapes it with ``hookpack
 shaping apply`` (its tap found through the KVM runtime dir's
-``nic/<instance>/0``, as on a Ganeti node) at 10, 100 and 500 Mbit/s (those it
-clearly exceeds unshaped), both directions, each within +-5 %.
+``nic/<instance>/0``, as on a Ganeti node) at 10, 100 and 500 Mbit/s, both
+directions, each within +-5 %. A tier needs the guest to clearly exceed it unshaped
+(else the CPU, not the shaper, sets the rate); a tier it cannot carry here is not
+measured and is recorded as dropped work, which fails the run under scripts/test
+(tests/helpers/noskip.py): the test never passes on fewer tiers than it promises.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.qemu, pytest.mark.slow]
 
 SECONDS = 6
 ATTEMPTS = 3
+TIERS = (10, 100, 500)  # Mbit/s
 
 
 def _run_client(guest, server_ip: str, port: int, reverse: bool) -> Measurement:
@@ -31,19 +35,22 @@ def _measure(guest, server_ip: str, reverse: bool, label: str) -> Measurement:
     return parse(guest.check_output(argv, SECONDS + 60), label)
 
 
-def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_path, record):
+def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_path, record,
+                                             record_dropped_work):
     guest = boot_guest("tcg1.example.test", vcpus=1, memory_mib=256)
     free = {rev: _measure(guest, netnode.upstream_ip, rev, f"unshaped rev={rev}")
             for rev in (False, True)}
     record("real TCG guest unshaped from-vm, to-vm", None, [free[False], free[True]])
     top = min(m.wire for m in free.values())
     # the rates the guest clearly exceeds unshaped, so the shaper (not the CPU) limits them
-    rates = [r for r in (10, 100, 500) if top > 1.25 * r]
+    rates = [r for r in TIERS if top > 1.25 * r]
     assert rates, f"TCG guest too slow to test shaping: {free}"
-    for untested in sorted({10, 100, 500} - set(rates)):
-        # said loudly and recorded: the fake-VM tests cover this rate, this one cannot
+    for untested in sorted(set(TIERS) - set(rates)):
         record(f"real TCG guest {untested}mbit NOT TESTED (guest tops out at {top:.0f})",
                untested, [])
+        record_dropped_work(f"{untested} Mbit/s tier not measured: the guest carries only "
+                            f"{top:.0f} Mbit/s unshaped, the tier needs over "
+                            f"{1.25 * untested:.0f}")
 
     shaper = HookpackNode(netnode, tmp_path, "auto", kvm_dir=kvmnode.hv_dir)
     failures = []

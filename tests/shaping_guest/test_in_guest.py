@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,20 +75,43 @@ HOST_KERNEL_ONLY = (
 )
 
 
+NETNS_SUITE = "tests/shaping/test_shaping_netns.py"
+
+
+def host_selection(deselect: str) -> tuple[int, int]:
+    """(selected, deselected) of NETNS_SUITE with ``-k deselect``, collected here on the
+    host from the same checkout the guest runs: the exact count the guest must pass.
+    Every HOST_KERNEL_ONLY name must still name a test (a stale name deselects nothing
+    and would hide a renamed test)."""
+    argv = [sys.executable, "-m", "pytest", NETNS_SUITE, "--collect-only", "-q",
+            "-p", "no:cacheprovider", "-o", "addopts="]
+    every = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in HOST_KERNEL_ONLY:
+        assert f"::{name}" in every, f"{name} is no test of {NETNS_SUITE} any more"
+    chosen = subprocess.run([*argv, "-k", deselect], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    found = re.search(r"(\d+)/\d+ tests? collected \((\d+) deselected\)", chosen)
+    assert found, chosen[-2000:]
+    return int(found.group(1)), int(found.group(2))
+
+
 def test_shaping_netns_suite_with_fw_in_guest(run_in_host_guest):
-    """The shaping engineer's own netns tests, classifier forced to fw (force_fw plugin)."""
+    """The shaping engineer's own netns tests, classifier forced to fw (force_fw plugin):
+    exactly the tests the host selects pass in the guest, none skipped or deselected
+    beyond HOST_KERNEL_ONLY."""
     deselect = " and ".join(f"not {name}" for name in HOST_KERNEL_ONLY)
+    selected, deselected = host_selection(deselect)
     run = run_in_host_guest(
-        [sys.executable, "-m", "pytest", "tests/shaping/test_shaping_netns.py",
+        [sys.executable, "-m", "pytest", NETNS_SUITE,
          "-p", "tests.shaping_guest.force_fw", "-k", deselect, "-p", "no:cacheprovider",
          "-q", "-rA", "-o", "addopts=", "--tb=short"],
         cwd=REPO, env={"HPG_GUEST": "1"}, timeout=1200)
     print(f"guest: boot-to-command {run.boot_to_command:.1f}s, whole run {run.total:.1f}s")
     print(run.output[-3000:])
     summary = run.output.strip().splitlines()[-1] if run.output.strip() else ""
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)",
-                                               summary)}
+    counts = {k: int(v) for v, k in re.findall(
+        r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", summary)}
     assert run.rc == 0, run.output[-5000:]
-    assert set(counts) == {"passed"} and counts["passed"] >= 12, run.output[-5000:]
+    assert counts == {"passed": selected, "deselected": deselected}, (summary, selected)
     forced = re.search(r"^force_fw: (\d+) CLI results checked as fw$", run.output, re.MULTILINE)
     assert forced and int(forced.group(1)) >= 10, run.output[-3000:]
