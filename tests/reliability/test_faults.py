@@ -431,3 +431,20 @@ def test_the_highest_qdisc_handle_works_and_is_in_step_on_the_second_run(netns_s
         code, lines = run_entry_in_netns(netns_shaper, {"handle": "ffff"}, _start_env(sample))
         one_line(lines, "shaping", outcome)
         assert code == 0
+
+
+@pytest.mark.netns
+def test_another_run_holding_the_shaping_lock_is_a_bounded_wait(netns_shaper, sample):
+    """Another hookpack run holds the node's shaping lock for the whole hook: this run
+    waits for it (bounded by its deadline), then gives up with one clear line and no
+    kernel write. Without the lock around the reconcile, it would shape at once."""
+    from hookpack.locks import node_lock
+
+    netns_shaper.node.add_tap("rltap2")
+    netns_shaper.node.nic(NAME, 0, "rltap2")
+    with node_lock(netns_shaper.base / "run", "shaping", 1):
+        code, lines = run_entry_in_netns(netns_shaper, {}, _start_env(sample))
+    line = one_line(lines, "shaping", "failed")
+    assert "shaping.lock is held by another hookpack run" in line, line
+    assert code == 0
+    assert "htb" not in netns_shaper.node.run("tc", "qdisc", "show", "dev", "up0")
