@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.hook_latency import SAMPLES, wheel_venv  # noqa: E402
+from bench.results import Results  # noqa: E402
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.env import read_env_dump  # noqa: E402
 from hookpack.hooksinstall import install  # noqa: E402
@@ -115,6 +116,7 @@ class Case:
 
 
 def main() -> None:
+    results = Results("announce", runs=RUNS, cap_s=CAP)
     work = Path(tempfile.mkdtemp(prefix="hookpack-bench-announce-"))
     python = wheel_venv(work)
     pre = read_env_dump((SAMPLES / "instance-migrate-pre-node1.env").read_text())
@@ -156,6 +158,15 @@ def main() -> None:
           f"({'OK' if added_refused <= 30 else 'OVER'} target 30 ms)")
     print(f"receivers hanging (queued at the cap)    {hang:7.1f} ms  +{added_hang:6.1f} ms "
           f"beyond the {CAP:g} s cap ({'OK' if added_hang <= 30 else 'OVER'} target 30 ms)")
+    for key, value in (("baseline_ms", base), ("up_ms", up), ("up_added_ms", up - base),
+                       ("refused_ms", refused), ("refused_added_ms", added_refused),
+                       ("hanging_ms", hang), ("hanging_added_beyond_cap_ms", added_hang)):
+        results.add(key, value)
+    for case, a in zip(cases, act, strict=True):
+        results.add(f"{case.label}_action_ms", a)
+    if cases[1].latencies:
+        results.add("delivery_latency_ms", statistics.median(cases[1].latencies))
+    results.save()
     shutil.rmtree(work, ignore_errors=True)
 
 

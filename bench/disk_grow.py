@@ -32,6 +32,7 @@ from vmtestbed import host  # noqa: E402
 from vmtestbed.disks import DiskSpec, FileDisk  # noqa: E402
 from vmtestbed.kvmnode import KvmNode  # noqa: E402
 
+from bench.results import Results  # noqa: E402
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.env import read_env_dump  # noqa: E402
 from hookpack.hooksinstall import install  # noqa: E402
@@ -102,6 +103,7 @@ def timed(argv: list[str]) -> float:
 
 
 def main() -> None:
+    results = Results("disk_grow", runs=RUNS, target_ms=TARGET_MS)
     work = Path(tempfile.mkdtemp(prefix="hookpack-bench-dg-"))
     kvm_root = Path(tempfile.mkdtemp(prefix=f"{host.NAME_PREFIX}{host.owner_tag()}-"))
     kvm = KvmNode(kvm_root)
@@ -136,14 +138,21 @@ def main() -> None:
         print(f"disk-grow hook, median of {RUNS} runs against a running guest "
               f"(QEMU {inst.pid}, disk grown to {size} MiB, guest agrees)")
         print(f"no-op baseline (not the primary): {base:6.1f} ms")
-        for label, values in (("grow (block_resize)", grow), ("in step (repeat run)", in_step)):
+        results.add("baseline_ms", base)
+        for key, label, values in (("grow", "grow (block_resize)", grow),
+                                   ("in_step", "in step (repeat run)", in_step)):
             ms = statistics.median(values)
+            results.add(f"{key}_ms", ms)
+            results.add(f"{key}_ratio", ms / base)
             verdict = "OK" if ms <= TARGET_MS else "OVER"
             print(f"{label:33} {ms:6.1f} ms  ratio {ms / base:4.2f}x  "
                   f"({verdict} target {TARGET_MS} ms)")
         print(f"  one query-block, fresh process, over python start: hookpack's adapter "
               f"{statistics.median(lib):6.1f} ms, plain socket + json "
               f"{statistics.median(raw):6.1f} ms")
+        results.add("query_block_hookpack_ms", statistics.median(lib))
+        results.add("query_block_plain_ms", statistics.median(raw))
+        results.save()
     finally:
         kvm.close()
         shutil.rmtree(kvm_root, ignore_errors=True)

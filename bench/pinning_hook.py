@@ -32,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "vm-testbed")]
 from vmtestbed import host  # noqa: E402
 from vmtestbed.kvmnode import KvmNode  # noqa: E402
 
+from bench.results import Results  # noqa: E402
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.hooksinstall import install  # noqa: E402
 from tests.helpers.pinning import start_env, write_config  # noqa: E402
@@ -52,6 +53,7 @@ def median_ms(fn, before=None) -> float:
 
 
 def main() -> None:
+    results = Results("pinning_hook", runs=RUNS, vcpus=1)
     python = str(REPO / ".venv/bin/python")
     root = Path(tempfile.mkdtemp(prefix=f"{host.NAME_PREFIX}{host.owner_tag()}-"))
     node = KvmNode(root / "node")
@@ -103,6 +105,14 @@ def main() -> None:
             print(f"{label:45} {ms:6.1f} ms  ratio {ms / baseline:4.2f}x  "
                   f"({'OK' if ms <= 300 else 'OVER'} target 300 ms); the action itself "
                   f"{inner:.0f} ms")
+        for key, value in (("baseline_ms", baseline), ("skipped_ms", skip),
+                           ("skipped_ratio", skip / baseline), ("first_pin_ms", first),
+                           ("first_pin_ratio", first / baseline),
+                           ("first_pin_action_ms", first_action), ("steady_ms", steady),
+                           ("steady_ratio", steady / baseline),
+                           ("steady_action_ms", steady_action)):
+            results.add(key, value)
+        results.save()
     finally:
         node.close()
         shutil.rmtree(root, ignore_errors=True)

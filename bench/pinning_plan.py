@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results import Results  # noqa: E402
 from hookpack.pinning.allocate import (  # noqa: E402
     PINNED,
     Policy,
@@ -32,13 +33,13 @@ from hookpack.pinning.allocate import (  # noqa: E402
 from hookpack.pinning.topology import read_topology  # noqa: E402
 from tests.helpers.fakehost import write_sysfs  # noqa: E402
 
-RUNS = 101
+RUNS = 41  # every case, the baseline included: ratios of like to like
 
 
-def median_ms(fn, runs: int = RUNS) -> float:
+def median_ms(fn) -> float:
     fn()
     times = []
-    for _ in range(runs):
+    for _ in range(RUNS):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
@@ -46,6 +47,8 @@ def median_ms(fn, runs: int = RUNS) -> float:
 
 
 def main() -> None:
+    results = Results("pinning_plan", runs=RUNS, nodes=4, cores_per_node=32, threads=2,
+                      instances=200)
     with tempfile.TemporaryDirectory() as tmp:
         write_sysfs(Path(tmp), nodes=4, cores_per_node=32, threads=2)
         topo = read_topology(Path(tmp))
@@ -72,12 +75,17 @@ def main() -> None:
         baseline = median_ms(lambda t=taken: (dict(t), list(requests)))
         hook_ms = median_ms(lambda t=taken, p=policy, o=others, r=last:
                             plan_instance(topo, t, o, r, p))
-        node_ms = median_ms(lambda p=policy: plan_node(topo, {}, 0, requests, p), runs=21)
+        node_ms = median_ms(lambda p=policy: plan_node(topo, {}, 0, requests, p))
         print(f"  baseline  copy the input:        {baseline:8.3f} ms")
         print(f"  plan one instance (hook):        {hook_ms:8.3f} ms  ratio "
               f"{hook_ms / baseline:7.1f}x  ({'OK' if hook_ms <= 20 else 'OVER'} target 20 ms)")
         print(f"  plan 200 instances (rebalance):  {node_ms:8.3f} ms  ratio "
               f"{node_ms / baseline:7.1f}x")
+        for key, value in (("baseline_ms", baseline), ("one_ms", hook_ms),
+                           ("one_ratio", hook_ms / baseline), ("rebalance_ms", node_ms),
+                           ("rebalance_ratio", node_ms / baseline)):
+            results.add(f"smt_{smt}_{key}", value)
+    results.save()
 
 if __name__ == "__main__":
     main()
