@@ -74,11 +74,11 @@ def check_source(doc: Path, text: str, target: str, keys: str) -> str | None:
     return f"[{text}]: no record of {target} has {names} = the numbers shown (latest: {latest})"
 
 
-def findings(doc: Path) -> list[str]:
+def findings(doc: Path, root: Path = REPO) -> list[str]:
     text = prose(doc.read_text())
     problems = []
     for lineno, line in enumerate(text.splitlines(), 1):
-        where = f"{doc.relative_to(REPO)}:{lineno}"
+        where = f"{doc.relative_to(root)}:{lineno}"
         for shown, target, keys in SOURCE.findall(line):
             why = check_source(doc, shown, target, keys)
             if why:
@@ -112,7 +112,7 @@ def tree(tmp_path):
 def check(tree: Path, text: str) -> list[str]:
     doc = tree / "docs" / "x.md"
     doc.write_text(text)
-    return findings(doc)
+    return findings(doc, tree)
 
 
 def test_a_sourced_figure_passes(tree):
