@@ -9,6 +9,7 @@ leave a node the next run brings in step with no orphaned kernel object.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -42,6 +43,10 @@ def finish(proc: subprocess.Popen, started: float) -> list[str]:
     out, _ = proc.communicate(timeout=DEADLINE + 30)
     elapsed = time.monotonic() - started
     print(f"{elapsed:.2f} s, exit {proc.returncode}: {out.strip()}")
+    # the bounds of test_faults.py: the deadline on the hook's own clock (the actions'
+    # times in their lines), deadline + STARTUP for the whole process
+    spent = sum(int(m.group(1)) for m in re.finditer(r", (\d+) ms\)$", out, re.MULTILINE))
+    assert spent <= DEADLINE * 1000, f"actions took {spent} ms of {DEADLINE} s"
     assert elapsed < DEADLINE + STARTUP, f"{elapsed:.2f} s with a {DEADLINE} s deadline"
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "internal error" not in out, out
