@@ -1,6 +1,6 @@
 """The not-run-as-written guard (tests/helpers/noskip.py), each hole on a throwaway suite.
 
-Each case runs a small suite in a subprocess with the guard loaded, armed as
+Each case runs a small suite (pytester, in process) with the guard loaded, armed as
 scripts/test arms it (HOOKPACK_TESTS_NO_SKIP=1), and checks the run fails and names
 the test; the control cases show the same suite passes when nothing was left out.
 """
@@ -30,7 +30,9 @@ def armed(pytester, monkeypatch):
             monkeypatch.setenv("HOOKPACK_TESTS_NO_SKIP", "1")
         else:
             monkeypatch.delenv("HOOKPACK_TESTS_NO_SKIP", raising=False)
-        return pytester.runpytest_subprocess("-p", "tests.helpers.noskip", *args)
+        # no hypothesis plugin: its terminal summary imports hypothesis (seconds per run)
+        return pytester.runpytest_inprocess("-p", "tests.helpers.noskip",
+                                            "-p", "no:hypothesispytest", *args)
     return run
 
 
