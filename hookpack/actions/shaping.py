@@ -376,13 +376,15 @@ def metrics(cfg: Any, paths: Paths) -> list[Any]:
     settings = cfg.section("shaping", SETTINGS)
     views = sstatus.observe(settings, paths.kvm_dir, paths.state_dir, None)
     samples: list[Sample] = []
+    # Per tap only: each tap's counters reset on their own (a tap is recreated on
+    # migrate/reboot), so per-instance sums belong in PromQL (sum by ganeti_instance of
+    # rate()). `ganeti_instance`, not `instance`: Prometheus sets that label itself.
     for name, taps in sorted(views.items()):
-        totals: dict[tuple[str, str], int] = {}
         for tv in taps:
             for cv in tv.classes:
                 if cv.counters is None:
                     continue
-                labels = {"instance": name, "nic": str(tv.nic), "tap": tv.tap,
+                labels = {"ganeti_instance": name, "nic": str(tv.nic), "tap": tv.tap,
                           "direction": cv.direction}
                 for field, value in (("bytes", cv.counters.bytes),
                                      ("packets", cv.counters.packets),
@@ -390,16 +392,9 @@ def metrics(cfg: Any, paths: Paths) -> list[Any]:
                                      ("overlimits", cv.counters.overlimits)):
                     samples.append(Sample(f"hookpack_shaping_tap_{field}_total", value, labels,
                                           _TAP_HELP[field], "counter"))
-                    key = (cv.direction, field)
-                    totals[key] = totals.get(key, 0) + value
                 samples.append(Sample("hookpack_shaping_tap_rate_bytes_per_second",
                                       cv.rate or 0, labels,
                                       "Rate (= ceil) of the tap's HTB class in the kernel."))
-        for (direction, field), value in sorted(totals.items()):
-            if field in ("bytes", "drops"):
-                samples.append(Sample(f"hookpack_shaping_{field}_total", value,
-                                      {"instance": name, "direction": direction},
-                                      _INSTANCE_HELP[field], "counter"))
     return samples
 
 
@@ -409,8 +404,4 @@ _TAP_HELP = {
     "packets": "Packets sent through the tap's HTB class.",
     "drops": "Packets the tap's HTB class dropped.",
     "overlimits": "Times the tap's HTB class was over its rate (packets delayed).",
-}
-_INSTANCE_HELP = {
-    "bytes": "Bytes sent through the HTB classes of the instance's taps, per direction.",
-    "drops": "Packets dropped by the HTB classes of the instance's taps, per direction.",
 }
