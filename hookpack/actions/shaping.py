@@ -139,12 +139,14 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
 
 
 def add_cli(sub: Any) -> None:
+    from hookpack.confirm import add_yes_arg
+
     p = sub.add_parser("shaping", help="per-VM traffic shaping (show, plan, apply, clear)")
     actions = p.add_subparsers(metavar="ACTION")
     for verb, helptext in (("show", "what hookpack has in the kernel, per tap"),
                            ("plan", "what apply would change (writes nothing)"),
                            ("apply", "bring the kernel in step (INSTANCE, or --all)"),
-                           ("clear", "remove hookpack's shaping (INSTANCE, or all)"),
+                           ("clear", "remove hookpack's shaping (INSTANCE, or --all)"),
                            ("doctor", "kernel and firewall facts shaping depends on")):
         q = actions.add_parser(verb, help=helptext)
         q.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
@@ -152,8 +154,10 @@ def add_cli(sub: Any) -> None:
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if verb in ("plan", "apply", "clear", "show"):
             q.add_argument("instance", nargs="?", help="one instance (default: all)")
-        if verb in ("plan", "apply"):
+        if verb in ("plan", "apply", "clear"):
             q.add_argument("--all", action="store_true", help="every instance on this node")
+        if verb == "clear":
+            add_yes_arg(q)
         if verb == "doctor":
             q.add_argument("--refresh", action="store_true", help="probe the kernel again")
         q.set_defaults(handler=_cli, verb=verb)
@@ -171,8 +175,13 @@ def _cli(ns: argparse.Namespace) -> int:
     settings, paths, enabled = _load(ns)
     if ns.verb == "doctor":
         return _doctor(ns, settings, paths)
-    if ns.verb in ("plan", "apply") and bool(ns.all) == bool(ns.instance):
+    if ns.verb in ("plan", "apply", "clear") and bool(ns.all) == bool(ns.instance):
         raise BadInput(f"shaping {ns.verb}: name one INSTANCE or --all")
+    if ns.verb == "clear" and ns.all:
+        from hookpack.confirm import confirm
+
+        confirm("shaping clear --all: remove hookpack's shaping of every instance on this "
+                "node", ns.yes)
     if ns.verb == "apply" and not enabled:
         print("shaping: disabled in the configuration ([shaping] enabled = false); "
               "nothing done")
