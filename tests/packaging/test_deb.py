@@ -156,6 +156,9 @@ def test_units_come_from_the_role_templates(debs, tmp_path):
         for line in text.splitlines():
             if line.startswith(("ExecStart=", "ExecStop=")):
                 assert line.split("=", 1)[1].startswith("/usr/bin/hookpack "), line
+    shaping = (units / "hookpack-shaping.service").read_text()
+    assert "ExecStop=/usr/bin/hookpack shaping clear --all --yes " in shaping
+    assert "Documentation=file:///usr/share/doc/hookpack" in shaping
     assert (tmp_path / "etc/hookpack/hookpack.toml").is_file()
     assert (tmp_path / "etc/logrotate.d/hookpack").is_file()
     assert (tmp_path / "usr/share/doc/hookpack/docs/operator-guide.md.gz").is_file()
