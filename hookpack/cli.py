@@ -68,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("env", help="print a hook environment parsed, as JSON")
     p.add_argument("file", nargs="?", help="KEY=VALUE dump (default: this environment)")
     p.add_argument("--fqdn", help="resolve roles for this node name (default: this node)")
+    _json_arg(p, "(always JSON; accepted like on every command)")
     _config_arg(p)
     p.set_defaults(handler=cmd_env)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(metavar="ACTION")
     p = config.add_parser("check", help="validate the configuration file")
+    _json_arg(p)
     _config_arg(p)
     p.set_defaults(handler=cmd_config_check)
     p = config.add_parser("reference", help="print the configuration reference (Markdown)")
@@ -85,13 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", help="interpreter for the entry scripts (default: this one)")
     p.add_argument("--entry-config", help="config file the entry scripts pass to hookpack")
     p.add_argument("--dry-run", action="store_true", help="only say what would change")
+    _json_arg(p)
     p.set_defaults(handler=cmd_hooks_install)
     p = hooks.add_parser("uninstall", help="remove hookpack's entries (and only those)")
     p.add_argument("--root", default="/etc/ganeti/hooks")
+    _json_arg(p)
     p.set_defaults(handler=cmd_hooks_uninstall)
 
     p = sub.add_parser("doctor", help="check that this node is ready (exit 1 on a failure)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--strict", action="store_true", help="exit 1 on a warning too")
     _config_arg(p)
     p.set_defaults(handler=cmd_doctor)
 
@@ -109,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("actions", help="list the actions and where they act")
+    _json_arg(p)
     _config_arg(p)
     p.set_defaults(handler=cmd_actions)
 
@@ -125,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
                         "/etc/hookpack/hookpack.toml)")
+
+
+def _json_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"the result as JSON {note}".strip())
 
 
 def load(ns: argparse.Namespace) -> Config:
@@ -158,24 +169,31 @@ def cmd_env(ns: argparse.Namespace) -> int:
 
 def cmd_config_check(ns: argparse.Namespace) -> int:
     cfg = load(ns)
-    problems = 0
+    sections: list[dict[str, str]] = []
     for spec in registry.ACTIONS:
         module = importlib.import_module(spec.module)
         try:
             cfg.section(spec.section, getattr(module, "SETTINGS", {}))
         except HookpackError as err:
-            print(f"FAIL {spec.section}: {err}")
-            problems += 1
+            sections.append({"section": spec.section, "status": "fail", "message": str(err)})
             continue
         state = "enabled" if cfg.section_enabled(spec.section, spec.enabled_by_default) \
             else "disabled"
-        print(f"ok   {spec.section}: {state}")
+        sections.append({"section": spec.section, "status": "ok", "message": state})
     known = set(cfg.core) | {s.section for s in registry.ACTIONS}
     for section in sorted(set(cfg.raw) - known):
-        print(f"FAIL {section}: unknown section; known: {', '.join(sorted(known))}")
-        problems += 1
-    where = cfg.path or "(no file: defaults)"
-    print(f"{where}: {'invalid' if problems else 'valid'}")
+        sections.append({"section": section, "status": "fail", "message":
+                         f"unknown section; known: {', '.join(sorted(known))}"})
+    problems = sum(s["status"] == "fail" for s in sections)
+    if ns.json:
+        print(json.dumps({"path": str(cfg.path) if cfg.path else None,
+                          "valid": not problems, "sections": sections}, indent=2))
+    else:
+        for s in sections:
+            print(f"{s['status'].upper() if s['status'] == 'fail' else 'ok  '} "
+                  f"{s['section']}: {s['message']}")
+        where = cfg.path or "(no file: defaults)"
+        print(f"{where}: {'invalid' if problems else 'valid'}")
     return 1 if problems else 0
 
 
@@ -195,9 +213,7 @@ def cmd_hooks_install(ns: argparse.Namespace) -> int:
 
     changes = install(Path(ns.root), python=ns.python, config=ns.entry_config,
                       dry_run=ns.dry_run)
-    for change in changes:
-        print(change)
-    print(f"{ns.root}: {len(changes)} change(s)")
+    _print_changes(ns, changes)
     return 0
 
 
@@ -205,14 +221,22 @@ def cmd_hooks_uninstall(ns: argparse.Namespace) -> int:
     from hookpack.hooksinstall import uninstall
 
     changes = uninstall(Path(ns.root))
-    for change in changes:
-        print(change)
-    print(f"{ns.root}: {len(changes)} change(s)")
+    _print_changes(ns, changes)
     return 0
 
 
+def _print_changes(ns: argparse.Namespace, changes: list[str]) -> None:
+    if ns.json:
+        print(json.dumps({"root": ns.root, "dry_run": bool(getattr(ns, "dry_run", False)),
+                          "changes": changes}, indent=2))
+        return
+    for change in changes:
+        print(change)
+    print(f"{ns.root}: {len(changes)} change(s)")
+
+
 def cmd_doctor(ns: argparse.Namespace) -> int:
-    from hookpack.doctor import FAIL, run_checks
+    from hookpack.doctor import FAIL, WARN, run_checks
 
     checks = run_checks(load(ns))
     if ns.json:
@@ -220,7 +244,8 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     else:
         for check in checks:
             print(check.line())
-    return 1 if any(c.status == FAIL for c in checks) else 0
+    failing = (FAIL, WARN) if ns.strict else (FAIL,)
+    return 1 if any(c.status in failing for c in checks) else 0
 
 
 def cmd_metrics(ns: argparse.Namespace) -> int:
@@ -247,8 +272,15 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 def cmd_actions(ns: argparse.Namespace) -> int:
     cfg = load(ns)
-    for spec in registry.ACTIONS:
-        state = "on " if cfg.section_enabled(spec.section, spec.enabled_by_default) else "off"
+    rows = [{"name": spec.name,
+             "enabled": cfg.section_enabled(spec.section, spec.enabled_by_default),
+             "phases": list(spec.phases), "roles": list(spec.roles), "hpaths": list(spec.hpaths)}
+            for spec in registry.ACTIONS]
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for spec, row in zip(registry.ACTIONS, rows, strict=True):
+        state = "on " if row["enabled"] else "off"
         hpaths = "all hooks" if spec.hpaths == registry.GANETI_HPATHS else ",".join(spec.hpaths)
         roles = ",".join(spec.roles) or "any node"
         print(f"{state} {spec.name:12} {'/'.join(spec.phases):9} {roles:22} {hpaths}")

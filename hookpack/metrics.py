@@ -37,21 +37,47 @@ class Sample:
         return self.family or self.name
 
 
+ERRORS_HELP = ("1 when this part's metrics could not be read this time (0: read); "
+               "\"core\" is the run statistics and the outbox.")
+
+
 def collect(cfg: Config) -> list[Sample]:
+    """Every metric, plus ``hookpack_metrics_errors`` for each part (0 or 1), always, so
+    an alert on it sees a series before the first error."""
     paths = Paths.from_config(cfg)
-    samples = [*run_samples(paths.state_dir), *outbox_samples(paths)]
+    samples = [build_info()]
+    core_failed = 0
+    try:
+        samples += [*run_samples(paths.state_dir), *outbox_samples(paths)]
+    except (HookpackError, OSError):
+        core_failed = 1
+    samples.append(Sample("hookpack_metrics_errors", core_failed, {"action": "core"},
+                          ERRORS_HELP))
     for spec in registry.ACTIONS:
         if not cfg.section_enabled(spec.section, spec.enabled_by_default):
             continue
         extra = getattr(importlib.import_module(spec.module), "metrics", None)
         if extra is None:
             continue
+        failed = 0
         try:
             samples.extend(extra(cfg, paths))
         except HookpackError:
-            samples.append(Sample("hookpack_metrics_errors", 1, {"action": spec.name},
-                                  "Actions whose metrics could not be read."))
+            failed = 1
+        samples.append(Sample("hookpack_metrics_errors", failed, {"action": spec.name},
+                              ERRORS_HELP))
     return samples
+
+
+def build_info() -> Sample:
+    """The running hookpack's version (and Python's), as Prometheus' *_build_info."""
+    import platform
+
+    from hookpack import __version__
+
+    return Sample("hookpack_build_info", 1,
+                  {"version": __version__, "python": platform.python_version()},
+                  "hookpack's version; the value is always 1.")
 
 
 def run_samples(state_dir: Path) -> Iterable[Sample]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -97,10 +98,12 @@ def add_cli(sub: Any) -> None:
     p.add_argument("instance")
     p.add_argument("--disk", help="disk index (default: every disk)")
     p.add_argument("--dry-run", action="store_true", help="show what would change")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
     _config_arg(p)
     p.set_defaults(handler=cmd_resize)
     p = actions.add_parser("check", help="compare QEMU's and the storage's size of every "
                            "disk of every instance running on this node")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
     _config_arg(p)
     p.set_defaults(handler=cmd_check)
 
@@ -125,13 +128,19 @@ def cmd_resize(ns: argparse.Namespace) -> int:
         if not disks:
             raise BadInput(f"instance {name}: has no disk {index}")
     worst = 0
+    rows = []
     for disk in disks:
         timeout = min(qmp_timeout, deadline.remaining())
         outcome = _grow_one(paths, name, disk.index, disk.qemu_id, None, timeout,
                             apply=not ns.dry_run)
-        print(f"{name}: {outcome.outcome.value}: {outcome.message}")
+        rows.append({"instance": name, "disk": disk.index, "outcome": outcome.outcome.value,
+                     "message": outcome.message})
+        if not ns.json:
+            print(f"{name}: {outcome.outcome.value}: {outcome.message}")
         if outcome.outcome is Outcome.FAILED:
             worst = 1
+    if ns.json:
+        print(json.dumps({"disks": rows}, sort_keys=True))
     return worst
 
 
@@ -140,6 +149,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
 
     paths, deadline, qmp_timeout = _cli_setup(ns)
     drift = 0
+    rows: list[dict[str, Any]] = []
     for name, _pid in node.running_instances(paths):
         try:
             disks = node.runtime_disks(paths, name)
@@ -147,10 +157,18 @@ def cmd_check(ns: argparse.Namespace) -> int:
                 for disk in disks:
                     outcome = _check_disk(qmp, name, disk, paths)
                     drift |= outcome.outcome is not Outcome.NOCHANGE
-                    print(f"{name}: {outcome.message}")
+                    rows.append({"instance": name, "disk": disk.index,
+                                 "ok": outcome.outcome is Outcome.NOCHANGE,
+                                 "message": outcome.message})
         except (QmpUnavailable, QmpBusy, QmpError, ActionError) as err:
-            print(f"{name}: cannot check: {err}")
+            rows.append({"instance": name, "disk": None, "ok": False,
+                         "message": f"cannot check: {err}"})
             drift = 1
+    if ns.json:
+        print(json.dumps({"disks": rows}, sort_keys=True))
+    else:
+        for row in rows:
+            print(f"{row['instance']}: {row['message']}")
     return 1 if drift else 0
 
 

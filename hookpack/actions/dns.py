@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,7 @@ def _reconcile(plan: Plan, zone: str, name: str, rtype: str, current: RRset | No
 def add_cli(subparsers: Any) -> None:
     dns = subparsers.add_parser("dns", help="PowerDNS sync").add_subparsers(metavar="ACTION")
     p = dns.add_parser("check", help="check the API key, the API and the configured zones")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
     p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
                    "/etc/hookpack/hookpack.toml)")
     p.set_defaults(handler=cmd_check)
@@ -261,16 +263,20 @@ def cmd_check(ns: argparse.Namespace) -> int:
     client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
     if not settings["forward_zones"] and not settings["reverse_zones"]:
         raise ActionError("dns: no forward_zones or reverse_zones configured")
-    bad = 0
+    zones: list[dict[str, Any]] = []
     for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
         try:
             client.rrsets(fqdn(zone), fqdn(zone))
         except PowerDnsError as err:
-            print(f"zone {fqdn(zone)}: {err}")
-            bad += 1
+            zones.append({"zone": fqdn(zone), "ok": False, "error": str(err)})
         else:
-            print(f"zone {fqdn(zone)}: ok")
-    return 1 if bad else 0
+            zones.append({"zone": fqdn(zone), "ok": True, "error": None})
+    if getattr(ns, "json", False):
+        print(json.dumps({"zones": zones}, sort_keys=True))
+    else:
+        for z in zones:
+            print(f"zone {z['zone']}: {z['error'] or 'ok'}")
+    return 0 if all(z["ok"] for z in zones) else 1
 
 
 # --- hookpack doctor ---------------------------------------------------------------------

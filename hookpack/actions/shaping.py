@@ -139,12 +139,14 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
 
 
 def add_cli(sub: Any) -> None:
+    from hookpack.confirm import add_yes_arg
+
     p = sub.add_parser("shaping", help="per-VM traffic shaping (show, plan, apply, clear)")
     actions = p.add_subparsers(metavar="ACTION")
     for verb, helptext in (("show", "what hookpack has in the kernel, per tap"),
                            ("plan", "what apply would change (writes nothing)"),
                            ("apply", "bring the kernel in step (INSTANCE, or --all)"),
-                           ("clear", "remove hookpack's shaping (INSTANCE, or all)"),
+                           ("clear", "remove hookpack's shaping (INSTANCE, or --all)"),
                            ("doctor", "kernel and firewall facts shaping depends on")):
         q = actions.add_parser(verb, help=helptext)
         q.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
@@ -152,8 +154,10 @@ def add_cli(sub: Any) -> None:
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if verb in ("plan", "apply", "clear", "show"):
             q.add_argument("instance", nargs="?", help="one instance (default: all)")
-        if verb in ("plan", "apply"):
+        if verb in ("plan", "apply", "clear"):
             q.add_argument("--all", action="store_true", help="every instance on this node")
+        if verb == "clear":
+            add_yes_arg(q)
         if verb == "doctor":
             q.add_argument("--refresh", action="store_true", help="probe the kernel again")
         q.set_defaults(handler=_cli, verb=verb)
@@ -171,8 +175,13 @@ def _cli(ns: argparse.Namespace) -> int:
     settings, paths, enabled = _load(ns)
     if ns.verb == "doctor":
         return _doctor(ns, settings, paths)
-    if ns.verb in ("plan", "apply") and bool(ns.all) == bool(ns.instance):
+    if ns.verb in ("plan", "apply", "clear") and bool(ns.all) == bool(ns.instance):
         raise BadInput(f"shaping {ns.verb}: name one INSTANCE or --all")
+    if ns.verb == "clear" and ns.all:
+        from hookpack.confirm import confirm
+
+        confirm("shaping clear --all: remove hookpack's shaping of every instance on this "
+                "node", ns.yes)
     if ns.verb == "apply" and not enabled:
         print("shaping: disabled in the configuration ([shaping] enabled = false); "
               "nothing done")
@@ -376,13 +385,15 @@ def metrics(cfg: Any, paths: Paths) -> list[Any]:
     settings = cfg.section("shaping", SETTINGS)
     views = sstatus.observe(settings, paths.kvm_dir, paths.state_dir, None)
     samples: list[Sample] = []
+    # Per tap only: each tap's counters reset on their own (a tap is recreated on
+    # migrate/reboot), so per-instance sums belong in PromQL (sum by ganeti_instance of
+    # rate()). `ganeti_instance`, not `instance`: Prometheus sets that label itself.
     for name, taps in sorted(views.items()):
-        totals: dict[tuple[str, str], int] = {}
         for tv in taps:
             for cv in tv.classes:
                 if cv.counters is None:
                     continue
-                labels = {"instance": name, "nic": str(tv.nic), "tap": tv.tap,
+                labels = {"ganeti_instance": name, "nic": str(tv.nic), "tap": tv.tap,
                           "direction": cv.direction}
                 for field, value in (("bytes", cv.counters.bytes),
                                      ("packets", cv.counters.packets),
@@ -390,16 +401,9 @@ def metrics(cfg: Any, paths: Paths) -> list[Any]:
                                      ("overlimits", cv.counters.overlimits)):
                     samples.append(Sample(f"hookpack_shaping_tap_{field}_total", value, labels,
                                           _TAP_HELP[field], "counter"))
-                    key = (cv.direction, field)
-                    totals[key] = totals.get(key, 0) + value
                 samples.append(Sample("hookpack_shaping_tap_rate_bytes_per_second",
                                       cv.rate or 0, labels,
                                       "Rate (= ceil) of the tap's HTB class in the kernel."))
-        for (direction, field), value in sorted(totals.items()):
-            if field in ("bytes", "drops"):
-                samples.append(Sample(f"hookpack_shaping_{field}_total", value,
-                                      {"instance": name, "direction": direction},
-                                      _INSTANCE_HELP[field], "counter"))
     return samples
 
 
@@ -409,8 +413,4 @@ _TAP_HELP = {
     "packets": "Packets sent through the tap's HTB class.",
     "drops": "Packets the tap's HTB class dropped.",
     "overlimits": "Times the tap's HTB class was over its rate (packets delayed).",
-}
-_INSTANCE_HELP = {
-    "bytes": "Bytes sent through the HTB classes of the instance's taps, per direction.",
-    "drops": "Packets dropped by the HTB classes of the instance's taps, per direction.",
 }

@@ -44,7 +44,7 @@ def lab(ganeti_lab):
     yield ganeti_lab
     ganeti_lab.gnt("gnt-instance", "remove", "-f", "--shutdown-timeout=0", INST, check=False)
     for node in (N1, N2):
-        ganeti_lab.run_on(node, [HOOKPACK, "shaping", "clear"])
+        ganeti_lab.run_on(node, [HOOKPACK, "shaping", "clear", "--all", "--yes"])
         cfg = ganeti_lab.node_file(node, "/etc/hookpack/hookpack.toml")
         cfg.write_text(cfg.read_text().replace(SHAPING, ""))
 
@@ -110,7 +110,7 @@ def test_migrate_target_shaped_source_clean(lab):
 def test_clear_and_boot_apply_restore_everything(lab):
     before_classes, before_rules = _classes(lab, N1), _rules(lab, N1)
     assert "20Mbit" in before_classes.values() and f"hookpack:{INST}" in before_rules
-    lab.run_on(N1, [HOOKPACK, "shaping", "clear"], check=True)
+    lab.run_on(N1, [HOOKPACK, "shaping", "clear", "--all", "--yes"], check=True)
     assert f"hookpack:{INST}" not in _rules(lab, N1) and _classes(lab, N1) == {}
     out = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout
     assert "change(s)" in out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from vmtestbed.hostguest import DEFAULT_MODULES, module_load_order
+from vmtestbed.kernel import stock_kernel
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -15,9 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_module_load_order_puts_dependencies_first():
-    mods = Path("/lib/modules")
-    version = next(p.name for p in sorted(mods.iterdir()) if p.name.endswith("-cloud-amd64"))
-    order = module_load_order(mods / version, ["virtiofs", "br_netfilter"])
+    order = module_load_order(stock_kernel().modules_dir, ["virtiofs", "br_netfilter"])
     names = [Path(m).name for m in order]
     assert names.index("fuse.ko") < names.index("virtiofs.ko")
     assert names.index("virtio.ko") < names.index("virtiofs.ko")
@@ -29,11 +28,18 @@ def test_guest_runs_host_userspace_on_stock_kernel(run_in_host_guest):
     """One boot: kernel and modules, host Python + venv, read-only host, exit status."""
     nonce = secrets.token_hex(4)
     probe = Path("/var/tmp") / f"hpt-hostguest-{nonce}"
-    script = REPO / "vm-testbed" / ".cache" / f"hpt-hostguest-{nonce}.py"
-    script.parent.mkdir(parents=True, exist_ok=True)
+    # The command runs from a directory under /tmp (as from a checkout cloned there):
+    # the guest's fresh /tmp keeps it, and only it.
+    workdir = Path("/tmp") / f"hpt-hostguest-{nonce}"
+    other = Path("/tmp") / f"hpt-hostguest-other-{nonce}"
+    workdir.mkdir()
+    other.write_text("host only")
+    script = workdir / "probe.py"
     script.write_text(
         "import os, platform, subprocess, sys\n"
         "print('KERNEL', platform.release())\n"
+        "print('CWD', os.getcwd())\n"
+        f"print('OTHER', os.path.exists({str(other)!r}))\n"
         "print('PREFIX', sys.prefix)\n"
         "import hookpack, vmtestbed\n"
         "print('IMPORTS ok')\n"
@@ -45,15 +51,20 @@ def test_guest_runs_host_userspace_on_stock_kernel(run_in_host_guest):
     )
     try:
         run = run_in_host_guest(
-            [sys.executable, str(script)], cwd=REPO,
+            [sys.executable, "probe.py"], cwd=workdir,
             env={"PYTHONPATH": f"{REPO}:{REPO / 'vm-testbed'}"}, timeout=600)
     finally:
         script.unlink(missing_ok=True)
+        workdir.rmdir()
+        other.unlink()
     print(f"hostguest: boot-to-command {run.boot_to_command:.1f}s guest uptime, "
           f"{run.host_to_command:.1f}s host wall; whole run {run.total:.1f}s")
     assert run.rc == 7, run.console[-3000:]
     lines = dict(line.split(" ", 1) for line in run.output.splitlines() if " " in line)
     assert lines.get("KERNEL", "").endswith("-cloud-amd64"), run.output
+    assert lines["KERNEL"] == stock_kernel().version  # the unpacked .deb, not /boot
+    assert lines.get("CWD") == str(workdir), run.output
+    assert lines.get("OTHER") == "False", run.output  # the rest of /tmp is a fresh tmpfs
     assert lines.get("PREFIX") == sys.prefix, run.output
     assert lines.get("IMPORTS") == "ok", run.output
     loaded = lines.get("MODULES", "").split()

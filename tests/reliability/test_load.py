@@ -149,7 +149,7 @@ def test_16_concurrent_hooks_converge_exactly_beside_a_foreign_writer(
         burst_state = node.check_shaping(probe)
         pins = node.check_pinning()
         # ... and the same as a full reconcile from scratch computes for this set
-        for verb in (["shaping", "clear"], ["shaping", "apply", "--all"]):
+        for verb in (["shaping", "clear", "--all", "--yes"], ["shaping", "apply", "--all"]):
             done = node.cli(*verb)
             assert done.returncode == 0, done.stderr
         again = node.probe()

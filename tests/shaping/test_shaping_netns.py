@@ -144,7 +144,7 @@ def test_foreign_qdiscs_and_rules_survive(shaper):
         "-A OTHER -j RETURN\nCOMMIT\n"))
     s.node.nic("a.example.test", 0, "tap0")
     s.cli("apply", "--all")
-    s.cli("clear")
+    s.cli("clear", "--all", "--yes")
     save = s.node.iptables_save()
     assert "-A PREROUTING -j OTHER" in save and "-A OTHER -j RETURN" in save
     assert "--comment admin" in save and "HOOKPACK" not in save
@@ -251,7 +251,7 @@ def test_hook_tags_lower_the_rate_and_are_capped(shaper):
     assert s.classes()["4850:10"]["rate"] == 50_000_000 // 8
     assert "capped" in err
     # the last known tags are persisted: a reconcile with no hook environment keeps them
-    s.cli("clear")
+    s.cli("clear", "--all", "--yes")
     s.cli("apply", "--all")
     assert s.classes()["4850:10"]["rate"] == 50_000_000 // 8
     # a malformed tag is ignored (default rate), never an error
@@ -294,7 +294,7 @@ def test_clear_then_boot_apply_restores_everything(shaper):
     s.node.nic("b.example.test", 0, "tap1")
     s.cli("apply", "--all")
     classes, rules = s.classes(), s.rules()
-    out = s.cli("clear")
+    out = s.cli("clear", "--all", "--yes")
     assert not out["failures"] and s.rules() == []
     assert s.node.tc_json("qdisc", "show", "dev", "up0")[0]["kind"] == "noqueue"
     s.cli("apply", "--all")

@@ -48,7 +48,7 @@ def test_what_the_units_run():
     shaping = render("hookpack-shaping.service", venv)
     assert "\nType=oneshot\n" in shaping and "After=network-online.target" in shaping
     assert "ExecStart=/opt/hookpack/venv/bin/hookpack shaping apply --all" in shaping
-    assert "ExecStop=/opt/hookpack/venv/bin/hookpack shaping clear" in shaping
+    assert "ExecStop=/opt/hookpack/venv/bin/hookpack shaping clear --all --yes" in shaping
     flush = render("hookpack-outbox-flush.service", venv)
     assert "ExecStart=/opt/hookpack/venv/bin/hookpack outbox flush" in flush
     timer = render("hookpack-outbox-flush.timer", venv)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmtestbed import host, leaks
+from vmtestbed import host, leaks, rootfs_cli
 from vmtestbed.disks import DiskSpec, FileDisk, LoopDisk
 from vmtestbed.errors import TestbedError
 from vmtestbed.ganeti import cli as ganeti_cli
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="tear testbeds down")
     down.add_argument("name", nargs="?", help="default: all of them")
     sub.add_parser("build", help="build the guest image and print its paths")
+    rootfs_cli.build_parser(
+        sub.add_parser("rootfs", help="Debian root filesystems (mmdebstrap), cached"))
     gc = sub.add_parser("gc", help="remove what killed test runs left behind")
     gc.add_argument("--dry-run", action="store_true")
     gc.add_argument("--owner", type=int, help="only what this (dead) pid left behind")
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.command == "ganeti":
         return ganeti_cli.run(args)
+    if args.command == "rootfs":
+        return rootfs_cli.run(args)
     try:
         if args.command == "up":
             return cmd_up(args)

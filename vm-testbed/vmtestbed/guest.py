@@ -1,7 +1,8 @@
 """Guest image: the Debian cloud kernel plus a busybox initramfs, built once and cached.
 
-The initramfs is assembled from files of the host's Debian packages
-(``linux-image-cloud-amd64``, ``busybox-static``, ``iperf3``), so nothing is
+The initramfs is assembled from files of Debian packages (the kernel and its modules
+unpacked from ``linux-image-cloud-amd64``'s .deb into the testbed cache by
+:mod:`vmtestbed.kernel`, not installed; the host's ``busybox-static``, ``iperf3``), so nothing is
 downloaded. Its ``/init`` (busybox sh, PID 1):
 
 1. mounts proc, sysfs, devtmpfs;
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmtestbed import paths
+from vmtestbed.kernel import stock_kernel
 
 # Bump when the layout of the image changes in a way the input hash does not see.
 _BUILD_VERSION = "1"
@@ -163,7 +165,7 @@ class GuestImage:
 
     kernel: Path
     initrd: Path
-    modules_dir: Path  # the matching /lib/modules/<version> on the host
+    modules_dir: Path  # the matching lib/modules/<version> (unpacked in the testbed cache)
     kernel_version: str
 
     @property
@@ -175,21 +177,10 @@ class GuestBuildError(RuntimeError):
     """The guest image could not be built (a Debian package is missing, ...)."""
 
 
-def find_kernel_version(boot: Path = Path("/boot")) -> str:
-    """The newest installed Debian cloud kernel (``linux-image-cloud-amd64``)."""
-    versions = sorted(
-        (p.name.removeprefix("vmlinuz-") for p in boot.glob("vmlinuz-*-cloud-amd64")),
-        key=_version_key,
-    )
-    if not versions:
-        raise GuestBuildError(
-            f"no cloud kernel in {boot}: install linux-image-cloud-amd64 (scripts/setup does)"
-        )
-    return versions[-1]
-
-
-def _version_key(version: str) -> list[int]:
-    return [int(x) for x in re.findall(r"\d+", version)]
+def find_kernel_version() -> str:
+    """The version of the guests' kernel: Debian's cloud kernel, unpacked from its .deb
+    into the testbed cache (:mod:`vmtestbed.kernel`), never installed on the host."""
+    return stock_kernel().version
 
 
 def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
@@ -201,9 +192,10 @@ def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
     into place atomically.
     """
     cache = (cache_dir or paths.cache_dir()) / "guest"
-    version = find_kernel_version()
-    modules_dir = Path("/lib/modules") / version
-    kernel_src = Path("/boot") / f"vmlinuz-{version}"
+    kernel = stock_kernel()
+    version = kernel.version
+    modules_dir = kernel.modules_dir
+    kernel_src = kernel.vmlinuz
     busybox = _which("busybox", "busybox-static")
     files = _collect_files(modules_dir, busybox)
     key = _cache_key(kernel_src, files)
@@ -251,7 +243,9 @@ def _collect_files(modules_dir: Path, busybox: Path) -> dict[str, Path]:
     for rel in rel_modules:
         src = modules_dir / rel
         if not src.exists():
-            raise GuestBuildError(f"kernel module {src} missing: reinstall linux-image-cloud-amd64")
+            unpacked = modules_dir.parent.parent.parent
+            raise GuestBuildError(f"kernel module {src} missing: remove {unpacked} to unpack "
+                                  "the kernel again")
         files[f"{mod_root}/{rel}"] = src
     for name in ("modules.dep", "modules.alias", "modules.builtin", "modules.order"):
         files[f"{mod_root}/{name}"] = modules_dir / name

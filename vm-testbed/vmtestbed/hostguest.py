@@ -29,10 +29,16 @@ console (a file), between markers:
 ``HPG-EXIT rc=<n>``        the command's exit status
 ``HPG-ERROR <what>``       a boot step failed
 
+Stage 2 mounts a fresh tmpfs on ``/tmp``; directories under ``/tmp`` the job needs
+(its ``cwd`` -- e.g. a checkout cloned under /tmp -- the job directory, this
+checkout) are moved through it, so a run from ``/tmp/<clone>`` finds its files.
+
 The job files (stage 2 script) live in a directory under the testbed cache,
 which is on the host's root filesystem and so visible in the guest at the same
 path. Modules the guest needs beyond the initramfs are loaded with the host's
-``modprobe`` from the host's ``/lib/modules/<guest kernel>``.
+``modprobe -d <kernel root>`` from the guest kernel's modules: the kernel package
+unpacked in the testbed cache (:mod:`vmtestbed.kernel`; the host does not have that
+kernel installed), also visible in the guest at the same path.
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ from pathlib import Path
 
 from vmtestbed import host, paths
 from vmtestbed.errors import GuestKernelLockup, TestbedError
-from vmtestbed.guest import _which, _write_cpio, _write_exec, find_kernel_version
+from vmtestbed.guest import _which, _write_cpio, _write_exec
+from vmtestbed.kernel import stock_kernel
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 QEMU = "qemu-system-x86_64"
@@ -117,7 +124,16 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
+# A fresh /tmp, with the directories under /tmp the job needs moved through it.
+i=0
+for p in {keep_tmp}; do
+    i=$((i + 1)); mkdir -p /run/hpg-keep/$i; mount --bind "$p" /run/hpg-keep/$i
+done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+i=0
+for p in {keep_tmp}; do
+    i=$((i + 1)); mkdir -p "$p"; mount --move /run/hpg-keep/$i "$p" || echo "HPG-ERROR keep $p"
+done
 mkdir -p /run/netns /run/lock
 # A soft lockup panics (-> QEMU exits, -no-reboot) with the stuck task's stack on the
 # console, instead of the run hanging until the host-side timeout.
@@ -125,7 +141,7 @@ echo 1 > /proc/sys/kernel/softlockup_panic
 exec </dev/null >/dev/ttyS0 2>&1
 off() {{ sync; echo o > /proc/sysrq-trigger; sleep 10; }}
 for m in {modules}; do
-    modprobe "$m" || echo "HPG-ERROR modprobe $m"
+    modprobe -d {modules_root} "$m" || echo "HPG-ERROR modprobe $m"
 done
 hostname hpguest
 ip link set lo up
@@ -142,6 +158,7 @@ class HostGuestImage:
     kernel: Path
     initrd: Path
     kernel_version: str
+    modules_root: Path = Path("/")  # lib/modules/<kernel_version> is below it
 
 
 @dataclass
@@ -189,9 +206,10 @@ def module_load_order(modules_dir: Path, names: Sequence[str]) -> list[str]:
 def build_image(cache_dir: Path | None = None) -> HostGuestImage:
     """The stage-1 initramfs (busybox + virtio/virtiofs/overlay modules), cached."""
     cache = (cache_dir or paths.cache_dir()) / "hostguest"
-    version = find_kernel_version()
-    modules_dir = Path("/lib/modules") / version
-    kernel = Path("/boot") / f"vmlinuz-{version}"
+    stock = stock_kernel()
+    version = stock.version
+    modules_dir = stock.modules_dir
+    kernel = stock.vmlinuz
     busybox = _which("busybox", "busybox-static")
     mods = module_load_order(modules_dir, INITRAMFS_MODULES)
     h = hashlib.sha256(f"{_BUILD_VERSION}\n{STAGE1}\n{mods}".encode())
@@ -199,7 +217,8 @@ def build_image(cache_dir: Path | None = None) -> HostGuestImage:
         st = src.stat()
         h.update(f"{src}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     out = cache / h.hexdigest()[:16]
-    image = HostGuestImage(kernel=kernel, initrd=out / "initrd.img", kernel_version=version)
+    image = HostGuestImage(kernel=kernel, initrd=out / "initrd.img", kernel_version=version,
+                           modules_root=stock.root)
     if image.initrd.exists():
         return image
     cache.mkdir(parents=True, exist_ok=True)
@@ -262,6 +281,9 @@ def run_in_guest(
         env_args = [shlex.quote(f"{k}={v}") for k, v in (env or {}).items()]
         _write_exec(stage2, STAGE2.format(
             modules=" ".join(shlex.quote(m) for m in modules),
+            modules_root=shlex.quote(str(image.modules_root)),
+            keep_tmp=" ".join(shlex.quote(p) for p in kept_under_tmp(
+                [Path(cwd), job, paths.TESTBED_DIR.parent])),
             cwd=shlex.quote(str(cwd)),
             env=" ".join(env_args),
             argv=" ".join(shlex.quote(a) for a in argv),
@@ -336,6 +358,17 @@ def run_in_guest(
             with contextlib.suppress(OSError, TestbedError):
                 host.kill_owned(pid, timeout=5)
         shutil.rmtree(job, ignore_errors=True)
+
+
+def kept_under_tmp(dirs: Sequence[Path]) -> list[str]:
+    """The top directories under /tmp (``/tmp/<name>``) that hold ``dirs``: stage 2 keeps
+    them visible through its fresh /tmp tmpfs."""
+    keep = set()
+    for d in dirs:
+        parts = Path(os.path.realpath(d)).parts
+        if len(parts) > 2 and parts[:2] == ("/", "tmp"):
+            keep.add(str(Path(*parts[:3])))
+    return sorted(keep)
 
 
 def _wait_socket(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:

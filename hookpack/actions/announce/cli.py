@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from hookpack.confirm import add_yes_arg, confirm
 from hookpack.errors import BadInput
 
 
@@ -21,6 +22,7 @@ def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     p.set_defaults(handler=cmd_list)
     p = outbox.add_parser("flush", help="deliver what is due (run by the systemd timer)")
     p.add_argument("--force", action="store_true", help="also what is not due yet")
+    _json(p)
     _config(p)
     p.set_defaults(handler=cmd_flush)
     p = outbox.add_parser("retry", help="deliver these events now, whatever their backoff")
@@ -28,6 +30,7 @@ def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     p.set_defaults(handler=cmd_retry)
     p = outbox.add_parser("drop", help="discard these events (they will never be sent)")
     _ids(p)
+    add_yes_arg(p)
     p.set_defaults(handler=cmd_drop)
 
 
@@ -39,7 +42,12 @@ def _config(p: argparse.ArgumentParser) -> None:
 def _ids(p: argparse.ArgumentParser) -> None:
     p.add_argument("ids", nargs="*", metavar="ID", help="event ids from `hookpack outbox list`")
     p.add_argument("--all", action="store_true", help="every queued event")
+    _json(p)
     _config(p)
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
 
 
 def _setup(ns: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
@@ -112,19 +120,26 @@ def cmd_flush(ns: argparse.Namespace, only: set[str] | None = None, force: bool 
     from hookpack.actions.announce.events import Starts
 
     outbox, settings, secrets, paths = _setup(ns)
-    for name in outbox.clean_tmp():
-        print(f"removed leftover temporary file {name}")
-    for name in Starts(paths.state_dir).expire(settings["start_max_age"]):
-        print(f"removed stale start record {name} (a migration that did not finish)")
+    cleaned = [f"removed leftover temporary file {name}" for name in outbox.clean_tmp()]
+    cleaned += [f"removed stale start record {name} (a migration that did not finish)"
+                for name in Starts(paths.state_dir).expire(settings["start_max_age"])]
+    if not ns.json:
+        for line in cleaned:
+            print(line)
     report = flush(outbox, settings, secrets, timeout=settings["flush_timeout"], only=only,
                    force=force or getattr(ns, "force", False))
+    pending = outbox.count()
+    if ns.json:
+        print(json.dumps({"delivered": list(report.delivered), "failed": list(report.failed),
+                          "busy": list(report.busy), "deferred": report.deferred,
+                          "pending": pending, "cleaned": cleaned}, sort_keys=True))
+        return 1 if report.failed else 0
     for line in report.delivered:
         print(f"delivered {line}")
     for line in report.failed:
         print(f"failed    {line}")
     for event in report.busy:
         print(f"busy      {event} (another hookpack run is delivering it)")
-    pending = outbox.count()
     print(f"outbox: {len(report.delivered)} delivered, {len(report.failed)} failed, "
           f"{report.deferred} deferred, {pending} event{'s' if pending != 1 else ''} pending")
     return 1 if report.failed else 0
@@ -137,14 +152,25 @@ def cmd_retry(ns: argparse.Namespace) -> int:
 
 def cmd_drop(ns: argparse.Namespace) -> int:
     outbox, _, _, _ = _setup(ns)
-    dropped = 0
-    for event in sorted(_selected(ns, outbox)):
+    selected = sorted(_selected(ns, outbox))
+    if ns.all:
+        confirm(f"outbox drop --all: discard {len(selected)} queued event(s); they will "
+                "never be sent", ns.yes)
+    dropped, busy = [], []
+    for event in selected:
         with outbox.claim(event) as held:
             if held is None:
-                print(f"busy      {event} (being delivered; try again)", file=sys.stderr)
+                busy.append(event)
+                if not ns.json:
+                    print(f"busy      {event} (being delivered; try again)", file=sys.stderr)
                 continue
             held.remove()
-            dropped += 1
-            print(f"dropped   {event}")
-    print(f"outbox: {dropped} dropped, {outbox.count()} pending")
+            dropped.append(event)
+            if not ns.json:
+                print(f"dropped   {event}")
+    if ns.json:
+        print(json.dumps({"dropped": dropped, "busy": busy, "pending": outbox.count()},
+                         sort_keys=True))
+    else:
+        print(f"outbox: {len(dropped)} dropped, {outbox.count()} pending")
     return 0

@@ -22,7 +22,8 @@ PACKAGES = (
     "qemu-utils",
     "socat",
     "busybox-static",
-    "linux-image-cloud-amd64",
+    # no linux-image-cloud-amd64: the guests' kernel is unpacked from its .deb into the
+    # testbed cache (vmtestbed.kernel), so the host's boot kernel stays as it is
 )
 
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
