@@ -368,5 +368,7 @@ def status(cfg: Any, paths: Paths, instance_names: list[str]) -> dict[str, Any]:
         data = view.to_json()
         data.pop("error")
         lines = ([view.note] if view.note else []) + [pstatus.describe(v) for v in view.vcpus]
+        if view.memory:
+            lines.append(view.memory_line())
         out[name] = Part(data, lines, error=view.error)
     return out

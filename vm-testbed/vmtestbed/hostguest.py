@@ -241,13 +241,16 @@ def run_in_guest(
     keep_dir: Path | None = None,
     numa_nodes: int = 1,
     numa_distance: int = 20,
+    kernel_args: str = "",
 ) -> GuestRun:
     """Boot the stock-kernel guest, run ``argv`` in the host's userspace, power off.
 
     Returns the exit status and output; raises :class:`TestbedError` when the
     guest does not get to run the command, or does not finish within ``timeout``.
     virtiofsd and QEMU are killed by pid whatever happens. ``keep_dir``: copy the
-    console log there (for reports).
+    console log there (for reports). ``numa_nodes`` > 1: the guest gets that many NUMA
+    nodes, ``vcpus`` and ``memory_mib`` split evenly over them (see :func:`numa_args`).
+    ``kernel_args``: more guest kernel command line (e.g. ``isolcpus=7``).
     """
     image = image or build_image()
     jobs = paths.cache_dir() / "hostguest-jobs"
@@ -287,7 +290,8 @@ def run_in_guest(
             "-chardev", f"socket,id=vfs,path={sock}",
             "-device", f"vhost-user-fs-pci,chardev=vfs,tag={TAG}",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 hpg.job={stage2}",
+            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 hpg.job={stage2}"
+                       + (f" {kernel_args}" if kernel_args else ""),
             "-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
             "-serial", f"file:{console}", "-nic", "none",
         ]
