@@ -172,8 +172,10 @@ def _memory_lines(outcome: Outcome) -> tuple[str, list[str], list[str]]:
     if moved.error:
         failures.append(f"memory move to node {moved.node}: {moved.error}")
     elif moved.cut_short:
-        failures.append(f"memory move cut short by the deadline, {mib(moved.left)} still on "
-                        f"other nodes: run `hookpack pinning apply {name}`")
+        where += (f" ({mib(moved.left)} still on other nodes at the deadline: the move "
+                  f"goes on in the background, pid {moved.background})")
+        changes.append(f"{name} memory: moving to NUMA node {moved.node} in the background "
+                       f"(pid {moved.background})")
     elif moved.share < LOCAL_MIN:
         failures.append(f"only {moved.share:.0%} of its memory is on node {moved.node} "
                         f"after the move ({describe_usage(moved.after)})"

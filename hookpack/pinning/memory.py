@@ -1,17 +1,20 @@
 """Where a QEMU process's memory is, per NUMA node, and moving it to one node.
 
 Reading: ``<proc>/<pid>/numa_maps`` lists every mapping with ``N<node>=<pages>`` and
-``kernelpagesize_kB=<k>`` (proc(5), Documentation/filesystems/proc.rst); the sum over
-mappings is the process's resident memory per node (what ``numastat -p`` prints).
+``kernelpagesize_kB=<k>`` (proc(5), Documentation/filesystems/proc.rst). The instance's
+memory is its anonymous and shared mappings (guest RAM: anonymous, memfd, hugetlbfs;
+heap, stacks); private file mappings (the QEMU binary and its libraries, page cache
+shared with every process that runs them) are counted apart as ``images``.
 
-Moving: ``move_pages(2)`` on the process, mapping by mapping, in batches, with
-``MPOL_MF_MOVE_ALL`` (needs CAP_SYS_NICE; pages also mapped by other processes move
-too, as with ``migratepages``/``migrate_pages(2)`` run as root and libvirt's
-``cpuset.mems``). Batches keep the run time bounded: when the deadline comes first,
-what is left is reported and the next run continues (the move is a reconcile: only
-mappings with pages off the target node are touched). ``migrate_pages(2)`` would be
-one call for the whole process, but one call cannot be bounded: a 64 GiB guest takes
-tens of seconds (bench/numa_move.py measures both).
+Moving: ``migrate_pages(2)`` for the whole process, from every other node to the
+target node, with MPOL_MF_MOVE_ALL semantics (as root: pages also mapped by other
+processes move too, as with numactl's ``migratepages`` and libvirt's ``cpuset.mems``).
+One call moves everything and cannot be interrupted, so it runs in a forked child: the
+hook waits for it until its deadline and then returns, while the child finishes the
+move in the background (the next run finds the memory in place). ``move_pages(2)`` in
+batches would be interruptible, but on the Debian 6.1 test kernel it reported every
+page of QEMU's RAM as absent (ENOENT, or EFAULT with THP) while numa_maps showed them
+resident: not used.
 
 Future allocations are not bound here: the kernel has no call that sets another
 process's memory policy (set_mempolicy(2)/mbind(2) act on the caller). They follow
@@ -23,25 +26,22 @@ because its node is full). See docs/actions/pinning.md.
 Hugepages: hugetlbfs pages (Ganeti ``mem_path``) move only into free huge pages of the
 same size in the target node's pool (``node<N>/hugepages/hugepages-<k>kB/free_hugepages``);
 without them they stay where they are, and the result says so. Transparent huge pages
-move whole.
+move whole (or split when the node has no free 2 MiB block).
 """
 
 from __future__ import annotations
 
-import array
 import ctypes
 import errno
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SYS_MOVE_PAGES = 279  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
-MPOL_MF_MOVE_ALL = 1 << 2
-LOCAL_MIN = 0.95  # share of resident memory that must end on the target node
-BATCH_BYTES = 64 << 20  # one move_pages call covers at most this much address space
+SYS_MIGRATE_PAGES = 256  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
+LOCAL_MIN = 0.95  # share of the instance's memory that must end on the target node
 _NODE_FIELD = re.compile(r"^N(\d+)=(\d+)$")
 
 
@@ -52,6 +52,7 @@ class Vma:
     page_kib: int  # kernelpagesize_kB
     pages: dict[int, int]  # node -> resident pages of page_kib
     huge: bool  # hugetlbfs
+    image: bool = False  # a private file mapping: program or library image
 
     def bytes_on(self, node: int) -> int:
         return self.pages.get(node, 0) * self.page_kib * 1024
@@ -67,12 +68,13 @@ def read_maps(proc_root: Path, pid: int) -> list[Vma]:
         maps = (proc_root / str(pid) / "maps").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return []
-    ends: dict[int, int] = {}
+    ends: dict[int, tuple[int, bool]] = {}
     for line in maps.splitlines():
-        span = line.split(" ", 1)[0]
-        low, _, high = span.partition("-")
+        parts = line.split()
+        low, _, high = parts[0].partition("-") if parts else ("", "", "")
+        image = len(parts) >= 6 and parts[1][3:4] == "p" and parts[5].startswith("/")
         try:
-            ends[int(low, 16)] = int(high, 16)
+            ends[int(low, 16)] = (int(high, 16), image)
         except ValueError:
             continue
     found = []
@@ -93,20 +95,26 @@ def read_maps(proc_root: Path, pid: int) -> list[Vma]:
             elif f.startswith("kernelpagesize_kB="):
                 page_kib = int(f.split("=", 1)[1])
         if pages and start in ends:
-            found.append(Vma(start, ends[start], page_kib, pages, "huge" in fields[2:]))
+            stop, image = ends[start]
+            huge = "huge" in fields[2:]
+            found.append(Vma(start, stop, page_kib, pages, huge, image and not huge))
     return found
 
 
-def per_node(maps: list[Vma]) -> dict[int, int]:
-    """Resident bytes per NUMA node."""
+def per_node(maps: list[Vma], images: bool = False) -> dict[int, int]:
+    """Resident bytes per NUMA node of the instance's own memory (``images``: of the
+    program and library images instead)."""
     total: dict[int, int] = {}
     for m in maps:
+        if m.image != images:
+            continue
         for node, pages in m.pages.items():
             total[node] = total.get(node, 0) + pages * m.page_kib * 1024
     return dict(sorted(total.items()))
 
 
 def node_usage(proc_root: Path, pid: int) -> dict[int, int]:
+    """Resident bytes per NUMA node of the process's own memory (no images)."""
     return per_node(read_maps(proc_root, pid))
 
 
@@ -118,13 +126,16 @@ def share_on(usage: dict[int, int], node: int) -> float:
 @dataclass
 class MoveResult:
     node: int
-    before: dict[int, int]  # bytes per node
+    before: dict[int, int]  # bytes per node (the instance's own memory)
     after: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
-    calls: int = 0
-    cut_short: bool = False  # the deadline came first
-    error: str | None = None  # move_pages failed as a whole (not per page)
+    background: int | None = None  # pid of the child still moving at the deadline
+    error: str | None = None  # migrate_pages failed as a whole (not per page)
     why: str = ""  # why memory stayed elsewhere (hugetlbfs pool), when it did
+
+    @property
+    def cut_short(self) -> bool:
+        return self.background is not None
 
     @property
     def moved(self) -> int:
@@ -139,21 +150,40 @@ class MoveResult:
         return share_on(self.after, self.node)
 
 
-class _Syscall:
-    """move_pages(2) through libc's syscall(2): glibc has no wrapper (libnuma does)."""
+def migrate_pages(pid: int, from_nodes: Iterable[int], to_node: int) -> int:
+    """migrate_pages(2) through libc's syscall(2) (glibc has no wrapper; libnuma does).
+    Returns the number of pages it could not move; raises OSError."""
+    nodes = sorted(set(from_nodes) | {to_node})
+    words = nodes[-1] // 64 + 1
+    old = (ctypes.c_ulong * words)()
+    new = (ctypes.c_ulong * words)()
+    for n in from_nodes:
+        old[n // 64] |= 1 << (n % 64)
+    new[to_node // 64] |= 1 << (to_node % 64)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(ctypes.c_long(SYS_MIGRATE_PAGES), ctypes.c_long(pid),
+                      ctypes.c_ulong(words * 64 + 1), old, new)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(rc)
 
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.fn = libc.syscall
-        self.fn.restype = ctypes.c_long
-        self.fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p,
-                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
 
-    def move(self, pid: int, addrs: array.array[int], nodes: array.array[int],
-             status: array.array[int]) -> int:
-        rc = self.fn(SYS_MOVE_PAGES, pid, len(addrs), addrs.buffer_info()[0],
-                     nodes.buffer_info()[0], status.buffer_info()[0], MPOL_MF_MOVE_ALL)
-        return 0 if rc >= 0 else ctypes.get_errno()
+def _child(pid: int, from_nodes: list[int], to_node: int) -> None:
+    """In the forked child: no inherited stdio (a hook's pipes must close), one call."""
+    code = 0
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, 65536)
+        migrate_pages(pid, from_nodes, to_node)
+    except OSError as err:
+        code = min(err.errno or 1, 250)
+    except BaseException:
+        code = 251
+    os._exit(code)
 
 
 def move_to_node(proc_root: Path, pid: int, node: int,
@@ -161,46 +191,49 @@ def move_to_node(proc_root: Path, pid: int, node: int,
                  sysfs_root: Path = Path("/sys")) -> MoveResult:
     """Move every resident page of ``pid`` that is not on ``node`` there.
 
-    Stops between batches when ``remaining()`` drops to 0 (``cut_short``). Pages the
-    kernel cannot move (no free huge page on the node, pinned for DMA, ...) stay and show
-    in ``after``. Per-page failures are not errors; a failing call (ESRCH, EPERM) is.
+    Waits for the move while ``remaining()`` is above 0; past that the child goes on
+    alone (``background``). Pages the kernel cannot move (no free huge page on the
+    node, pinned for DMA, ...) stay and show in ``after``.
     """
     maps = read_maps(proc_root, pid)
     result = MoveResult(node, per_node(maps))
-    todo = [m for m in maps if m.bytes_off(node)]
-    if not todo:
+    off = sorted({n for m in maps for n, c in m.pages.items() if c and n != node})
+    if not any(m.bytes_off(node) for m in maps if not m.image):
         result.after = result.before
         return result
-    sys = _Syscall()
     start = time.monotonic()
-    for m in todo:
-        step = m.page_kib * 1024
-        per_call = max(1, BATCH_BYTES // step)
-        addr = m.start
-        while addr < m.end:
-            if remaining() <= 0:
-                result.cut_short = True
-                break
-            stop = min(m.end, addr + per_call * step)
-            addrs = array.array("Q", range(addr, stop, step))
-            nodes = array.array("i", [node]) * len(addrs)
-            status = array.array("i", bytes(4 * len(addrs)))
-            err = sys.move(pid, addrs, nodes, status)
-            result.calls += 1
-            if err == errno.ESRCH:
-                result.error = "the process exited"
-                break
-            if err not in (0, errno.ENOENT, errno.EFAULT, errno.ENOMEM, errno.EBUSY):
-                result.error = f"move_pages: {os.strerror(err)}"
-                break
-            addr = stop
-        if result.cut_short or result.error:
-            break
+    child = os.fork()
+    if child == 0:
+        _child(pid, off, node)
+    status = _wait(child, remaining)
     result.seconds = time.monotonic() - start
+    if status is None:
+        result.background = child
+    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == errno.ESRCH:
+        result.error = "the process exited"
+    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 251:
+        result.error = "migrate_pages: the helper process failed"
+    elif os.WIFEXITED(status) and os.WEXITSTATUS(status):
+        result.error = f"migrate_pages: {os.strerror(os.WEXITSTATUS(status))}"
+    elif not os.WIFEXITED(status):
+        result.error = "migrate_pages: the helper process was killed"
     result.after = node_usage(proc_root, pid) or result.before
-    if result.share < LOCAL_MIN:
+    if not result.cut_short and result.share < LOCAL_MIN:
         result.why = why_left(proc_root, sysfs_root, pid, node)
     return result
+
+
+def _wait(child: int, remaining: Callable[[], float]) -> int | None:
+    """The child's wait status, or None when ``remaining()`` ran out first."""
+    pause = 0.002
+    while True:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            return status
+        if remaining() <= 0:
+            return None
+        time.sleep(pause)
+        pause = min(0.05, pause * 2)
 
 
 def free_huge_pages(sysfs_root: Path, node: int, page_kib: int) -> int | None:

@@ -7,7 +7,10 @@ Moving memory and the kernel narrowing masks need a multi-node kernel: inner/.
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -113,9 +116,12 @@ def test_numa_maps_per_node_and_why_hugepages_stay(tmp_path):
     (tmp_path / "proc/42/maps").write_text(MAPS)
     maps = pmemory.read_maps(tmp_path / "proc", 42)
     assert [m.end - m.start for m in maps] == [0x100000, 0x10000000, 0x1000000, 0x21000]
+    # the instance's own memory: anonymous and shared mappings; the QEMU binary apart
     usage = pmemory.per_node(maps)
-    assert usage == {0: (6 + 1000 + 3) * 4096, 1: (4 + 64536) * 4096 + 8 * (2 << 20)}
+    assert usage == {0: (1000 + 3) * 4096, 1: 64536 * 4096 + 8 * (2 << 20)}
+    assert pmemory.per_node(maps, images=True) == {0: 6 * 4096, 1: 4 * 4096}
     assert [m.huge for m in maps] == [False, False, True, False]
+    assert [m.image for m in maps] == [True, False, False, False]
     free = tmp_path / "sys/devices/system/node/node0/hugepages/hugepages-2048kB"
     free.mkdir(parents=True)
     (free / "free_hugepages").write_text("0\n")
@@ -190,3 +196,19 @@ def test_read_back_names_the_thread_and_why():
     finally:
         done.set()
         t.join()
+
+
+def test_migrate_pages_syscall_on_this_host():
+    """The real syscall: a no-op move on this one-node host, ESRCH for no process."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert pmemory.migrate_pages(child.pid, [0], 0) == 0
+        moved = pmemory.move_to_node(Path("/proc"), child.pid, 0)
+        assert moved.background is None and moved.error is None and moved.moved == 0
+        assert set(moved.after) == {0} and moved.share == 1.0
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(OSError) as err:
+        pmemory.migrate_pages(child.pid, [0], 0)
+    assert err.value.errno == errno.ESRCH
