@@ -139,7 +139,9 @@ class MoveResult:
 
     @property
     def moved(self) -> int:
-        return max(0, self.after.get(self.node, 0) - self.before.get(self.node, 0))
+        """Bytes that left the other nodes."""
+        off = sum(b for n, b in self.before.items() if n != self.node)
+        return max(0, off - self.left)
 
     @property
     def left(self) -> int:
