@@ -16,10 +16,12 @@ from pathlib import Path
 from hookpack.action import Paths
 from hookpack.actions.pinning import status as pinning_status
 from hookpack.config import load_config
+from hookpack.pinning.memory import describe_usage, node_usage
 from hookpack.result import Outcome
 from tests.pinning_numa.inner.numanode import allowed, qmp, rss_kib, share_on, threads, topology
 
 TOPO = topology()
+PROC = Path("/proc")
 NODES = sorted(TOPO.nodes)
 LAST = NODES[-1]
 CPUSET_NODE = NODES[1]  # never holds the isolated CPU of the 4-node run
@@ -47,6 +49,7 @@ def assert_on_node(inner, node: int, min_share: float = 0.95) -> None:
 
 def test_memory_follows_the_vcpus_after_start(node):
     inst = node.start("start1.example.test", on_node=LAST)
+    print(f"after start, before the hook: {describe_usage(node_usage(PROC, inst.pid))}")
     assert share_on(inst.pid, 0) < 0.5  # the test is real: it starts on the other node
     result = node.hook(inst.name)
     assert result.outcome is Outcome.CHANGED, result
@@ -80,6 +83,8 @@ def test_memory_follows_the_vcpus_after_an_incoming_migration(node, tmp_path):
         time.sleep(0.2)
     node.stop(source)
     before = share_on(target.pid, LAST)
+    print("after the incoming migration, before the hook: "
+          f"{describe_usage(node_usage(PROC, target.pid))}")
     assert rss_kib(target.pid) > 96 << 10 and before > 0.5, before  # written on LAST
     result = node.hook(target.name, hpath="instance-migrate")
     assert result.outcome is Outcome.CHANGED, result
