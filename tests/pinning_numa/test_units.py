@@ -212,3 +212,28 @@ def test_migrate_pages_syscall_on_this_host():
     with pytest.raises(OSError) as err:
         pmemory.migrate_pages(child.pid, [0], 0)
     assert err.value.errno == errno.ESRCH
+
+
+def test_doctor_numa_check_knows_isolated_cpus_and_the_cpu_sets(tmp_path):
+    from hookpack.action import Paths
+    from hookpack.config import load_config
+    from hookpack.doctor import numa_check
+
+    sysfs = tmp_path / "sys"
+    write_sysfs(sysfs, nodes=1, cores_per_node=4, threads=1)
+    (sysfs / "devices/system/cpu/isolated").write_text("3\n")
+
+    def check(pinning: str):
+        path = tmp_path / "hookpack.toml"
+        path.write_text(f'[paths]\nsysfs_root = "{sysfs}"\n\n[pinning]\nenabled = true\n'
+                        f"{pinning}\n")
+        path.chmod(0o600)
+        cfg = load_config(path, required=True)
+        return numa_check(cfg, Paths.from_config(cfg))
+
+    ok = check("")
+    assert ok.status == "pass" and "isolated (isolcpus) CPU(s) 3" in ok.message, ok
+    bad = check('dedicated_cpus = "2-5"')
+    assert bad.status == "warn" and "dedicated_cpus names CPU(s)" in bad.message, bad
+    bad = check('shared_cpus = "0-3"')
+    assert bad.status == "warn" and "shared_cpus names isolated CPU(s) [3]" in bad.message
