@@ -239,11 +239,13 @@ def _cli(ns: argparse.Namespace) -> int:
         if command == "apply":
             return 1 if _result(outcome).outcome.value == "failed" else 0
         return 0
-    return _rebalance(paths, policy, remaining, settings["lock_timeout"], ns.dry_run, ns.json)
+    return _rebalance(paths, policy, remaining, settings["lock_timeout"], ns.dry_run, ns.json,
+                      settings["memory"] == "move")
 
 
 def _rebalance(paths: Paths, policy: Policy, remaining: Callable[[], float],
-               lock_timeout: float, dry_run: bool, as_json: bool) -> int:
+               lock_timeout: float, dry_run: bool, as_json: bool,
+               move_memory: bool = True) -> int:
     from hookpack.adapters.qmp import QmpBusy, QmpError, QmpUnavailable
     from hookpack.locks import node_lock
     from hookpack.pinning import node as pnode
@@ -266,11 +268,30 @@ def _rebalance(paths: Paths, policy: Policy, remaining: Callable[[], float],
         outcome = pnode.rebalance(state, policy, unknown & set(state.observed))
         if not dry_run:
             pnode.apply(outcome)
-    _print_outcome(outcome, dry_run, as_json)
-    return 1 if outcome.failures else 0
+    if not dry_run and move_memory:
+        for plan in outcome.plans:
+            moved = pnode.move_memory(paths.proc_root, paths.sysfs_root, state, plan,
+                                      lambda: remaining() - MEMORY_MARGIN)
+            if moved is not None and (moved.moved or moved.error or moved.cut_short):
+                outcome.memory.append(moved)
+                outcome.notes.append(f"{plan.name} memory: " + _describe_move(moved))
+    _print_outcome(outcome, dry_run, as_json, memory_lines=False)
+    return 1 if outcome.failures or any(m.error for m in outcome.memory) else 0
 
 
-def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool) -> None:
+def _describe_move(moved: Any) -> str:
+    from hookpack.pinning.memory import describe_usage, mib
+
+    if moved.error:
+        return f"move to node {moved.node} failed: {moved.error}"
+    if moved.cut_short:
+        return f"moving to node {moved.node} in the background (pid {moved.background})"
+    return (f"{mib(moved.moved)} moved to node {moved.node} in {moved.seconds:.1f} s "
+            f"({describe_usage(moved.after)})")
+
+
+def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool,
+                   memory_lines: bool = True) -> None:
     moves = outcome.moves if dry_run else outcome.done
     if as_json:
         print(json.dumps({
@@ -293,7 +314,7 @@ def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool) -> None:
         print(f"  note: {note}")
     for failure in outcome.failures:
         print(f"  FAILED: {failure}")
-    if outcome.memory:
+    if outcome.memory and memory_lines:
         _, changes, failures = _memory_lines(outcome)
         for line in changes:
             print(f"  {line}")
