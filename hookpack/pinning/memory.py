@@ -9,12 +9,12 @@ shared with every process that runs them) are counted apart as ``images``.
 Moving: ``migrate_pages(2)`` for the whole process, from every other node to the
 target node, with MPOL_MF_MOVE_ALL semantics (as root: pages also mapped by other
 processes move too, as with numactl's ``migratepages`` and libvirt's ``cpuset.mems``).
-One call moves everything and cannot be interrupted, so it runs in a forked child: the
-hook waits for it until its deadline and then returns, while the child finishes the
-move in the background (the next run finds the memory in place). ``move_pages(2)`` in
-batches would be interruptible, but on the Debian 6.1 test kernel it reported every
-page of QEMU's RAM as absent (ENOENT, or EFAULT with THP) while numa_maps showed them
-resident: not used.
+One call moves everything and cannot be interrupted, so it runs in a helper process
+(``python -m hookpack.pinning.memory``, in its own session): the hook waits for it until
+its deadline and then returns, while the helper finishes the move in the background (the
+next run finds the memory in place). ``move_pages(2)`` in batches would be
+interruptible, but on the Debian 6.1 test kernel it reported every page of QEMU's RAM
+as absent (ENOENT, or EFAULT with THP) while numa_maps showed them resident: not used.
 
 Future allocations are not bound here: the kernel has no call that sets another
 process's memory policy (set_mempolicy(2)/mbind(2) act on the caller). They follow
@@ -31,16 +31,18 @@ move whole (or split when the node has no free 2 MiB block).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SYS_MIGRATE_PAGES = 256  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
+HELPER_FAILED = 250
 LOCAL_MIN = 0.95  # share of the instance's memory that must end on the target node
 _NODE_FIELD = re.compile(r"^N(\d+)=(\d+)$")
 
@@ -155,6 +157,8 @@ class MoveResult:
 def migrate_pages(pid: int, from_nodes: Iterable[int], to_node: int) -> int:
     """migrate_pages(2) through libc's syscall(2) (glibc has no wrapper; libnuma does).
     Returns the number of pages it could not move; raises OSError."""
+    import ctypes
+
     nodes = sorted(set(from_nodes) | {to_node})
     words = nodes[-1] // 64 + 1
     old = (ctypes.c_ulong * words)()
@@ -170,22 +174,6 @@ def migrate_pages(pid: int, from_nodes: Iterable[int], to_node: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(rc)
-
-
-def _child(pid: int, from_nodes: list[int], to_node: int) -> None:
-    """In the forked child: no inherited stdio (a hook's pipes must close), one call."""
-    code = 0
-    try:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.closerange(3, 65536)
-        migrate_pages(pid, from_nodes, to_node)
-    except OSError as err:
-        code = min(err.errno or 1, 250)
-    except BaseException:
-        code = 251
-    os._exit(code)
 
 
 def move_to_node(proc_root: Path, pid: int, node: int,
@@ -204,38 +192,51 @@ def move_to_node(proc_root: Path, pid: int, node: int,
         result.after = result.before
         return result
     start = time.monotonic()
-    child = os.fork()
-    if child == 0:
-        _child(pid, off, node)
-    status = _wait(child, remaining)
+    # A helper process, not a fork of this (threaded) one; its own session, so nothing
+    # that ends the hook's process group cuts a move short.
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "hookpack.pinning.memory", str(pid), str(node),
+         *map(str, off)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    code = _wait(helper, remaining)
     result.seconds = time.monotonic() - start
-    if status is None:
-        result.background = child
-    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == errno.ESRCH:
+    if code is None:
+        result.background = helper.pid
+    elif code == errno.ESRCH:
         result.error = "the process exited"
-    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 251:
-        result.error = "migrate_pages: the helper process failed"
-    elif os.WIFEXITED(status) and os.WEXITSTATUS(status):
-        result.error = f"migrate_pages: {os.strerror(os.WEXITSTATUS(status))}"
-    elif not os.WIFEXITED(status):
-        result.error = "migrate_pages: the helper process was killed"
+    elif 0 < code < HELPER_FAILED:
+        result.error = f"migrate_pages: {os.strerror(code)}"
+    elif code:
+        result.error = f"migrate_pages: the helper process failed (exit status {code})"
     result.after = node_usage(proc_root, pid) or result.before
     if not result.cut_short and result.share < LOCAL_MIN:
         result.why = why_left(proc_root, sysfs_root, pid, node)
     return result
 
 
-def _wait(child: int, remaining: Callable[[], float]) -> int | None:
-    """The child's wait status, or None when ``remaining()`` ran out first."""
-    pause = 0.002
-    while True:
-        done, status = os.waitpid(child, os.WNOHANG)
-        if done:
-            return status
-        if remaining() <= 0:
-            return None
-        time.sleep(pause)
-        pause = min(0.05, pause * 2)
+def _wait(helper: subprocess.Popen[bytes], remaining: Callable[[], float]) -> int | None:
+    """The helper's exit status, or None when ``remaining()`` ran out first."""
+    try:
+        return helper.wait(max(0.0, remaining()))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m hookpack.pinning.memory PID TO FROM...``: one migrate_pages(2) call.
+    Exit status: 0 done, the errno when the call failed, HELPER_FAILED otherwise."""
+    try:
+        pid, to_node, *from_nodes = (int(a) for a in argv)
+        migrate_pages(pid, from_nodes, to_node)
+    except OSError as err:
+        return min(err.errno or HELPER_FAILED, HELPER_FAILED)
+    except (ValueError, TypeError):
+        return HELPER_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
 
 
 def free_huge_pages(sysfs_root: Path, node: int, page_kib: int) -> int | None:

@@ -237,3 +237,18 @@ def test_doctor_numa_check_knows_isolated_cpus_and_the_cpu_sets(tmp_path):
     assert bad.status == "warn" and "dedicated_cpus names CPU(s)" in bad.message, bad
     bad = check('shared_cpus = "0-3"')
     assert bad.status == "warn" and "shared_cpus names isolated CPU(s) [3]" in bad.message
+
+
+def test_the_move_helper_exit_codes_and_the_bounded_wait():
+    """The helper process's contract, and a wait that gives up at the deadline."""
+    assert pmemory._main(["x"]) == pmemory.HELPER_FAILED
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert pmemory._main([str(child.pid), "0", "0"]) == 0
+        assert pmemory._wait(child, lambda: 0.0) is None  # still running: not waited for
+    finally:
+        child.kill()
+        child.wait()
+    assert pmemory._main([str(child.pid), "0", "0"]) == errno.ESRCH
+    done = subprocess.Popen([sys.executable, "-m", "hookpack.pinning.memory", "x"])
+    assert pmemory._wait(done, lambda: 30.0) == pmemory.HELPER_FAILED
