@@ -118,12 +118,20 @@ def unmovable(proc_root: Path, pid: int, tid: int) -> bool:
 
 
 def vhost_kthreads(proc_root: Path) -> dict[int, list[int]]:
-    """QEMU pid -> its vhost-net worker kernel threads (``vhost-<pid>``, Linux < 6.4)."""
+    """QEMU pid -> its vhost-net worker kernel threads (``vhost-<pid>``, Linux < 6.4).
+
+    Kernel threads are children of kthreadd (pid 2): only those are looked at when
+    ``<proc>/2/task/2/children`` is there (CONFIG_PROC_CHILDREN), else every process.
+    """
     found: dict[int, list[int]] = {}
     try:
-        entries = list(proc_root.iterdir())
+        children = (proc_root / "2" / "task" / "2" / "children").read_text().split()
+        entries = [proc_root / c for c in children]
     except OSError:
-        return found
+        try:
+            entries = list(proc_root.iterdir())
+        except OSError:
+            return found
     for entry in entries:
         if not entry.name.isdigit():
             continue

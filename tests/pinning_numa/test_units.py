@@ -140,6 +140,9 @@ def test_vhost_kernel_threads_and_unmovable_threads(host):
     # thread 302 carries PF_NO_SETAFFINITY (like kvm-nx-lpage-recovery)
     flags = 0x04000000 | 0x40
     (proc / "300/task/302/stat").write_text(f"302 (kvm-nx-lpage) S 1 1 1 0 -1 {flags} 0 0\n")
+    assert vhost_kthreads(proc) == {300: [77]}  # every process looked at
+    (proc / "2/task/2").mkdir(parents=True)
+    (proc / "2/task/2/children").write_text("77 78 ")  # kthreadd's children only
     assert vhost_kthreads(proc) == {300: [77]}
     process = read_process(proc, "v.example.test", 300)
     obs = observe_process(proc, process, [301], [77])
