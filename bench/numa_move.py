@@ -88,8 +88,8 @@ def inner() -> None:
               f"(runs: {', '.join(f'{x:.3f}' for x in results['hookpack'])})")
         print(f"  ratio hookpack / baseline: {mine / base:.2f}")
         inside = statistics.median(results["syscall"])
-        print(f"  (inside hookpack's process, fork + migrate_pages + wait only: {inside:.3f} "
-              f"s/GiB; the rest is Python start and the numa_maps reads)")
+        print(f"  (of that, helper process + migrate_pages + wait: {inside:.3f} s/GiB; the "
+              "rest is the outer Python start and the numa_maps reads)")
     finally:
         qemu.kill()
         qemu.wait()

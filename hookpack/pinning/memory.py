@@ -23,10 +23,13 @@ new pages come from that node while it has free memory, and from the nearest oth
 node when it has none (``preferred``, not ``strict``: an instance is never OOM-killed
 because its node is full). See docs/actions/pinning.md.
 
-Hugepages: hugetlbfs pages (Ganeti ``mem_path``) move only into free huge pages of the
-same size in the target node's pool (``node<N>/hugepages/hugepages-<k>kB/free_hugepages``);
-without them they stay where they are, and the result says so. Transparent huge pages
-move whole (or split when the node has no free 2 MiB block).
+Hugepages: hugetlbfs pages (Ganeti ``mem_path``) move into free huge pages of the same
+size on the target node (``node<N>/hugepages/hugepages-<k>kB/free_hugepages``); when
+there are none, the kernel allocates fresh 2 MiB pages there for the move (Linux >= 4.16,
+alloc_migrate_hugetlb_folio; the pool moves with them), but never 1 GiB ones: those
+stay unless the node's pool has free 1 GiB pages, and the result says so (also 2 MiB
+pages when the node has no free 2 MiB block). Transparent huge pages move whole, or
+split.
 """
 
 from __future__ import annotations
@@ -260,7 +263,7 @@ def why_left(proc_root: Path, sysfs_root: Path, pid: int, node: int) -> str:
         free = free_huge_pages(sysfs_root, node, kib)
         parts.append(f"{left} MiB of {kib} kB hugetlbfs pages, {free} free {kib} kB pages on "
                      f"node {node}")
-    return "; ".join(parts) + (": add huge pages on that node "
+    return "; ".join(parts) + (": add free huge pages on that node "
                                f"(node{node}/hugepages/.../nr_hugepages) and apply again")
 
 

@@ -202,3 +202,44 @@ def test_isolated_cpus_only_for_dedicated_vcpus(node):
     vcpu = last.vcpu_threads()[0]
     assert allowed(vcpu) == frozenset({iso}) and TOPO.node_of(iso) == home
     assert all(iso not in allowed(t) for i in insts for t in threads(i.pid) if t != vcpu)
+
+
+def _huge(n: int) -> Path:
+    return Path(f"/sys/devices/system/node/node{n}/hugepages/hugepages-2048kB/nr_hugepages")
+
+
+def _pools() -> dict[int, str]:
+    return {n: _huge(n).read_text().strip() for n in NODES}
+
+
+def test_hugetlbfs_memory_moves_even_without_free_huge_pages_there(node, tmp_path):
+    """Ganeti's mem_path: -mem-path on hugetlbfs with -mem-prealloc. The target node's
+    pool has no 2 MiB page: the kernel allocates fresh ones there for the move
+    (alloc_migrate_hugetlb_folio) and the pages move; the pool follows them."""
+    mnt = tmp_path / "huge"
+    mnt.mkdir()
+    saved = _pools()
+    subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mnt)],
+                   check=True)
+    try:
+        _huge(0).write_text("0")
+        _huge(LAST).write_text("40")  # 80 MiB, all on the node QEMU starts on
+        assert _huge(LAST).read_text().strip() == "40"
+        inst = node.start("huge1.example.test", on_node=LAST, mem_mib=64,
+                          extra=["-mem-path", str(mnt)])
+        usage = node_usage(PROC, inst.pid)
+        print(f"hugetlbfs guest before the hook: {describe_usage(usage)}; 2 MiB pools "
+              f"(nr_hugepages) per node: {_pools()}")
+        assert usage.get(LAST, 0) >= 64 << 20
+        result = node.hook(inst.name)
+        assert result.outcome is Outcome.CHANGED, result
+        assert_on_node(inst, 0)
+        print(f"after the hook: 2 MiB pools per node: {_pools()}")
+        assert int(_huge(0).read_text()) >= 32  # the 32 guest pages now count on node 0
+        node.stop(inst)
+    finally:
+        for inner in list(node.procs):
+            node.stop(inner)
+        subprocess.run(["umount", str(mnt)], check=False)
+        for n, count in saved.items():
+            _huge(n).write_text(count)
