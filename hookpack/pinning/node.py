@@ -218,6 +218,8 @@ def rebalance(state: NodeState, policy: Policy, unknown: set[str]) -> Outcome:
     fixed_names = {n for n in state.observed
                    if n in unknown or state.cpu_masks.get(n, "all") != "all"}
     fixed = {cpu: n for n in sorted(fixed_names) for cpu in state.observed[n].dedicated}
+    fixed.update({cpu: n for n in sorted(fixed_names)
+                  for cpu in mask_cpus(state.cpu_masks.get(n, "all"))})
     fixed_vcpus = sum(state.observed[n].vcpus for n in fixed_names)
     requests = [state.request(n) for n in sorted(state.observed) if n not in fixed_names]
     held = frozenset(h for n in fixed_names if (h := state.observed[n].held) is not None)

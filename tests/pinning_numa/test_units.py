@@ -255,3 +255,17 @@ def test_the_move_helper_exit_codes_and_the_bounded_wait():
     assert pmemory._main([str(child.pid), "0", "0"]) == errno.ESRCH
     done = subprocess.Popen([sys.executable, "-m", "hookpack.pinning.memory", "x"])
     assert pmemory._wait(done, lambda: 30.0) == pmemory.HELPER_FAILED
+
+
+def test_rebalance_keeps_clear_of_every_cpu_a_cpu_mask_names(host):
+    from hookpack.pinning.node import rebalance
+
+    kvm, proc = host / "kvm", host / "proc"
+    write_qemu(proc, kvm, "masked.example.test", 100, 2, {100: {0, 1}, 101: {0, 1}},
+               cpu_mask="0-3")  # single-mask form: pins no vCPU thread 1:1, takes 0-3
+    write_qemu(proc, kvm, "a.example.test", 200, 1, {200: set(range(8)), 201: set(range(8))})
+    state = observe_node(host / "sys", kvm, proc, {"a.example.test": [201]})
+    outcome = rebalance(state, Policy(), set())
+    (plan,) = [p for p in outcome.plans if p.name == "a.example.test"]
+    assert plan.mode == PINNED and plan.node == 1
+    assert not (set(plan.vcpu_cpus) | plan.emulator) & {0, 1, 2, 3}
