@@ -242,11 +242,40 @@ def numa_check(cfg: Config, paths: Paths) -> Check:
         return Check("numa", FAIL, f"cannot read the CPU topology: {err}",
                      "check paths.sysfs_root (normally /sys)")
     nodes = ", ".join(f"node{n}: {len(cpus)} CPU(s)" for n, cpus in topo.nodes.items())
-    problem = _reserved_problem(cfg, topo)
+    problem = _reserved_problem(cfg, topo) or _sets_problem(cfg, topo)
     if problem:
         return Check("numa", WARN, f"{topo.describe()}; {problem}",
-                     "fix pinning.reserved_cpus (cpulist of this node's CPUs)")
-    return Check("numa", PASS, f"{topo.describe()} ({nodes})")
+                     "fix pinning.reserved_cpus / dedicated_cpus / shared_cpus (cpulists "
+                     "of this node's CPUs)")
+    isolated = ""
+    if topo.isolated:
+        from hookpack.pinning.topology import format_cpulist
+
+        isolated = (f"; isolated (isolcpus) CPU(s) {format_cpulist(topo.isolated)}: only "
+                    "vCPUs pinning.dedicated_cpus names go there")
+    return Check("numa", PASS, f"{topo.describe()} ({nodes}){isolated}")
+
+
+def _sets_problem(cfg: Config, topo: Topology) -> str:
+    """pinning.dedicated_cpus / shared_cpus against the online and isolated CPUs."""
+    from hookpack.actions.pinning import SETTINGS, policy_from
+
+    if not cfg.section_enabled("pinning", False):
+        return ""
+    try:
+        policy = policy_from(cfg.section("pinning", SETTINGS))
+    except HookpackError:
+        return ""  # reported by config_checks
+    for key, cpus in (("dedicated_cpus", policy.dedicated_set),
+                      ("shared_cpus", policy.shared_set)):
+        if cpus is not None and cpus - topo.online:
+            return (f"pinning.{key} names CPU(s) this node does not have online: "
+                    f"{sorted(cpus - topo.online)}")
+    if policy.shared_set is not None and policy.shared_set & topo.isolated:
+        return (f"pinning.shared_cpus names isolated CPU(s) "
+                f"{sorted(policy.shared_set & topo.isolated)}: emulator threads never go "
+                "there")
+    return ""
 
 
 def _reserved_problem(cfg: Config, topo: Topology) -> str:

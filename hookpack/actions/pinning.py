@@ -33,23 +33,40 @@ SETTINGS = {
                       "(overcommit, does not fit) runs: `anywhere` on all usable CPUs not "
                       "dedicated to others; `numa_node` confined to the node with most such "
                       "CPUs.", choices=("anywhere", "numa_node")),
+    "dedicated_cpus": Field(str, "", "CPUs vCPUs may be pinned to 1:1 (cpulist, like Nova's "
+                            "`cpu_dedicated_set`); may name `isolcpus` CPUs. Empty: every "
+                            "online CPU that is not isolated.", pattern=r"[0-9,:\- ]*"),
+    "shared_cpus": Field(str, "", "CPUs for emulator, I/O and vhost threads and floating "
+                         "instances (cpulist, like Nova's `cpu_shared_set`); isolated CPUs "
+                         "are never used for them. Empty: every online CPU that is not "
+                         "isolated.", pattern=r"[0-9,:\- ]*"),
+    "memory": Field(str, "move", "Guest memory of an instance pinned to a NUMA node: `move` "
+                    "moves its resident pages to that node (move_pages(2)) after the "
+                    "threads are placed; `off` leaves memory where it is.",
+                    choices=("move", "off")),
     "lock_timeout": Field(float, 5.0, "Seconds to wait for the node-wide pinning lock "
                           "(bounded by the hook deadline).", minimum=0.1, maximum=120),
 }
 
 QMP_MARGIN = 1.0  # seconds of the deadline kept for planning and applying
+MEMORY_MARGIN = 0.5  # seconds of the deadline kept after moving memory
 
 
 def policy_from(settings: Mapping[str, Any]) -> Policy:
     from hookpack.pinning.allocate import Policy
     from hookpack.pinning.topology import parse_cpulist
 
-    try:
-        reserved = parse_cpulist(settings["reserved_cpus"])
-    except BadInput as err:
-        raise ConfigError(str(err), key="pinning.reserved_cpus") from None
-    return Policy(smt=settings["smt"], placement=settings["placement"], reserved=reserved,
-                  emulator_cpus=settings["emulator_cpus"], floating=settings["floating"])
+    sets: dict[str, frozenset[int] | None] = {}
+    for key in ("reserved_cpus", "dedicated_cpus", "shared_cpus"):
+        try:
+            text = settings.get(key, "")
+            sets[key] = parse_cpulist(text) if text.strip() else None
+        except BadInput as err:
+            raise ConfigError(str(err), key=f"pinning.{key}") from None
+    return Policy(smt=settings["smt"], placement=settings["placement"],
+                  reserved=sets["reserved_cpus"] or frozenset(),
+                  emulator_cpus=settings["emulator_cpus"], floating=settings["floating"],
+                  dedicated_set=sets["dedicated_cpus"], shared_set=sets["shared_cpus"])
 
 
 def run(ctx: ActionContext) -> Result:
@@ -63,15 +80,17 @@ def run(ctx: ActionContext) -> Result:
     if mask != "all":
         return Result.skipped(f"cpu_mask {mask!r} set: left alone")
     outcome = pin(ctx.paths, name, policy_from(ctx.settings), ctx.deadline.remaining,
-                  ctx.settings["lock_timeout"], dry_run=False)
+                  ctx.settings["lock_timeout"], dry_run=False,
+                  move_memory=ctx.settings.get("memory", "move") == "move")
     if isinstance(outcome, Result):
         return outcome
     return _result(outcome)
 
 
 def pin(paths: Paths, name: str, policy: Policy, remaining: Callable[[], float],
-        lock_timeout: float, dry_run: bool) -> Result | Outcome:
-    """Pin one running instance: QMP for its vCPU ids, then lock, observe, plan, apply.
+        lock_timeout: float, dry_run: bool, move_memory: bool = True) -> Result | Outcome:
+    """Pin one running instance: QMP for its vCPU ids, then lock, observe, plan, apply
+    (and read back); then, outside the lock, move its memory to its node.
 
     Returns a Result for the clean skips, else the node.Outcome.
     """
@@ -98,10 +117,18 @@ def pin(paths: Paths, name: str, policy: Policy, remaining: Callable[[], float],
         outcome = pnode.pin_instance(state, name, policy)
         if not dry_run:
             pnode.apply(outcome)
+    if not dry_run and move_memory:
+        # Outside the lock: a big guest's move takes seconds, other hooks must not wait.
+        moved = pnode.move_memory(paths.proc_root, paths.sysfs_root, state, outcome.plans[0],
+                                  lambda: remaining() - MEMORY_MARGIN)
+        if moved is not None:
+            outcome.memory.append(moved)
     return outcome
 
 
 def _result(outcome: Outcome) -> Result:
+    from hookpack.result import Outcome as Verdict
+
     plan = outcome.plans[0]
     summary = plan.summary()
     if plan.mode == "pinned" and plan.kept and not outcome.moves:
@@ -110,13 +137,50 @@ def _result(outcome: Outcome) -> Result:
     if notes:
         summary += f" ({notes})"
     changes = [m.describe() for m in outcome.done]
+    failures = list(outcome.failures)
+    memory, mem_changes, mem_failures = _memory_lines(outcome)
+    changes += mem_changes
+    failures += mem_failures
+    if outcome.done:
+        moved = len(outcome.done)
+        summary += f" ({moved} thread affinit{'y' if moved == 1 else 'ies'} set)"
+    elif outcome.moves and not failures:
+        summary += " (threads exited before they could be set)"
+    summary += memory
+    if failures:
+        return Result(Verdict.FAILED, f"{summary}; " + "; ".join(failures), tuple(changes))
     if changes:
-        moved = len(changes)
-        return Result.changed(f"{summary} ({moved} thread affinit{'y' if moved == 1 else 'ies'} "
-                              "set)", changes)
-    if outcome.moves and not outcome.done:
-        return Result.nochange(f"{summary} (threads exited before they could be set)")
+        return Result.changed(summary, changes)
     return Result.nochange(summary)
+
+
+def _memory_lines(outcome: Outcome) -> tuple[str, list[str], list[str]]:
+    """The memory part of the log line, the changes, the failures."""
+    from hookpack.pinning.memory import LOCAL_MIN, describe_usage, mib
+
+    if not outcome.memory:
+        return "", [], []
+    moved = outcome.memory[0]
+    name = outcome.plans[0].name
+    where = (f"; memory {moved.share:.0%} of {mib(sum(moved.after.values()))} on node "
+             f"{moved.node}")
+    changes, failures = [], []
+    if moved.moved:
+        where += f" ({mib(moved.moved)} moved in {moved.seconds:.1f} s)"
+        changes.append(f"{name} memory: {mib(moved.moved)} moved to NUMA node {moved.node} "
+                       f"({describe_usage(moved.before)} -> {describe_usage(moved.after)})")
+    if moved.error:
+        failures.append(f"memory move to node {moved.node}: {moved.error}")
+    elif moved.cut_short:
+        where += (f" ({mib(moved.left)} still on other nodes at the deadline: the move "
+                  f"goes on in the background, pid {moved.background})")
+        changes.append(f"{name} memory: moving to NUMA node {moved.node} in the background "
+                       f"(pid {moved.background})")
+    elif moved.share < LOCAL_MIN:
+        failures.append(f"only {moved.share:.0%} of its memory is on node {moved.node} "
+                        f"after the move ({describe_usage(moved.after)})"
+                        + (f": {moved.why}" if moved.why else ""))
+    return where, changes, failures
 
 
 # -- CLI -----------------------------------------------------------------------
@@ -167,17 +231,21 @@ def _cli(ns: argparse.Namespace) -> int:
             print(f"{name}: cpu_mask {mask!r} set: left alone")
             return 0
         outcome = pin(paths, name, policy, remaining, settings["lock_timeout"],
-                      dry_run=command == "plan")
+                      dry_run=command == "plan", move_memory=settings["memory"] == "move")
         if isinstance(outcome, Result):
             print(f"{name}: {outcome.outcome.value}: {outcome.message}")
             return 0 if outcome.outcome.value == "skipped" else 1
         _print_outcome(outcome, command == "plan", ns.json)
+        if command == "apply":
+            return 1 if _result(outcome).outcome.value == "failed" else 0
         return 0
-    return _rebalance(paths, policy, remaining, settings["lock_timeout"], ns.dry_run, ns.json)
+    return _rebalance(paths, policy, remaining, settings["lock_timeout"], ns.dry_run, ns.json,
+                      settings["memory"] == "move")
 
 
 def _rebalance(paths: Paths, policy: Policy, remaining: Callable[[], float],
-               lock_timeout: float, dry_run: bool, as_json: bool) -> int:
+               lock_timeout: float, dry_run: bool, as_json: bool,
+               move_memory: bool = True) -> int:
     from hookpack.adapters.qmp import QmpBusy, QmpError, QmpUnavailable
     from hookpack.locks import node_lock
     from hookpack.pinning import node as pnode
@@ -200,11 +268,30 @@ def _rebalance(paths: Paths, policy: Policy, remaining: Callable[[], float],
         outcome = pnode.rebalance(state, policy, unknown & set(state.observed))
         if not dry_run:
             pnode.apply(outcome)
-    _print_outcome(outcome, dry_run, as_json)
-    return 0
+    if not dry_run and move_memory:
+        for plan in outcome.plans:
+            moved = pnode.move_memory(paths.proc_root, paths.sysfs_root, state, plan,
+                                      lambda: remaining() - MEMORY_MARGIN)
+            if moved is not None and (moved.moved or moved.error or moved.cut_short):
+                outcome.memory.append(moved)
+                outcome.notes.append(f"{plan.name} memory: " + _describe_move(moved))
+    _print_outcome(outcome, dry_run, as_json, memory_lines=False)
+    return 1 if outcome.failures or any(m.error for m in outcome.memory) else 0
 
 
-def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool) -> None:
+def _describe_move(moved: Any) -> str:
+    from hookpack.pinning.memory import describe_usage, mib
+
+    if moved.error:
+        return f"move to node {moved.node} failed: {moved.error}"
+    if moved.cut_short:
+        return f"moving to node {moved.node} in the background (pid {moved.background})"
+    return (f"{mib(moved.moved)} moved to node {moved.node} in {moved.seconds:.1f} s "
+            f"({describe_usage(moved.after)})")
+
+
+def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool,
+                   memory_lines: bool = True) -> None:
     moves = outcome.moves if dry_run else outcome.done
     if as_json:
         print(json.dumps({
@@ -212,7 +299,11 @@ def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool) -> None:
             "moves" if dry_run else "done": [
                 {"instance": m.instance, "tid": m.tid, "role": m.role,
                  "old": sorted(m.old), "new": sorted(m.new)} for m in moves],
-            "notes": outcome.notes}, indent=2))
+            "notes": outcome.notes, "failures": outcome.failures,
+            "memory": [{"node": m.node, "before": m.before, "after": m.after,
+                        "moved": m.moved, "seconds": round(m.seconds, 3),
+                        "cut_short": m.cut_short, "error": m.error}
+                       for m in outcome.memory]}, indent=2))
         return
     for plan in outcome.plans:
         print(f"{plan.name}: {plan.summary()}")
@@ -221,7 +312,15 @@ def _print_outcome(outcome: Outcome, dry_run: bool, as_json: bool) -> None:
         print(f"  {verb} {move.describe()}")
     for note in outcome.notes:
         print(f"  note: {note}")
-    if not moves:
+    for failure in outcome.failures:
+        print(f"  FAILED: {failure}")
+    if outcome.memory and memory_lines:
+        _, changes, failures = _memory_lines(outcome)
+        for line in changes:
+            print(f"  {line}")
+        for line in failures:
+            print(f"  FAILED: {line}")
+    if not moves and not any(m.moved for m in outcome.memory):
         print("  nothing to change")
 
 
@@ -292,5 +391,7 @@ def status(cfg: Any, paths: Paths, instance_names: list[str]) -> dict[str, Any]:
         data = view.to_json()
         data.pop("error")
         lines = ([view.note] if view.note else []) + [pstatus.describe(v) for v in view.vcpus]
+        if view.memory:
+            lines.append(view.memory_line())
         out[name] = Part(data, lines, error=view.error)
     return out

@@ -1,5 +1,6 @@
 """Pinning as it is, per vCPU: thread id (QMP), current affinity, NUMA node, and whether
-it is what the pinning action would set now.
+it is what the pinning action would set now; and the QEMU's resident memory per NUMA node
+(``/proc/<pid>/numa_maps``) beside the node(s) its vCPUs are on.
 
 Read-only and lock-free: the plan is computed exactly as ``hookpack pinning plan``
 does (against the other instances as they are) but nothing is applied.
@@ -15,6 +16,7 @@ from typing import Any
 
 from hookpack.errors import HookpackError
 from hookpack.pinning.allocate import Policy
+from hookpack.pinning.memory import node_usage
 from hookpack.pinning.topology import Topology, format_cpulist, read_topology
 
 
@@ -46,10 +48,35 @@ class PinningView:
     vcpus: list[VcpuView] = field(default_factory=list)
     note: str | None = None
     error: str | None = None
+    memory: dict[int, int] = field(default_factory=dict)  # resident bytes per NUMA node
+
+    @property
+    def vcpu_nodes(self) -> list[int]:
+        return sorted({n for v in self.vcpus for n in (v.numa_nodes or [])})
+
+    @property
+    def local_share(self) -> float | None:
+        """Share of the resident memory on the node(s) of the vCPUs."""
+        total = sum(self.memory.values())
+        if not total or not self.vcpu_nodes:
+            return None
+        return sum(self.memory.get(n, 0) for n in self.vcpu_nodes) / total
 
     def to_json(self) -> dict[str, Any]:
+        share = self.local_share
         return {"cpu_mask": self.cpu_mask, "mode": self.mode, "note": self.note,
-                "error": self.error, "vcpus": [v.to_json() for v in self.vcpus]}
+                "error": self.error, "vcpus": [v.to_json() for v in self.vcpus],
+                "memory": {"per_node": {str(n): b for n, b in self.memory.items()},
+                           "vcpu_nodes": self.vcpu_nodes,
+                           "local_share": None if share is None else round(share, 4)}}
+
+    def memory_line(self) -> str:
+        from hookpack.pinning.memory import describe_usage
+
+        nodes = ",".join(map(str, self.vcpu_nodes)) or "?"
+        share = self.local_share
+        local = "" if share is None else f" ({share:.0%} local)"
+        return f"memory: {describe_usage(self.memory)}; vCPUs on node {nodes}{local}"
 
 
 def numa_nodes(topo: Topology, cpus: set[int]) -> list[int]:
@@ -78,6 +105,7 @@ def observe(name: str, *, kvm_dir: Path, proc_root: Path, sysfs_root: Path,
         view.error = f"QEMU: {err}"
         return view
     topo = read_topology(sysfs_root)
+    view.memory = node_usage(proc_root, procs[name].pid)
     want = _wanted(name, kvm_dir, proc_root, sysfs_root, policy, tids, procs, view)
     for index, tid in enumerate(tids):
         vv = VcpuView(index, tid, want=want.get(tid))

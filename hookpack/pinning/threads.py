@@ -15,6 +15,15 @@ lock must not wait on them. Their vCPU threads are recognised from /proc alone:
   one thread), so even when that set is a single CPU it is not taken for a vCPU.
 
 So the node's allocation is read back from live affinities; nothing is saved.
+
+Threads the kernel does not let anyone move (``PF_NO_SETAFFINITY`` in the flags of
+``task/<tid>/stat``, e.g. KVM's ``kvm-nx-lpage-recovery`` worker on kernels where it is
+a task of the QEMU process) are left out: no plan can place them.
+
+vhost-net workers belong to the instance too: before Linux 6.4 they are kernel threads
+named ``vhost-<qemu pid>`` (children of kthreadd, not in the QEMU's task list); from 6.4
+they are threads of the QEMU process with that name (vhost_task). Both kinds go with
+the emulator threads.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from hookpack.pinning.affinity import read_affinity
 from hookpack.validate import instance_name
 
 _VCPU_NAME = re.compile(r"^CPU (\d+)/(KVM|TCG|HVF|WHPX)$")
+_VHOST_NAME = re.compile(r"^vhost-(\d+)$")
+PF_NO_SETAFFINITY = 0x04000000  # include/linux/sched.h
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,52 @@ def task_ids(proc_root: Path, pid: int) -> list[int]:
         return []
 
 
+def unmovable(proc_root: Path, pid: int, tid: int) -> bool:
+    """The kernel refuses new affinities for this thread (PF_NO_SETAFFINITY)."""
+    try:
+        stat = (proc_root / str(pid) / "task" / str(tid) / "stat").read_text()
+    except (OSError, ProcessLookupError):
+        return False
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return bool(int(fields[6]) & PF_NO_SETAFFINITY)
+    except (IndexError, ValueError):
+        return False
+
+
+def vhost_kthreads(proc_root: Path) -> dict[int, list[int]]:
+    """QEMU pid -> its vhost-net worker kernel threads (``vhost-<pid>``, Linux < 6.4).
+
+    Kernel threads are children of kthreadd (pid 2): only those are looked at when
+    ``<proc>/2/task/2/children`` is there (CONFIG_PROC_CHILDREN), else every process.
+    """
+    found: dict[int, list[int]] = {}
+    try:
+        children = (proc_root / "2" / "task" / "2" / "children").read_text().split()
+        entries = [proc_root / c for c in children]
+    except OSError:
+        try:
+            entries = list(proc_root.iterdir())
+        except OSError:
+            return found
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except (OSError, ProcessLookupError):
+            continue
+        match = _VHOST_NAME.match(comm)
+        if match and (entry / "task" / entry.name).is_dir() and not _is_thread_of(
+                proc_root, int(match.group(1)), int(entry.name)):
+            found.setdefault(int(match.group(1)), []).append(int(entry.name))
+    return {pid: sorted(tids) for pid, tids in found.items()}
+
+
+def _is_thread_of(proc_root: Path, pid: int, tid: int) -> bool:
+    return (proc_root / str(pid) / "task" / str(tid)).is_dir()
+
+
 def thread_name(proc_root: Path, pid: int, tid: int) -> str:
     try:
         return (proc_root / str(pid) / "task" / str(tid) / "comm").read_text().strip()
@@ -110,6 +167,9 @@ class Observed:
     dedicated: tuple[int, ...]  # single CPUs of those vCPU threads (1:1 pinned ones)
     named: bool  # vCPU threads recognised by their names
     held: int | None = None  # the one CPU a whole 1-vCPU QEMU sits on (not dedicated)
+    kthreads: tuple[int, ...] = ()  # its vhost-net kernel threads (also in affinities)
+    vhost: tuple[int, ...] = ()  # its vhost threads, kernel or its own (vhost-<pid>)
+    unmovable: tuple[int, ...] = ()  # threads the kernel keeps where they are
 
     @property
     def vcpus(self) -> int:
@@ -117,17 +177,27 @@ class Observed:
 
 
 def observe_process(proc_root: Path, process: Process,
-                    vcpu_tids: list[int] | None = None) -> Observed:
-    """Threads and affinities; vCPU threads from ``vcpu_tids`` (QMP) if given."""
+                    vcpu_tids: list[int] | None = None,
+                    kthreads: list[int] | None = None) -> Observed:
+    """Threads and affinities; vCPU threads from ``vcpu_tids`` (QMP) if given;
+    ``kthreads``: its vhost kernel threads (:func:`vhost_kthreads`)."""
     affinities: dict[int, frozenset[int]] = {}
     names: dict[int, int] = {}
+    fixed: list[int] = []
+    vhost: list[int] = []
     for tid in task_ids(proc_root, process.pid):
+        if unmovable(proc_root, process.pid, tid):
+            fixed.append(tid)
+            continue
         cpus = read_affinity(proc_root, process.pid, tid)
         if cpus is None:
             continue
         affinities[tid] = cpus
+        comm = thread_name(proc_root, process.pid, tid)
+        if _VHOST_NAME.match(comm):
+            vhost.append(tid)
         if vcpu_tids is None:
-            match = _VCPU_NAME.match(thread_name(proc_root, process.pid, tid))
+            match = _VCPU_NAME.match(comm)
             if match:
                 names[int(match.group(1))] = tid
     named = bool(names)
@@ -149,7 +219,14 @@ def observe_process(proc_root: Path, process: Process,
         # pool; /proc cannot tell which. It "holds" that CPU: no other vCPU goes
         # there, emulator threads may.
         held = next(iter(next(iter(affinities.values()))))
-    return Observed(process, affinities, tids, dedicated, named, held)
+    workers = []
+    for ktid in kthreads or ():
+        cpus = read_affinity(proc_root, ktid, ktid)
+        if cpus is not None:
+            affinities[ktid] = cpus
+            workers.append(ktid)
+    return Observed(process, affinities, tids, dedicated, named, held, tuple(workers),
+                    tuple(vhost + workers), tuple(fixed))
 
 
 def _one_cpu(affinities: dict[int, frozenset[int]]) -> bool:

@@ -1,12 +1,13 @@
 """The host's CPU topology from sysfs: NUMA nodes, online CPUs, SMT siblings.
 
 Read from ``<sysfs>/devices/system/node/node<N>/cpulist`` (CPUs of each NUMA node),
-``<sysfs>/devices/system/cpu/online`` and
+``<sysfs>/devices/system/cpu/online``,
 ``<sysfs>/devices/system/cpu/cpu<N>/topology/thread_siblings_list`` (the hardware
-threads of one core). An offline CPU has no ``topology/`` directory; it is left out
-everywhere. A kernel built without NUMA has no ``node/`` directory: then all online
-CPUs form node 0. (Documentation/ABI/stable/sysfs-devices-node and
-Documentation/admin-guide/cputopology.rst in the kernel tree.)
+threads of one core) and ``<sysfs>/devices/system/cpu/isolated`` (``isolcpus=``).
+An offline CPU has no ``topology/`` directory; it is left out everywhere. A kernel
+built without NUMA has no ``node/`` directory: then all online CPUs form node 0.
+(Documentation/ABI/stable/sysfs-devices-node and Documentation/admin-guide/cputopology.rst
+in the kernel tree.)
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Topology:
 
     nodes: dict[int, tuple[int, ...]]  # node id -> its online CPUs, sorted
     siblings: dict[int, tuple[int, ...]]  # cpu -> online CPUs of its core (incl. itself)
+    isolated: frozenset[int] = frozenset()  # online CPUs of isolcpus= (cpu/isolated)
 
     @property
     def online(self) -> frozenset[int]:
@@ -129,4 +131,13 @@ def read_topology(sysfs_root: Path) -> Topology:
         stray = tuple(sorted(online - placed))
         first = min(nodes)
         nodes[first] = tuple(sorted(nodes[first] + stray))
-    return Topology(nodes=dict(sorted(nodes.items())), siblings=siblings)
+    return Topology(nodes=dict(sorted(nodes.items())), siblings=siblings,
+                    isolated=_isolated(cpu_dir) & online)
+
+
+def _isolated(cpu_dir: Path) -> frozenset[int]:
+    """CPUs taken out of the scheduler's balancing by ``isolcpus=`` (empty if none)."""
+    try:
+        return parse_cpulist((cpu_dir / "isolated").read_text())
+    except (OSError, BadInput):
+        return frozenset()

@@ -15,6 +15,7 @@ SHAPING_CLASS = {"direction": STR, "device": STR, "handle": STR, "want_rate": (I
 SHAPING_TAP = {"nic": INT, "tap": STR, "error": (STR, NONE), "classes": list}
 VCPU = {"index": INT, "thread_id": INT, "cpus": (list, NONE), "numa_nodes": (list, NONE),
         "want": (list, NONE), "match": (BOOL, NONE), "error": (STR, NONE)}
+MEMORY = {"per_node": dict, "vcpu_nodes": list, "local_share": (NUM, NONE)}
 DISK = {"index": INT, "qemu_id": (STR, NONE), "storage_path": STR, "qemu_size": (INT, NONE),
         "storage_size": (INT, NONE), "match": (BOOL, NONE), "error": (STR, NONE)}
 RUN = {"action": STR, "time": (NUM, NONE), "hpath": (STR, NONE), "phase": (STR, NONE),
@@ -24,7 +25,7 @@ INSTANCE = {"name": STR, "running": BOOL, "pid": (INT, NONE), "sources": list,
 PARTS = {
     "shaping": {"enabled": BOOL, "error": (STR, NONE), "taps": list},
     "pinning": {"enabled": BOOL, "error": (STR, NONE), "cpu_mask": STR, "mode": (STR, NONE),
-                "note": (STR, NONE), "vcpus": list},
+                "note": (STR, NONE), "vcpus": list, "memory": dict},
     "disk-grow": {"enabled": BOOL, "error": (STR, NONE), "disks": list},
 }
 SOURCES = {"pid", "runtime", "qmp", "nic", "records"}
@@ -61,6 +62,11 @@ def check_status(doc: Any) -> None:
                     _check(cls["counters"], COUNTERS, f"{where}.shaping.counters")
         for vcpu in inst["actions"]["pinning"].get("vcpus", []):
             _check(vcpu, VCPU, f"{where}.pinning.vcpu")
+        if "memory" in inst["actions"]["pinning"]:
+            memory = inst["actions"]["pinning"]["memory"]
+            _check(memory, MEMORY, f"{where}.pinning.memory")
+            assert all(k.isdigit() and isinstance(v, int)
+                       for k, v in memory["per_node"].items()), memory
         for disk in inst["actions"]["disk-grow"].get("disks", []):
             _check(disk, DISK, f"{where}.disk-grow.disk")
         for run in inst["runs"]:

@@ -258,13 +258,18 @@ def run_in_guest(
     vcpus: int = 2,
     image: HostGuestImage | None = None,
     keep_dir: Path | None = None,
+    numa_nodes: int = 1,
+    numa_distance: int = 20,
+    kernel_args: str = "",
 ) -> GuestRun:
     """Boot the stock-kernel guest, run ``argv`` in the host's userspace, power off.
 
     Returns the exit status and output; raises :class:`TestbedError` when the
     guest does not get to run the command, or does not finish within ``timeout``.
     virtiofsd and QEMU are killed by pid whatever happens. ``keep_dir``: copy the
-    console log there (for reports).
+    console log there (for reports). ``numa_nodes`` > 1: the guest gets that many NUMA
+    nodes, ``vcpus`` and ``memory_mib`` split evenly over them (see :func:`numa_args`).
+    ``kernel_args``: more guest kernel command line (e.g. ``isolcpus=7``).
     """
     image = image or build_image()
     jobs = paths.cache_dir() / "hostguest-jobs"
@@ -301,15 +306,14 @@ def run_in_guest(
             )
         pids.append(vfs.pid)
         _wait_socket(sock, vfs, job / "virtiofsd.log")
-        mem = f"{memory_mib}M"
         qemu_argv = [
             QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", str(vcpus),
-            "-m", mem, "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
-            "-numa", "node,memdev=mem",
+            *numa_args(numa_nodes, vcpus, memory_mib, numa_distance),
             "-chardev", f"socket,id=vfs,path={sock}",
             "-device", f"vhost-user-fs-pci,chardev=vfs,tag={TAG}",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 hpg.job={stage2}",
+            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 hpg.job={stage2}"
+                       + (f" {kernel_args}" if kernel_args else ""),
             "-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
             "-serial", f"file:{console}", "-nic", "none",
         ]
@@ -369,6 +373,29 @@ def kept_under_tmp(dirs: Sequence[Path]) -> list[str]:
         if len(parts) > 2 and parts[:2] == ("/", "tmp"):
             keep.add(str(Path(*parts[:3])))
     return sorted(keep)
+
+
+def numa_args(nodes: int, vcpus: int, memory_mib: int, distance: int = 20) -> list[str]:
+    """QEMU's ``-m``/``-object``/``-numa`` options: ``nodes`` NUMA nodes, each with its own
+    shared memfd backend (virtiofs needs guest RAM shared with virtiofsd), ``vcpus`` and
+    ``memory_mib`` split evenly, every pair of nodes ``distance`` apart (local is 10)."""
+    if nodes < 1 or vcpus % nodes or memory_mib % nodes:
+        raise TestbedError(f"hostguest: {vcpus} vCPUs and {memory_mib} MiB do not split "
+                           f"evenly over {nodes} NUMA node(s)")
+    if nodes == 1:
+        mem = f"{memory_mib}M"
+        return ["-m", mem, "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+                "-numa", "node,memdev=mem"]
+    per_cpu, per_mem = vcpus // nodes, memory_mib // nodes
+    args = ["-m", f"{memory_mib}M"]
+    for n in range(nodes):
+        cpus = f"{n * per_cpu}-{(n + 1) * per_cpu - 1}" if per_cpu > 1 else str(n * per_cpu)
+        args += ["-object", f"memory-backend-memfd,id=mem{n},size={per_mem}M,share=on",
+                 "-numa", f"node,nodeid={n},cpus={cpus},memdev=mem{n}"]
+    for a in range(nodes):
+        for b in range(a + 1, nodes):
+            args += ["-numa", f"dist,src={a},dst={b},val={distance}"]
+    return args
 
 
 def _wait_socket(sock: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
