@@ -40,12 +40,14 @@ SETTINGS = {
                           "instance; tag `hookpack:egress-scope:instance`). The to-VM "
                           "direction stays per NIC.", choices=("nic", "instance")),
     "leaf_qdisc": Field(str, "auto", "Qdisc under every class, bounding queueing delay: "
-                        "`fq_codel`, `bfifo` (limit: leaf_delay_ms at the class's rate), "
-                        "`default` (HTB's pfifo of 1000 packets: unbounded delay) or "
-                        "`auto` (fq_codel when the kernel has it, else bfifo).",
-                        choices=("auto", "fq_codel", "bfifo", "default")),
-    "leaf_delay_ms": Field(int, 10, "Queue of a bfifo leaf, in milliseconds at the class's "
-                           "limit.", minimum=1, maximum=1000),
+                        "`fq_codel`; `tbf` (segments GSO packets, then a fifo of "
+                        "leaf_delay_ms at the class's limit); `bfifo` (that fifo alone: "
+                        "drops whole GSO packets, TCP loses throughput); `default` (HTB's "
+                        "pfifo of 1000 packets: unbounded delay); `auto`: fq_codel when "
+                        "the kernel has it, else tbf.",
+                        choices=("auto", "fq_codel", "tbf", "bfifo", "default")),
+    "leaf_delay_ms": Field(int, 10, "Fifo of a tbf or bfifo leaf, in milliseconds at the "
+                           "class's limit.", minimum=1, maximum=1000),
     "mtu": Field(int, 1500, "MTU used for bursts and quanta.", minimum=576, maximum=65536),
     "classifier": Field(str, "auto", "How packets find their class: `fw` (MARK + cls_fw "
                         "filter), `classify` (CLASSIFY --set-class, no filter) or `auto` "

@@ -434,7 +434,7 @@ class Reconciler:
                    klass: ClassParams, what: str, tap: str | None = None) -> bool:
         """The class's leaf qdisc (fq_codel or a bounded fifo); True when written."""
         want = leaf_for(self.s.leaf, klass.ceil, self.s.mtu, self.s.leaf_delay_ms)
-        if want is None or seen == want:
+        if want is None or want.same(seen):
             return False
         plan.first.append(Op(tc.set_leaf(ifindex, classid, want, what), tap=tap))
         plan.verify.append((tc.get_leaf(ifindex, classid, what), LeafCheck(want)))
@@ -518,7 +518,7 @@ class Reconciler:
                 if isinstance(want, ClassParams):
                     good = obj is not None and same_class(obj.htb_class(), want)
                 elif isinstance(want, LeafCheck):
-                    good = obj is not None and obj.leaf() == want.leaf
+                    good = obj is not None and want.leaf.same(obj.leaf())
                 else:
                     good = obj is not None and obj.fw() == want
                 if not good:

@@ -40,6 +40,7 @@ TCA_KIND, TCA_OPTIONS, TCA_STATS2 = 1, 2, 7
 TCA_STATS_BASIC = 1
 TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_DIRECT_QLEN, TCA_HTB_RATE64, TCA_HTB_CEIL64 = 1, 2, 5, 6, 7
 TCA_FW_CLASSID, TCA_FW_MASK = 1, 5
+TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_U32_CLASSID, TCA_U32_SEL, TCA_U32_MARK = 1, 5, 10
 TC_H_ROOT = 0xFFFFFFFF
 TC_LINKLAYER_ETHERNET = 1
@@ -53,6 +54,7 @@ _NLA = struct.Struct("=HH")
 _RATESPEC = struct.Struct("=BBHhHI")  # cell_log, linklayer, overhead, cell_align, mpu, rate
 _HTB_OPT = struct.Struct("=12s12sIIIII")  # rate, ceil, buffer, cbuffer, quantum, level, prio
 _HTB_GLOB = struct.Struct("=IIIII")  # version, rate2quantum, defcls, debug, direct_pkts
+_TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
 _U32 = 0xFFFFFFFF
 
 
@@ -169,6 +171,13 @@ class TcObject:
             return Leaf("default")
         if self.kind in ("bfifo", "pfifo") and len(self.raw_options) >= 4:
             return Leaf(self.kind, struct.unpack_from("=I", self.raw_options)[0])
+        raw = self.options.get(TCA_TBF_PARMS) if self.kind == "tbf" else None
+        if raw is not None and len(raw) >= _TBF_QOPT.size:
+            rate_b, _peak, limit, buffer, _mtu = _TBF_QOPT.unpack_from(raw)
+            rate = _RATESPEC.unpack(rate_b)[5]
+            if TCA_TBF_RATE64 in self.options:
+                rate = struct.unpack("=Q", self.options[TCA_TBF_RATE64][:8])[0]
+            return Leaf("tbf", limit, rate, ticks_to_bytes(buffer, rate))
         return Leaf(self.kind)
 
     def fw(self) -> tuple[int, int | None] | None:
@@ -187,11 +196,23 @@ class Leaf:
 
     kind: str
     limit: int | None = None
+    rate: int | None = None  # tbf: bytes/s
+    burst: int | None = None  # tbf: bytes (GSO packets above it are segmented)
 
     def __str__(self) -> str:
         if self.limit is None:
             return self.kind
+        if self.kind == "tbf":
+            return f"tbf limit {self.limit}b burst {self.burst}b"
         return f"{self.kind} limit {self.limit}{'b' if self.kind == 'bfifo' else 'p'}"
+
+    def same(self, seen: Leaf | None) -> bool:
+        """``seen`` (read back) is this leaf; a tbf's burst travels as 64 ns ticks."""
+        if seen is None or self.kind != "tbf":
+            return seen == self
+        slack = (self.rate or 0) * 64 // 10**9 + 2
+        return (seen.kind, seen.limit, seen.rate) == (self.kind, self.limit, self.rate) \
+            and abs((seen.burst or 0) - (self.burst or 0)) <= slack
 
 
 @dataclass(frozen=True)
@@ -242,7 +263,15 @@ def htb_qdisc_options(r2q: int, default_minor: int) -> bytes:
 def leaf_options(leaf: Leaf) -> bytes:
     """fq_codel with the kernel's defaults (target 5 ms, interval 100 ms: no attribute
     sent, so nothing to drift); a fifo with its limit (struct tc_fifo_qopt)."""
-    body = b"" if leaf.limit is None else struct.pack("=I", leaf.limit)
+    if leaf.kind == "tbf":
+        rate, burst = leaf.rate or 0, leaf.burst or 0
+        qopt = _TBF_QOPT.pack(_ratespec(rate), bytes(12), leaf.limit or 0,
+                              bytes_to_ticks(burst, rate), 0)
+        body = attr(TCA_TBF_PARMS, qopt) + u32(TCA_TBF_BURST, burst)
+        if rate > _U32:
+            body += attr(TCA_TBF_RATE64, struct.pack("=Q", rate))
+    else:
+        body = b"" if leaf.limit is None else struct.pack("=I", leaf.limit)
     return attr(TCA_KIND, leaf.kind.encode() + b"\0") + attr(TCA_OPTIONS, body)
 
 

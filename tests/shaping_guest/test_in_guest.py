@@ -68,8 +68,8 @@ HOST_KERNEL_ONLY = (
     "test_auto_classifier_probe_and_doctor",  # expects the host's probe result
     "test_hookpack_doctor_shows_the_probe",  # same, and needs Ganeti installed
     "test_apply_creates_exactly_the_desired_objects",  # asserts no filter on the uplink
-    # counts CLASSIFY-mode writes (3) for a hotplugged NIC; fw mode also writes the tap's
-    # fw filter (4): checked in inner/test_hookpack_fw.py
+    # counts CLASSIFY-mode writes (5) for a hotplugged NIC; fw mode also writes the tap's
+    # fw filter (6): checked in inner/test_hookpack_fw.py
     "test_changing_one_instance_touches_only_its_objects",
 )
 

@@ -87,8 +87,8 @@ def test_hotplugged_nic_adds_one_fw_filter_and_leaves_the_rest(node, tmp_path):
     (shaper.kvm_dir / "nic" / "vm-a.example.test" / "1").write_text(vm.host_ifname + "\n")
     out = shaper.apply()
     assert not out["failures"], out
-    # uplink class + fw filter, tap qdisc + class; one restore per family
-    assert out["writes"] == {"netlink": 4, "iptables": 2}, out
+    # uplink class + leaf + fw filter, tap qdisc + class + leaf; one restore per family
+    assert out["writes"] == {"netlink": 6, "iptables": 2}, out
     after = shaper.fw_filters("uplink")
     assert before < after and len(after - before) == 1, (before, after)
 
