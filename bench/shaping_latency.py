@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -92,7 +91,7 @@ def one_mode(node: Node, base: Path, vm: str, leaf: str, seconds: int) -> dict:
             upload.kill()
             upload.wait()
     line = ping.stderr.strip().splitlines()[-1] if ping.stderr.strip() else ""
-    rtts = [float(x) for x in re.findall(r"\s([0-9]+\.[0-9]+)", line.partition(":")[2])]
+    rtts = [float(x) for x in line.partition(":")[2].split() if x != "-"]
     if not rtts:
         raise RuntimeError(f"no ping answers: {ping.stdout[-400:]} {ping.stderr[-400:]}")
     data = json.loads(out[out.find("{"):])

@@ -139,22 +139,58 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
               tags: Mapping[str, Iterable[str]] | None = None, clear: bool = False,
               dry_run: bool = False, timeout: Any = lambda: 60.0) -> Report:
     """Plan (and unless ``dry_run`` apply) for ``instances`` (None: the whole node)."""
+    from hookpack.shaping.tc import NetlinkLost
+
     start = time.perf_counter()
     report = Report()
-    with _session(settings, paths, timeout) as (rec, why):
-        report.classifier = f"{rec.s.classifier}: {why}"
-        plan = rec.plan(None if instances is None else list(instances), tags=tags, clear=clear)
-        report.kernel = rec.kernel
-        report.policies = plan.policies
-        report.changes = plan.changes
-        if not dry_run and not plan.empty:
-            report.failures = rec.apply(plan)
-        report.notes = plan.notes
-        report.netlink_writes = rec.nl.writes
-        report.iptables_writes = rec.nf.writes
-        report.iptables_saves = rec.nf.save_runs
+    lost: list[str] = []
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            # after a loss, fewer requests per sendmsg: fewer replies queued at once
+            _attempt(report, settings, paths, instances, tags, clear, dry_run, timeout,
+                     chunk=max(1, 200 // 8 ** (attempt - 1)))
+            break
+        except NetlinkLost as err:
+            # the kernel did some of the batch and its replies are gone: observe again
+            # (a fresh socket, the lock taken again) and finish from what is there
+            lost.append(str(err))
+            if attempt == ATTEMPTS or timeout() < 1.0:
+                report.failures.append(f"{err}, {attempt} time(s): state re-observed "
+                                       "but not finished; run `hookpack shaping apply "
+                                       "--all`")
+                break
+    if lost:
+        report.notes.append(f"{lost[0]}: re-observed and finished ({len(lost)} retry)"
+                            if not report.failures else lost[-1])
     report.ms = (time.perf_counter() - start) * 1000
     return report
+
+
+ATTEMPTS = 3
+
+
+def _attempt(report: Report, settings: Mapping[str, Any], paths: Paths,
+             instances: Iterable[str] | None, tags: Mapping[str, Iterable[str]] | None,
+             clear: bool, dry_run: bool, timeout: Any, chunk: int) -> None:
+    """One observe -> plan -> apply; the counters add up over attempts."""
+    with _session(settings, paths, timeout) as (rec, why):
+        rec.nl.chunk = chunk
+        try:
+            report.classifier = f"{rec.s.classifier}: {why}"
+            plan = rec.plan(None if instances is None else list(instances), tags=tags,
+                            clear=clear)
+            report.kernel = rec.kernel
+            report.policies = plan.policies
+            report.changes = report.changes + [c for c in plan.changes
+                                               if c not in report.changes]
+            report.failures = list(plan.refused)
+            if not dry_run and not plan.empty:
+                report.failures += rec.apply(plan)
+            report.notes = plan.notes
+        finally:
+            report.netlink_writes += rec.nl.writes
+            report.iptables_writes += rec.nf.writes
+            report.iptables_saves += rec.nf.save_runs
 
 
 # ---- CLI --------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ _HTB_OPT = struct.Struct("=12s12sIIIII")  # rate, ceil, buffer, cbuffer, quantum
 _HTB_GLOB = struct.Struct("=IIIII")  # version, rate2quantum, defcls, debug, direct_pkts
 _TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
 _U32 = 0xFFFFFFFF
+# a replace's echo also reports the object it replaced (RTM_DEL*): not the answer
+_NOT_OBJECTS = frozenset({NLMSG_DONE, RTM_DELQDISC, RTM_DELTCLASS, RTM_DELTFILTER})
 
 
 class NetlinkError(OSError):
@@ -65,6 +67,20 @@ class NetlinkError(OSError):
         self.extack = text
         detail = f": {text}" if text else ""
         super().__init__(code, f"{what}: {os.strerror(code)}{detail}")
+
+
+class NetlinkLost(OSError):
+    """Replies were lost (ENOBUFS: the receive buffer overflowed) or did not come in
+    time: which requests the kernel carried out is unknown. The caller re-observes."""
+
+
+def _rcvbuf() -> int:
+    """The receive buffer asked for: 8 MiB, or ``HOOKPACK_NETLINK_RCVBUF`` bytes (the
+    tests set a tiny one to make the kernel drop replies with ENOBUFS for real)."""
+    try:
+        return max(256, int(os.environ.get("HOOKPACK_NETLINK_RCVBUF", "")))
+    except ValueError:
+        return 8 << 20
 
 
 def handle(major: int, minor: int) -> int:
@@ -304,6 +320,13 @@ class Request:
     body: bytes = b""
     what: str = ""  # for error messages: "class 4850:10 on up0"
 
+    def echoed(self) -> Request:
+        """The same write with NLM_F_ECHO: the kernel sends the object as it stored it
+        back to us (its change notification, unicast, same sequence number): a read-back
+        in the same round trip."""
+        return Request(self.type, self.flags | NLM_F_ECHO, self.ifindex, self.handle,
+                       self.parent, self.info, self.body, self.what)
+
     def encode(self, seq: int) -> bytes:
         tcm = _TCMSG.pack(socket.AF_UNSPEC, self.ifindex, self.handle, self.parent, self.info)
         payload = tcm + self.body
@@ -392,7 +415,7 @@ class Netlink:
                                   socket.NETLINK_ROUTE)
         self.sock.settimeout(timeout)  # the kernel always answers; never wait unbounded
         # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) as root, else the capped plain ones
-        for force, plain, size in ((33, socket.SO_RCVBUF, 8 << 20),
+        for force, plain, size in ((33, socket.SO_RCVBUF, _rcvbuf()),
                                    (32, socket.SO_SNDBUF, 4 << 20)):
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, force, size)
@@ -403,6 +426,7 @@ class Netlink:
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.chunk = self.CHUNK
         self.writes = 0  # kernel writes requested (new/del)
         self.reads = 0
 
@@ -425,8 +449,8 @@ class Netlink:
         That halves the messages read back (one ``recv`` each).
         """
         replies: list[Reply] = []
-        for start in range(0, len(requests), self.CHUNK):
-            chunk = requests[start:start + self.CHUNK]
+        for start in range(0, len(requests), self.chunk):
+            chunk = requests[start:start + self.chunk]
             first = self.seq + 1
             data = bytearray()
             for req in chunk:
@@ -452,7 +476,7 @@ class Netlink:
                         continue
                     if mtype == NLMSG_ERROR:
                         reply.error, reply.extack = _parse_error(msg)
-                    elif mtype != NLMSG_DONE:
+                    elif mtype not in _NOT_OBJECTS:  # a get's answer, a write's echo
                         reply.objects.append(_parse_tc(msg))
             replies.extend(out[first + i] for i in range(len(chunk)))
         return replies
@@ -479,7 +503,16 @@ class Netlink:
                 objects.append(_parse_tc(msg))
 
     def _receive(self) -> Iterable[tuple[int, int, memoryview]]:
-        data = memoryview(self.sock.recv(1 << 20))
+        try:
+            data = memoryview(self.sock.recv(1 << 20))
+        except TimeoutError:
+            raise NetlinkLost(errno.ETIMEDOUT, "netlink: no answer from the kernel in "
+                              f"{self.sock.gettimeout()} s") from None
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:
+                raise
+            raise NetlinkLost(errno.ENOBUFS, "netlink: replies lost (ENOBUFS: receive "
+                              "buffer overflowed)") from None
         pos = 0
         while pos + _NLMSG.size <= len(data):
             length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, pos)
