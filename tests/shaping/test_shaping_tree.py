@@ -83,7 +83,7 @@ def test_host_class_is_the_default_under_the_root(shaper):
     assert c["4850:2"]["parent"] == c["4850:10"]["parent"] == "4850:1"
     text = s.node.run("tc", "class", "show", "dev", "up0")
     assert re.search(r"class htb 4850:2 parent 4850:1 leaf \S+ prio 0 ", text), text
-    assert re.search(r"class htb 4850:10 parent 4850:1 leaf \S+ prio 1 ", text), text
+    assert re.search(r"class htb 4850:10 parent 4850:1 leaf \S+ prio 0 ", text), text
     assert s.node.tc_json("qdisc", "show", "dev", "up0")[0]["options"]["default"] == "0x2"
 
 

@@ -99,7 +99,7 @@ def test_latency_under_load_in_guest(run_in_host_guest):
     import json
 
     run = run_in_host_guest([sys.executable, str(REPO / "bench" / "shaping_latency.py"),
-                             "--seconds", "6"], cwd=REPO, env={"PYTHONUNBUFFERED": "1"},
+                             "--seconds", "10"], cwd=REPO, env={"PYTHONUNBUFFERED": "1"},
                             timeout=600)
     print(f"guest: boot-to-command {run.boot_to_command:.1f}s, whole run {run.total:.1f}s")
     print(run.output[-3000:])
