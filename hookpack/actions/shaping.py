@@ -12,7 +12,7 @@ from typing import Any
 
 from hookpack.action import ActionContext, Paths
 from hookpack.config import Field
-from hookpack.errors import ActionError, BadInput
+from hookpack.errors import BadInput
 from hookpack.result import Result
 
 SETTINGS = {
@@ -28,23 +28,34 @@ SETTINGS = {
     "uplink_rate": Field(str, "10gbit", "Rate of the uplink's default class: traffic of "
                          "the host and of unshaped VMs (effectively unlimited)."),
     "mtu": Field(int, 1500, "MTU used for bursts and quanta.", minimum=576, maximum=65536),
-    "classifier": Field(str, "auto", "How packets find their class: `fw` (MARK + cls_fw "
-                        "filter), `classify` (CLASSIFY --set-class, no filter) or `auto` "
-                        "(fw when the kernel has a working cls_fw).",
-                        choices=("auto", "fw", "classify")),
+    "classifier": Field(str, "auto", "How a marked frame finds its class on the uplink "
+                        "(frames are marked at each tap's ingress by nf_tables): `bpf` "
+                        "(one cls_bpf classic BPF program, O(1) per packet), `fw` (cls_fw, "
+                        "one element per mark) or `auto` (bpf when the kernel has it, else "
+                        "fw). `classify` (the retired iptables mode) means `auto`.",
+                        choices=("auto", "bpf", "fw", "classify")),
     # Not 0: the kernel takes handle 0: as "pick one" (8001:...), so hookpack would not
     # find its own qdisc again and refuse it as foreign on the next run.
     "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs (1-ffff).",
                     pattern=r"(?!0+$)[0-9a-f]{1,4}"),
-    "fw_prio": Field(int, 4850, "Priority of hookpack's fw filters.", minimum=1,
-                     maximum=65535),
-    "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's MARK rules and fw filters use.",
+    "fw_prio": Field(int, 4850, "Priority of hookpack's mark -> class filter (bpf or fw) "
+                     "on the uplink.", minimum=1, maximum=65535),
+    "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's tap marks and its filter use; "
+                     "other bits of a frame's mark are kept.",
                      minimum=0xFFFF, maximum=0xFFFFFFFF),
     "shape_ingress": Field(bool, True, "Also shape world -> VM (HTB on each tap)."),
-    "ipv6": Field(bool, True, "Also classify IPv6 (ip6tables rules)."),
-    "iptables_backend": Field(str, "auto", "Backend to write rules with: `auto` (what "
-                              "`iptables -V` says), `nf_tables` or `legacy`.",
+    "ipv6": Field(bool, True, "No longer used: the tap marks cover every frame, IPv6 "
+                  "included. Kept so existing configs stay valid."),
+    "iptables_backend": Field(str, "auto", "Backend whose tools remove the iptables rules "
+                              "of hookpack's earlier classifier (HOOKPACK-SHAPE), once per "
+                              "boot: `auto`, `nf_tables` or `legacy`.",
                               choices=("auto", "nf_tables", "legacy")),
+    "reconcile_interval": Field(str, "5min", "How often the systemd timer runs `hookpack "
+                                "shaping apply --all` (a systemd time span, e.g. `5min`, "
+                                "`30s`; empty: no timer). It repairs objects a firewall "
+                                "reload or an admin removed and picks up tag changes, for "
+                                "which Ganeti runs no hook.",
+                                pattern=r"|[0-9]{1,6}(us|ms|s|sec|m|min|h|hr)?"),
     "replace_foreign_qdisc": Field(bool, False, "Replace a root qdisc on the uplink or a "
                                    "tap that hookpack did not create."),
 }
@@ -72,9 +83,9 @@ class Report:
         self.notes: list[str] = []
         self.failures: list[str] = []
         self.netlink_writes = 0
-        self.iptables_writes = 0
-        self.iptables_saves = 0
+        self.nft_writes = 0
         self.classifier = ""
+        self.escalated = ""
         self.ms = 0.0
         self.kernel: Any = None
         self.policies: dict[str, Any] = {}
@@ -91,26 +102,35 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"changes": self.changes, "notes": self.notes, "failures": self.failures,
-                "writes": {"netlink": self.netlink_writes, "iptables": self.iptables_writes},
-                "reads": {"iptables_save": self.iptables_saves},
-                "classifier": self.classifier, "ms": round(self.ms, 1)}
+                "writes": {"netlink": self.netlink_writes, "nf_tables": self.nft_writes},
+                "classifier": self.classifier, "whole_node": self.escalated,
+                "ms": round(self.ms, 1)}
 
 
 @contextmanager
 def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterator[Any]:
     from hookpack.locks import node_lock
-    from hookpack.shaping import classifier, netfilter, tc
+    from hookpack.shaping import classifier, nft, tc
     from hookpack.shaping.reconcile import Reconciler, Settings
 
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
     s = Settings.from_config(settings, mode)
-    with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
-        nf = netfilter.Netfilter(netfilter.detect(str(settings["iptables_backend"])),
-                                 s.families, timeout=max(1.0, min(30.0, timeout() - 0.5)),
-                                 cache=netfilter.SaveCache(paths.run_dir / "shaping-mangle.json"))
-        with tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl:
-            rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl, nf=nf)
-            yield rec, why
+    with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)), \
+            tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl, \
+            nft.Nft(timeout=max(1.0, min(10.0, timeout()))) as marks:
+        rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl,
+                         nft=marks)
+        yield rec, classifier.describe(mode, why, classifier.probe(paths.run_dir))
+
+
+def _legacy(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> tuple[list[str],
+                                                                             list[str]]:
+    """Once per boot: remove the iptables rules of hookpack's earlier classifier."""
+    from hookpack.shaping import classifier, legacy
+
+    return legacy.cleanup_once(paths.run_dir, str(settings["iptables_backend"]),
+                               classifier.kernel_key(),
+                               timeout=max(1.0, min(10.0, timeout() - 1.0)))
 
 
 def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str] | None, *,
@@ -120,17 +140,22 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
     start = time.perf_counter()
     report = Report()
     with _session(settings, paths, timeout) as (rec, why):
-        report.classifier = f"{rec.s.classifier}: {why}"
+        report.classifier = why
+        old: tuple[list[str], list[str]] = ([], [])
+        if not dry_run:
+            old = _legacy(settings, paths, timeout)
+        if old[0] and instances is not None and not clear:
+            instances = None  # the old rules' classes: the whole node is renumbered
         plan = rec.plan(None if instances is None else list(instances), tags=tags, clear=clear)
         report.kernel = rec.kernel
         report.policies = plan.policies
-        report.changes = plan.changes
+        report.changes = old[0] + plan.changes
+        report.escalated = plan.escalated
         if not dry_run and not plan.empty:
             report.failures = rec.apply(plan)
-        report.notes = plan.notes
+        report.notes = old[1] + plan.notes
         report.netlink_writes = rec.nl.writes
-        report.iptables_writes = rec.nf.writes
-        report.iptables_saves = rec.nf.save_runs
+        report.nft_writes = rec.nft.writes
     report.ms = (time.perf_counter() - start) * 1000
     return report
 
@@ -193,8 +218,8 @@ def _cli(ns: argparse.Namespace) -> int:
         for failure in report.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         print(f"shaping {ns.verb}: {len(report.changes)} change(s), "
-              f"{report.netlink_writes} netlink write(s), {report.iptables_writes} "
-              f"iptables-restore call(s), {report.ms:.0f} ms ({report.classifier})")
+              f"{report.netlink_writes} netlink write(s), {report.nft_writes} "
+              f"nf_tables transaction(s), {report.ms:.0f} ms ({report.classifier})")
     return 1 if report.failures else 0
 
 
@@ -209,91 +234,72 @@ def _show(ns: argparse.Namespace, report: Report) -> int:
 
     k = report.kernel
     rows = []
-    fam = 4 if 4 in k.nf else next(iter(k.nf), None)
-    rules = k.nf[fam].rules if fam is not None else []
-    for rule in sorted(rules, key=lambda r: (r.instance, r.nic)):
-        klass = k.classes.get(rule.value)
-        tap = k.taps.get(rule.tap)
+    marks = k.marks.taps if k.marks else {}
+    for mark in sorted(marks.values(), key=lambda m: (m.instance, m.nic, m.tap)):
+        klass = k.classes.get(mark.value) if mark.value else None
+        tap = k.taps.get(mark.tap)
         rows.append({
-            "instance": rule.instance, "nic": rule.nic, "tap": rule.tap,
-            "class": f"{rule.major or 0:x}:{rule.value:x}" if rule.mode == "classify"
-            else f"mark {rule.value:#x}",
+            "instance": mark.instance, "nic": mark.nic, "tap": mark.tap,
+            "mark": f"{mark.value:#x}" if mark.value is not None else None,
+            "class": f"{k.uplink_handle >> 16:x}:{mark.value:x}" if mark.value else None,
+            "marked": mark.hooked and mark.value is not None,
             "egress": format_rate(klass.rate) if klass else None,
             "ingress": format_rate(tap.klass.rate) if tap and tap.klass else None,
             "tap_exists": bool(tap and tap.ifindex),
         })
-    data = {"uplink_qdisc": k.uplink_root, "classifier": report.classifier, "taps": rows,
-            "pending_changes": report.changes, "notes": report.notes}
+    data = {"uplink_qdisc": k.uplink_root, "classifier": report.classifier,
+            "netdev_table": bool(k.marks and k.marks.table), "taps": rows,
+            "pending_changes": report.changes, "notes": report.notes,
+            "in_step": not report.changes and not report.failures}
     if ns.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"uplink qdisc: {k.uplink_root}; classifier {report.classifier}")
+    print(f"uplink qdisc: {k.uplink_root}; {report.classifier}")
     for row in rows:
-        print(f"{row['instance']}/{row['nic']} {row['tap']}: {row['class']} egress "
-              f"{row['egress'] or '-'} ingress {row['ingress'] or '-'}"
+        print(f"{row['instance']}/{row['nic']} {row['tap']}: mark {row['mark'] or '-'} "
+              f"class {row['class'] or '-'} egress {row['egress'] or '-'} ingress "
+              f"{row['ingress'] or '-'}"
+              + ("" if row["marked"] else " (NOT MARKED: egress not classified)")
               + ("" if row["tap_exists"] else " (tap gone)"))
     for change in report.changes:
         print(f"out of step: {change}")
+    for note in report.notes:
+        print(f"note: {note}")
     return 0
 
 
 def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -> int:
-    from hookpack.shaping import classifier, netfilter
+    from hookpack.shaping import classifier
 
     probe = classifier.probe(paths.run_dir, refresh=ns.refresh)
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
-    try:
-        tools = netfilter.detect(str(settings["iptables_backend"]))
-        backend = f"{tools.backend} ({tools.restore[0]})"
-    except ActionError as err:
-        backend = f"unknown: {err}"
     facts = {
-        "cls_fw": probe.get("fw"), "htb": probe.get("htb"),
-        "u32_mark": probe.get("u32_mark"), "probe_detail": probe.get("detail", ""),
-        "classifier": f"{mode}: {why}", "iptables_backend": backend,
-        "bridge_nf_call_iptables": netfilter.bridge_nf_call(4),
-        "bridge_nf_call_ip6tables": netfilter.bridge_nf_call(6),
+        "htb": probe.get("htb"), "nft_netdev": probe.get("nft_netdev"),
+        "cls_bpf": probe.get("bpf"), "cls_fw": probe.get("fw"),
+        "u32_mark": probe.get("u32_mark"),
+        "probe_detail": "; ".join(d for d in (probe.get("nft_detail"), probe.get("bpf_detail"),
+                                              probe.get("detail")) if d),
+        "classifier": classifier.describe(mode, why, probe),
+        "nic_modes": "bridged (plain or VLAN-aware), routed, openvswitch: every frame is "
+                     "marked at the tap's ingress",
         "uplink": settings["uplink"] or "(not configured)",
     }
     if ns.json:
         print(json.dumps(facts, indent=2))
     else:
         for key, value in facts.items():
-            print(f"{key:26} {value}")
-        if facts["bridge_nf_call_iptables"] is not True:
-            print("warning: bridged traffic does not pass iptables (load br_netfilter and "
-                  "set net.bridge.bridge-nf-call-iptables=1): physdev rules will not match")
+            print(f"{key:14} {value}")
+        if not probe.get("nft_netdev"):
+            print("warning: nf_tables netdev chains are not available: no frame can be "
+                  "classified (load nf_tables, CONFIG_NF_TABLES_NETDEV)")
     return 0
 
 
-
-def _backend_check(setting: str) -> Any:
-    """The backend hookpack writes with against the ones holding rules here."""
-    from hookpack.doctor import FAIL, PASS, WARN, Check
-    from hookpack.shaping import netfilter
-
-    try:
-        tools = netfilter.detect(setting)
-    except ActionError as err:
-        return Check("shaping iptables", FAIL, str(err),
-                     "install iptables, or set shaping.iptables_backend")
-    counts = netfilter.rules_by_backend()
-    other = "legacy" if tools.backend == "nf_tables" else "nf_tables"
-    written = f"writes with {tools.restore[0]} ({tools.backend})"
-    if counts.get(other):
-        return Check("shaping iptables", WARN, f"{written}, but {counts[other]} rule(s) are "
-                     f"loaded through {other}: the host's firewall uses the other backend, "
-                     "and each backend's tools cannot see the other's rules",
-                     f"use one backend: set shaping.iptables_backend = \"{other}\" "
-                     "or move the firewall to the backend `iptables -V` shows")
-    return Check("shaping iptables", PASS, f"{written}; rules in use: "
-                 + ", ".join(f"{b} {'?' if n is None else n}" for b, n in counts.items()))
-
-
 def doctor(cfg: Any, paths: Paths) -> list[Any]:
-    """`hookpack doctor` checks: HTB, classifier probe, uplink, backend, br_netfilter."""
+    """`hookpack doctor` checks: HTB, the tap marks (nf_tables netdev), the mark -> class
+    filter (cls_bpf / cls_fw), the uplink."""
     from hookpack.doctor import FAIL, PASS, WARN, Check
-    from hookpack.shaping import classifier, netfilter, tc
+    from hookpack.shaping import classifier, tc
 
     settings = cfg.section("shaping", SETTINGS)
     checks = []
@@ -305,13 +311,24 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
         checks.append(Check("shaping htb", FAIL, f"the kernel refused an HTB qdisc ({why})",
                             "load sch_htb (`modprobe sch_htb`) or boot a kernel with "
                             "CONFIG_NET_SCH_HTB; then `hookpack shaping doctor --refresh`"))
+    if probe.get("nft_netdev"):
+        checks.append(Check("shaping marks", PASS, "nf_tables netdev ingress chains (probed): "
+                            "every frame a tap receives is marked, any NIC mode"))
+    else:
+        checks.append(Check("shaping marks", FAIL, "no nf_tables netdev ingress chain "
+                            f"({probe.get('nft_detail') or probe.get('error') or '?'}): no "
+                            "VM frame can be classified", "load nf_tables (`modprobe "
+                            "nf_tables`; CONFIG_NF_TABLES_NETDEV); then `hookpack shaping "
+                            "doctor --refresh`"))
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
-    if mode == "fw" and not probe.get("fw"):
-        checks.append(Check("shaping classifier", FAIL, f"fw forced but {why}",
-                            "set shaping.classifier = \"auto\""))
+    if not probe.get(mode):
+        checks.append(Check("shaping classifier", FAIL, f"cls_{mode}: {why}",
+                            "set shaping.classifier = \"auto\", or load cls_bpf "
+                            "(`modprobe cls_bpf`)"))
     else:
         checks.append(Check("shaping classifier", PASS,
-                            f"{mode} ({why}); u32 mark match: {probe.get('u32_mark')}"))
+                            f"{classifier.describe(mode, why, probe)}; u32 mark match: "
+                            f"{probe.get('u32_mark')}"))
     uplink = str(settings["uplink"])
     index = tc.ifindex(uplink) if uplink else None
     if not uplink:
@@ -333,14 +350,6 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
                                 "remove it or set shaping.replace_foreign_qdisc = true"))
         else:
             checks.append(Check("shaping uplink", PASS, f"{uplink} root qdisc: {state}"))
-    checks.append(_backend_check(str(settings["iptables_backend"])))
-    if netfilter.bridge_nf_call(4, str(paths.proc_root)) is not True:
-        checks.append(Check("shaping br_netfilter", FAIL, "bridged traffic does not pass "
-                            "iptables: physdev rules cannot classify VM traffic",
-                            "modprobe br_netfilter; sysctl -w "
-                            "net.bridge.bridge-nf-call-iptables=1 (and ...-ip6tables=1)"))
-    else:
-        checks.append(Check("shaping br_netfilter", PASS, "bridge-nf-call-iptables = 1"))
     return checks
 
 
