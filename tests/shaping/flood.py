@@ -48,7 +48,8 @@ else:
     if kind == "raw":
         frame = head + b"\x88\xb5" + payload
     elif kind == "vlan":
-        frame = head + b"\x81\x00" + struct.pack("!H", 100) + b"\x08\x00" + ip_udp("192.0.2.200", dst_ip)
+        frame = (head + b"\x81\x00" + struct.pack("!H", 100) + b"\x08\x00"
+                 + ip_udp("192.0.2.200", dst_ip))
     elif kind == "qinq":
         frame = (head + b"\x88\xa8" + struct.pack("!H", 200) + b"\x81\x00"
                  + struct.pack("!H", 100) + b"\x08\x00" + ip_udp("192.0.2.200", dst_ip))
@@ -98,7 +99,7 @@ def flood_rate(vm_ns: str, world_ns: str, kind: str, *, seconds: float = 3.0,
         time.sleep(seconds)
         t1, b1 = sample(world_ns, "wo0")
     finally:
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     if proc.returncode:
         raise RuntimeError(f"flood {kind} failed: {err.strip()}")
     return (b1 - b0) * 8 / (t1 - t0) / 1e6

@@ -126,14 +126,14 @@ def test_a_hook_repairs_the_whole_node_after_its_base_objects_vanish(shaper):
     assert again["writes"] == {"netlink": 0, "nf_tables": 0} and not again["whole_node"]
 
 
-OLD_RULES = """*mangle
-:HOOKPACK-SHAPE - [0:0]
--I FORWARD 1 -m comment --comment hookpack-shape -j HOOKPACK-SHAPE
--A FORWARD -m comment --comment admin -j MARK --set-xmark 0x4000/0x4000
--A HOOKPACK-SHAPE -m physdev --physdev-in tap0 -m comment --comment "hookpack:a.example.test:0" -j CLASSIFY --set-class 4850:0011
--A HOOKPACK-SHAPE -m physdev --physdev-in tap1 -m comment --comment "hookpack:b.example.test:0" -j CLASSIFY --set-class 4850:0010
-COMMIT
-"""
+OLD_RULES = "\n".join([
+    "*mangle", ":HOOKPACK-SHAPE - [0:0]",
+    "-I FORWARD 1 -m comment --comment hookpack-shape -j HOOKPACK-SHAPE",
+    "-A FORWARD -m comment --comment admin -j MARK --set-xmark 0x4000/0x4000",
+    *(f"-A HOOKPACK-SHAPE -m physdev --physdev-in {tap} -m comment --comment "
+      f'"hookpack:{inst}.example.test:0" -j CLASSIFY --set-class 4850:{minor}'
+      for tap, inst, minor in (("tap0", "a", "0011"), ("tap1", "b", "0010"))),
+    "COMMIT", ""])
 
 
 def test_the_old_iptables_classifier_is_removed_and_nothing_else(shaper):

@@ -8,7 +8,6 @@ Debian kernel guest, tests/shaping_guest). Objects are read back with ``nft`` an
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from pathlib import Path
