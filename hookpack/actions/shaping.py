@@ -25,8 +25,27 @@ SETTINGS = {
                              "ask for. Empty: egress_rate (tags can only lower it)."),
     "max_ingress_rate": Field(str, "", "Highest rate a `hookpack:ingress:` tag may ask "
                               "for. Empty: ingress_rate."),
-    "uplink_rate": Field(str, "10gbit", "Rate of the uplink's default class: traffic of "
-                         "the host and of unshaped VMs (effectively unlimited)."),
+    "uplink_rate": Field(str, "10gbit", "Rate of the root class over every class on the "
+                         "uplink (set it a little below the link's real speed, so that "
+                         "the queue forms in HTB, where the host's share is kept)."),
+    "host_rate": Field(str, "", "Guaranteed rate of the host's own traffic (Ganeti RPC, "
+                       "DRBD, migration: everything not from a tap), served first, may "
+                       "use the whole uplink when VMs leave it idle. Empty: uplink_rate/10."),
+    "guaranteed_rate": Field(str, "1mbit", "Rate each VM class is guaranteed under the "
+                             "root; above it (up to its limit) a VM borrows what the host "
+                             "and the other VMs leave. Keep the sum over all VMs plus "
+                             "host_rate below uplink_rate."),
+    "egress_scope": Field(str, "nic", "`nic`: one egress limit per NIC; `instance`: all "
+                          "NICs of an instance share one limit (a parent class per "
+                          "instance; tag `hookpack:egress-scope:instance`). The to-VM "
+                          "direction stays per NIC.", choices=("nic", "instance")),
+    "leaf_qdisc": Field(str, "auto", "Qdisc under every class, bounding queueing delay: "
+                        "`fq_codel`, `bfifo` (limit: leaf_delay_ms at the class's rate), "
+                        "`default` (HTB's pfifo of 1000 packets: unbounded delay) or "
+                        "`auto` (fq_codel when the kernel has it, else bfifo).",
+                        choices=("auto", "fq_codel", "bfifo", "default")),
+    "leaf_delay_ms": Field(int, 10, "Queue of a bfifo leaf, in milliseconds at the class's "
+                           "limit.", minimum=1, maximum=1000),
     "mtu": Field(int, 1500, "MTU used for bursts and quanta.", minimum=576, maximum=65536),
     "classifier": Field(str, "auto", "How a marked frame finds its class on the uplink "
                         "(frames are marked at each tap's ingress by nf_tables): `bpf` "
@@ -110,11 +129,12 @@ class Report:
 @contextmanager
 def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterator[Any]:
     from hookpack.locks import node_lock
-    from hookpack.shaping import classifier, nft, tc
+    from hookpack.shaping import classifier, leaf, nft, tc
     from hookpack.shaping.reconcile import Reconciler, Settings
 
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
-    s = Settings.from_config(settings, mode)
+    leaf_kind, _leaf_why = leaf.choose(str(settings["leaf_qdisc"]), paths.run_dir)
+    s = Settings.from_config(settings, mode, leaf_kind)
     with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)), \
             tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl, \
             nft.Nft(timeout=max(1.0, min(10.0, timeout()))) as marks:
@@ -243,7 +263,7 @@ def _show(ns: argparse.Namespace, report: Report) -> int:
             "mark": f"{mark.value:#x}" if mark.value is not None else None,
             "class": f"{k.uplink_handle >> 16:x}:{mark.value:x}" if mark.value else None,
             "marked": mark.hooked and mark.value is not None,
-            "egress": format_rate(klass.rate) if klass else None,
+            "egress": format_rate(klass.ceil) if klass else None,
             "ingress": format_rate(tap.klass.rate) if tap and tap.klass else None,
             "tap_exists": bool(tap and tap.ifindex),
         })
@@ -269,10 +289,12 @@ def _show(ns: argparse.Namespace, report: Report) -> int:
 
 
 def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -> int:
-    from hookpack.shaping import classifier
+    from hookpack.shaping import classifier, leaf
 
     probe = classifier.probe(paths.run_dir, refresh=ns.refresh)
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
+    leaves = leaf.probe(paths.run_dir, refresh=ns.refresh)
+    leaf_kind, leaf_why = leaf.choose(str(settings["leaf_qdisc"]), paths.run_dir)
     facts = {
         "htb": probe.get("htb"), "nft_netdev": probe.get("nft_netdev"),
         "cls_bpf": probe.get("bpf"), "cls_fw": probe.get("fw"),
@@ -282,6 +304,8 @@ def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -
         "classifier": classifier.describe(mode, why, probe),
         "nic_modes": "bridged (plain or VLAN-aware), routed, openvswitch: every frame is "
                      "marked at the tap's ingress",
+        "sch_fq_codel": leaves.get("fq_codel"),
+        "leaf_qdisc": f"{leaf_kind}: {leaf_why}",
         "uplink": settings["uplink"] or "(not configured)",
     }
     if ns.json:
@@ -329,6 +353,15 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
         checks.append(Check("shaping classifier", PASS,
                             f"{classifier.describe(mode, why, probe)}; u32 mark match: "
                             f"{probe.get('u32_mark')}"))
+    from hookpack.shaping import leaf
+
+    leaf_kind, leaf_why = leaf.choose(str(settings["leaf_qdisc"]), paths.run_dir)
+    if leaf_kind == "default":
+        checks.append(Check("shaping leaf qdisc", WARN, "HTB's own pfifo under every class: a "
+                            "saturated class queues up to 1000 packets (1.2 s at 10 Mbit/s)",
+                            "set shaping.leaf_qdisc = \"auto\""))
+    else:
+        checks.append(Check("shaping leaf qdisc", PASS, f"{leaf_kind} ({leaf_why})"))
     uplink = str(settings["uplink"])
     index = tc.ifindex(uplink) if uplink else None
     if not uplink:
@@ -402,8 +435,8 @@ def metrics(cfg: Any, paths: Paths) -> list[Any]:
                     key = (cv.direction, field)
                     totals[key] = totals.get(key, 0) + value
                 samples.append(Sample("hookpack_shaping_tap_rate_bytes_per_second",
-                                      cv.rate or 0, labels,
-                                      "Rate (= ceil) of the tap's HTB class in the kernel."))
+                                      cv.ceil or 0, labels,
+                                      "Limit (HTB ceil) of the tap's class in the kernel."))
         for (direction, field), value in sorted(totals.items()):
             if field in ("bytes", "drops"):
                 samples.append(Sample(f"hookpack_shaping_{field}_total", value,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hookpack.shaping import nft, tc
-from hookpack.shaping.model import MINOR_DEFAULT, TAP_MINOR
+from hookpack.shaping.model import MINOR_FIRST, MINOR_HOST, MINOR_ROOT, TAP_MINOR
 
 _GONE = tc.TcObject(0, 0, 0, 0, "<gone>")
 
@@ -24,6 +24,7 @@ class TapState:
     root: str = "none"  # "ours" | "default" | "foreign" | "none"
     root_kind: str = ""
     klass: tc.HtbParams | None = None
+    leaf: tc.Leaf | None = None  # the qdisc under the tap's class (None: no class)
 
 
 @dataclass
@@ -32,7 +33,10 @@ class Kernel:
     uplink_root: str = "none"  # "ours" | "default" | "foreign" | "none"
     uplink_kind: str = ""
     uplink_handle: int = 0
+    uplink_default: int = 0  # the default class minor of hookpack's uplink qdisc
     classes: dict[int, tc.HtbParams] = field(default_factory=dict)  # minor -> params
+    parents: dict[int, int] = field(default_factory=dict)  # minor -> parent minor (0: root)
+    leaves: dict[int, tc.Leaf] = field(default_factory=dict)  # minor -> its leaf qdisc
     filters: dict[int, tuple[int, int | None]] = field(default_factory=dict)  # mark -> cls
     bpf: bytes | None = None  # the cls_bpf mark -> class filter at fw_prio
     other_kind: str = ""  # a filter of another kind at fw_prio (the other classifier's)
@@ -100,11 +104,14 @@ def observe(nl: tc.Netlink, marks: Marks, *, uplink: str, major: int,
     k.uplink_ifindex = tc.ifindex(uplink)
     tap_index = dict(taps)
     roots: dict[int, tc.TcObject | None] = {}
+    leaves: dict[tuple[int, int], tc.Leaf] = {}  # (ifindex, class minor) -> leaf
     if full:
-        # one dump of every root qdisc: the uplink's, the taps', and leftovers elsewhere
+        # one dump of every qdisc: the uplink's, the taps', their leaves, and leftovers
         for qd in nl.dump(tc.RTM_GETQDISC):
             if qd.parent == tc.TC_H_ROOT:
                 roots[qd.ifindex] = qd
+            elif qd.parent >> 16 == major:
+                leaves[(qd.ifindex, qd.parent & 0xFFFF)] = qd.leaf()
         known = {i for i in tap_index.values() if i is not None}
         for where, root in roots.items():
             if (root is not None and where not in known and where != k.uplink_ifindex
@@ -122,6 +129,8 @@ def observe(nl: tc.Netlink, marks: Marks, *, uplink: str, major: int,
         k.uplink_root = root_state(up_root, major)
         k.uplink_kind = up_root.kind if up_root else "noqueue"
         k.uplink_handle = up_root.handle if up_root else 0
+        glob = up_root.htb_qdisc() if up_root is not None and up_root is not _GONE else None
+        k.uplink_default = glob[1] if glob else 0
     ours: list[tuple[str, int]] = []
     for name, index in sorted(tap_index.items()):
         obj = roots.get(index) if index is not None else _GONE
@@ -132,10 +141,24 @@ def observe(nl: tc.Netlink, marks: Marks, *, uplink: str, major: int,
         k.taps[name] = state
         if state.root == "ours":
             ours.append((name, index))
-    gets = [tc.get_class(i, major, TAP_MINOR, f"class of {n}") for n, i in ours]
-    for (name, _index), reply in zip(ours, nl.transact(gets), strict=True):
+    tap_cls = tc.handle(major, TAP_MINOR)
+    if full:
+        gets = [tc.get_class(i, major, TAP_MINOR, f"class of {n}") for n, i in ours]
+        replies = nl.transact(gets)
+        leaf_replies: list[tc.Reply | None] = [None] * len(ours)
+    else:
+        gets = [tc.get_class(i, major, TAP_MINOR, f"class of {n}") for n, i in ours]
+        gets += [tc.get_leaf(i, tap_cls, f"leaf of {n}") for n, i in ours]
+        both = nl.transact(gets)
+        replies, leaf_replies = both[:len(ours)], list(both[len(ours):])
+    for (name, index), reply, leaf in zip(ours, replies, leaf_replies, strict=True):
         if reply.objects:
-            k.taps[name].klass = reply.objects[0].htb_class()
+            st = k.taps[name]
+            st.klass = reply.objects[0].htb_class()
+            if full:
+                st.leaf = leaves.get((index, TAP_MINOR), tc.Leaf("default"))
+            else:
+                st.leaf = leaf.objects[0].leaf() if leaf and leaf.objects else None
     if k.uplink_root != "ours" or k.uplink_ifindex is None:
         return k
     up = k.uplink_ifindex
@@ -144,23 +167,34 @@ def observe(nl: tc.Netlink, marks: Marks, *, uplink: str, major: int,
         for obj in nl.dump(tc.RTM_GETTCLASS, up):
             params = obj.htb_class()
             if params is not None and obj.handle >> 16 == major:
-                k.classes[obj.handle & 0xFFFF] = params
+                minor = obj.handle & 0xFFFF
+                k.classes[minor] = params
+                k.parents[minor] = _parent_minor(obj, major)
+                if params.level == 0:  # a leaf class: its qdisc, HTB's pfifo when not dumped
+                    k.leaves[minor] = leaves.get((up, minor), tc.Leaf("default"))
         for obj in nl.dump(tc.RTM_GETTFILTER, up, parent):
             _filter(k, obj, fw_prio)
     else:
-        wanted = sorted({MINOR_DEFAULT, *minors})
+        wanted = sorted({MINOR_ROOT, MINOR_HOST, *minors})
         gets = [tc.get_class(up, major, m, f"class {major:x}:{m:x}") for m in wanted]
-        for minor, reply in zip(wanted, nl.transact(gets), strict=True):
-            params = reply.objects[0].htb_class() if reply.objects else None
-            if params is not None:
+        gets += [tc.get_leaf(up, tc.handle(major, m), f"leaf of {major:x}:{m:x}")
+                 for m in wanted]
+        both = nl.transact(gets)
+        for minor, reply, leaf in zip(wanted, both[:len(wanted)], both[len(wanted):],
+                                      strict=True):
+            obj = reply.objects[0] if reply.objects else None
+            params = obj.htb_class() if obj is not None else None
+            if obj is not None and params is not None:
                 k.classes[minor] = params
+                k.parents[minor] = _parent_minor(obj, major)
+                if leaf.objects:
+                    k.leaves[minor] = leaf.objects[0].leaf()
         # the classifier filter: any element at fw_prio tells its kind; fw: the marks'
         fgets = [tc.get_bpf_filter(up, major, fw_prio, "bpf filter")]
-        fgets += [tc.Request(tc.RTM_GETTFILTER, tc.NLM_F_ECHO, up, m, parent,
-                             tc.filter_info(fw_prio), tc.attr(tc.TCA_KIND, b"fw\0"),
-                             f"filter {m:#x}") for m in wanted if m != MINOR_DEFAULT]
-        if classifier != "fw":
-            fgets = fgets[:1]
+        if classifier == "fw":
+            fgets += [tc.Request(tc.RTM_GETTFILTER, tc.NLM_F_ECHO, up, m, parent,
+                                 tc.filter_info(fw_prio), tc.attr(tc.TCA_KIND, b"fw\0"),
+                                 f"filter {m:#x}") for m in wanted if m >= MINOR_FIRST]
         for reply in nl.transact(fgets):
             for obj in reply.objects:
                 _filter(k, obj, fw_prio)
@@ -177,6 +211,14 @@ def _filter(k: Kernel, obj: tc.TcObject, fw_prio: int) -> None:
         k.bpf = obj.bpf()
     elif obj.kind:
         k.other_kind = obj.kind
+
+
+def _parent_minor(obj: tc.TcObject, major: int) -> int:
+    """The minor of a class's parent class; 0 when it hangs directly under the qdisc
+    (the kernel reports TC_H_ROOT then) or under another qdisc's class."""
+    if obj.parent == tc.TC_H_ROOT or obj.parent >> 16 != major:
+        return 0
+    return obj.parent & 0xFFFF
 
 
 def _ifname(index: int) -> str:

@@ -21,15 +21,23 @@ from typing import Any
 from hookpack import debugpoints, validate
 from hookpack.errors import ActionError, BadInput, ConfigError
 from hookpack.shaping import nft, tc
+from hookpack.shaping.leaf import leaf_for
 from hookpack.shaping.model import (
-    MINOR_DEFAULT,
+    INSTANCE_BIT,
+    MIN_RATE,
+    MINOR_HOST,
+    MINOR_ROOT,
+    PRIO_VM,
     TAP_MINOR,
     ClassParams,
     allocate_minors,
     class_params,
     format_rate,
+    instance_minor,
     parse_rate,
     qdisc_r2q,
+    uplink_classes,
+    vm_class,
 )
 from hookpack.shaping.observe import Kernel, TapMark, observe, observe_marks
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
@@ -49,9 +57,14 @@ class Settings:
     ingress: bool
     replace_foreign_qdisc: bool
     defaults: Defaults
+    host_rate: int = 0  # 0: uplink_rate / 10
+    guaranteed_rate: int = 1_000_000 // 8
+    leaf: str = "default"  # "fq_codel" | "bfifo" | "default" (already chosen)
+    leaf_delay_ms: int = 10
 
     @classmethod
-    def from_config(cls, s: Mapping[str, Any], classifier: str) -> Settings:
+    def from_config(cls, s: Mapping[str, Any], classifier: str,
+                    leaf: str = "default") -> Settings:
         if not s.get("uplink"):
             raise ConfigError("no uplink configured: set shaping.uplink to the public "
                               "interface the instances' traffic leaves by (not the bridge)",
@@ -59,11 +72,16 @@ class Settings:
         try:
             uplink = validate.interface_name(str(s["uplink"]))
             uplink_rate = parse_rate(str(s["uplink_rate"]))
+            host_rate = parse_rate(str(s["host_rate"])) if s.get("host_rate") \
+                else max(MIN_RATE, uplink_rate // 10)
+            guaranteed = parse_rate(str(s.get("guaranteed_rate") or "1mbit"))
         except BadInput as err:
             raise ConfigError(str(err), key="shaping") from None
         return cls(uplink, int(str(s["handle"]), 16), int(s["mtu"]), uplink_rate, classifier,
                    int(s["fw_prio"]), int(s["fw_mask"]), bool(s["shape_ingress"]),
-                   bool(s["replace_foreign_qdisc"]), Defaults.from_settings(s))
+                   bool(s["replace_foreign_qdisc"]), Defaults.from_settings(s),
+                   min(host_rate, uplink_rate), guaranteed, leaf,
+                   int(s.get("leaf_delay_ms") or 10))
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,7 @@ class Plan:
     verify: list[tuple[tc.Request, Any]] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    moved: list[int] = field(default_factory=list)  # classes re-made under a new parent
     policies: dict[str, Policy] = field(default_factory=dict)
     escalated: str = ""  # why a hook reconciled the whole node
 
@@ -141,12 +160,21 @@ def same_class(seen: tc.HtbParams | None, want: ClassParams) -> bool:
     if seen is None:
         return False
     slack = want.rate * 64 // 10**9 + 2  # buffers travel as 64 ns ticks
+    cslack = want.ceil * 64 // 10**9 + 2
     return (seen.rate == want.rate and seen.ceil == want.ceil and seen.quantum == want.quantum
-            and abs(seen.burst - want.burst) <= slack and abs(seen.cburst - want.cburst) <= slack)
+            and seen.prio == want.prio and abs(seen.burst - want.burst) <= slack
+            and abs(seen.cburst - want.cburst) <= cslack)
 
 
 def _htb(p: ClassParams) -> tc.HtbParams:
-    return tc.HtbParams(p.rate, p.ceil, p.burst, p.cburst, p.quantum)
+    return tc.HtbParams(p.rate, p.ceil, p.burst, p.cburst, p.quantum, p.prio)
+
+
+@dataclass(frozen=True)
+class LeafCheck:
+    """A leaf qdisc to read back after the apply: what it should be."""
+
+    leaf: tc.Leaf
 
 
 class Reconciler:
@@ -240,24 +268,38 @@ class Reconciler:
         if bad:
             raise ActionError(f"class ids {bad[:3]} do not fit shaping.fw_mask")
         old_minors = {m.value for m in scoped.values() if m.value is not None}
+        # policies (before observing: an instance's parent class is in scope too)
+        for name in nics:
+            plan.policies[name] = self.policy(name, (tags or {}).get(name))
+            plan.notes += [f"{name}: {note}" for note in plan.policies[name].notes]
+        groups = _instance_groups(existing, desired_taps, minors)
+        old_groups: dict[str, set[int]] = {}
+        for m in scoped.values():
+            if m.value is not None and m.instance:
+                old_groups.setdefault(m.instance, set()).add(m.value)
+        parent_minors = {instance_minor(m) for m in (*groups.values(), *old_groups.values())
+                         if m}
         k = observe(self.nl, marks, uplink=s.uplink, major=s.major, fw_prio=s.fw_prio,
                     classifier=s.classifier,
                     taps={t: index[t] if t in index else tc.ifindex(t)
                           for t in existing | set(scoped)},
-                    minors=None if full else set(minors.values()) | old_minors, full=full)
+                    minors=None if full else set(minors.values()) | old_minors | parent_minors,
+                    full=full)
         self.kernel = k
         if k.uplink_ifindex is None:
             raise ActionError(f"uplink {s.uplink} does not exist in this network namespace")
         up = k.uplink_ifindex
         parent_ok = k.uplink_root == "ours"
         clearing_all = clear and full
-        # policies
-        for name in nics:
-            plan.policies[name] = self.policy(name, (tags or {}).get(name))
-            plan.notes += [f"{name}: {note}" for note in plan.policies[name].notes]
-        # uplink qdisc, default class and the mark -> class filter
+        old_layout = parent_ok and k.uplink_default != MINOR_HOST
+        if old_layout and not full and not clear:
+            # the uplink's qdisc predates the root/host classes: rebuilding it drops
+            # every instance's class, so the whole node is reconciled
+            return self._plan(None, tags=tags)
+        # uplink: qdisc, root class (uplink_rate), host class (host_rate, served first),
+        # the mark -> class filter
         # the uplink's qdisc is made only when a tap needs it (a stop hook on a node with
-        # nothing shaped writes nothing); once it is ours its default class is kept right
+        # nothing shaped writes nothing); once it is ours its base classes are kept right
         needs_qdisc = bool(existing) and not clear
         if (needs_qdisc or parent_ok) and not clearing_all:
             if k.uplink_root == "foreign" and not s.replace_foreign_qdisc:
@@ -265,24 +307,49 @@ class Reconciler:
                     f"uplink {s.uplink} has a root qdisc hookpack did not create "
                     f"({k.uplink_kind} {tc.fmt_handle(k.uplink_handle)}); refusing to replace "
                     "it (set shaping.replace_foreign_qdisc = true to allow)")
-            if not parent_ok:
+            if old_layout:
+                plan.last.append(Op(tc.del_root_qdisc(up, s.major, f"qdisc on {s.uplink}"),
+                                    ok=frozenset({errno.ENOENT, errno.EINVAL})))
+                plan.changes.append(f"{s.uplink}: htb qdisc {s.major:x}: rebuilt with the "
+                                    "root and host classes")
+            if not parent_ok or old_layout:
                 r2q = qdisc_r2q(s.uplink_rate, s.mtu)
-                plan.first.append(Op(tc.new_qdisc(up, s.major, r2q, MINOR_DEFAULT,
+                plan.first.append(Op(tc.new_qdisc(up, s.major, r2q, MINOR_HOST,
                                                   f"qdisc on {s.uplink}")))
-                plan.changes.append(f"{s.uplink}: htb qdisc {s.major:x}: created "
-                                    f"(replacing {k.uplink_kind})")
+                if not old_layout:
+                    plan.changes.append(f"{s.uplink}: htb qdisc {s.major:x}: created "
+                                        f"(replacing {k.uplink_kind})")
                 k.classes.clear()
+                k.parents.clear()
+                k.leaves.clear()
                 k.filters.clear()
                 k.bpf = None
                 k.other_kind = ""
-            dflt = class_params(s.uplink_rate, s.mtu)
-            if not same_class(k.classes.get(MINOR_DEFAULT), dflt):
-                req = tc.set_class(up, s.major, MINOR_DEFAULT, _htb(dflt),
-                                   f"default class on {s.uplink}")
-                plan.first.append(Op(req))
-                plan.verify.append((tc.get_class(up, s.major, MINOR_DEFAULT, req.what), dflt))
-                plan.changes.append(f"{s.uplink}: default class {format_rate(dflt.rate)}")
+            root, host = uplink_classes(s.uplink_rate, s.host_rate, s.mtu)
+            changed = self._plan_class(plan, k, up, MINOR_ROOT, 0, root,
+                                       f"root class on {s.uplink}")
+            changed |= self._plan_class(plan, k, up, MINOR_HOST, MINOR_ROOT, host,
+                                        f"host class on {s.uplink}")
+            changed |= self._plan_leaf(plan, up, tc.handle(s.major, MINOR_HOST),
+                                       k.leaves.get(MINOR_HOST), host,
+                                       f"leaf of the host class on {s.uplink}")
+            if changed:
+                plan.changes.append(f"{s.uplink}: root class {format_rate(root.rate)}, host "
+                                    f"class {format_rate(host.rate)}")
             self._plan_classifier(plan, k, up)
+        # per instance (egress_scope instance): one parent class over its NICs' classes
+        parents: dict[str, int] = {}
+        for name, group in sorted(groups.items()):
+            pol = plan.policies[name]
+            if pol.scope != "instance" or not group:
+                continue
+            pmin = instance_minor(group)
+            parents[name] = pmin
+            want = vm_class(pol.egress, s.guaranteed_rate, s.mtu)
+            if self._plan_class(plan, k, up, pmin, MINOR_ROOT, want,
+                                f"instance class for {name}"):
+                plan.changes.append(f"{name}: instance egress {format_rate(want.ceil)} "
+                                    f"over {len(group)} NIC(s)")
         # per tap
         add_marks: list[tuple[str, int, int, str, bool]] = []
         drop_chains: list[str] = []
@@ -291,20 +358,26 @@ class Reconciler:
             pol = plan.policies[n.instance]
             minor = minors[tap]
             what: list[str] = []
-            eg = class_params(pol.egress, s.mtu)
+            pmin = parents.get(n.instance, MINOR_ROOT)
+            if pmin == MINOR_ROOT:
+                eg = vm_class(pol.egress, s.guaranteed_rate, s.mtu)
+            else:  # a share of the instance's guarantee, up to the instance's limit
+                share = max(MIN_RATE, min(pol.egress, s.guaranteed_rate)
+                            // len(groups[n.instance]))
+                eg = class_params(share, s.mtu, pol.egress, PRIO_VM)
             cid = tc.handle(s.major, minor)
-            if not same_class(k.classes.get(minor), eg):
-                req = tc.set_class(up, s.major, minor, _htb(eg), f"class for {tap}")
-                plan.first.append(Op(req))
-                plan.verify.append((tc.get_class(up, s.major, minor, req.what), eg))
-                what.append(f"egress {format_rate(eg.rate)}")
+            if self._plan_class(plan, k, up, minor, pmin, eg, f"class for {tap}"):
+                what.append(f"egress {format_rate(eg.ceil)}")
+            if self._plan_leaf(plan, up, cid, k.leaves.get(minor), eg, f"leaf for {tap}"):
+                what.append(f"leaf {leaf_for(s.leaf, eg.ceil, s.mtu, s.leaf_delay_ms)}")
             if s.classifier == "fw":
                 # the kernel reports no mask for the full 32 bits
                 fw_want = (cid, s.fw_mask if s.fw_mask != 0xFFFFFFFF else None)
-                if k.filters.get(minor) != fw_want:
+                moved = minor in plan.moved  # its filter is deleted with the class
+                if k.filters.get(minor) != fw_want or moved:
                     plan.first.append(Op(tc.set_fw_filter(
-                        up, s.major, s.fw_prio, minor, cid, s.fw_mask, minor in k.filters,
-                        f"fw filter for {tap}")))
+                        up, s.major, s.fw_prio, minor, cid, s.fw_mask,
+                        minor in k.filters and not moved, f"fw filter for {tap}")))
                     plan.verify.append((_get_filter(up, s, minor), fw_want))
                     what.append(f"fw filter {minor:#x}")
             have = scoped.get(tap)
@@ -338,10 +411,11 @@ class Reconciler:
                 plan.changes.append(f"marks removed: {', '.join(stale_chains[:8])}"
                                     + (" ..." if len(stale_chains) > 8 else ""))
         # deletes: classes/filters no longer used; tap qdiscs of taps no longer shaped
-        used = {minors[t] for t in existing}
-        stale = (set(k.classes) if full else (old_minors & set(k.classes))) - used
-        stale.discard(MINOR_DEFAULT)
+        used = {minors[t] for t in existing} | set(parents.values()) | {MINOR_ROOT, MINOR_HOST}
+        scoped_minors = old_minors | parent_minors
+        stale = (set(k.classes) if full else (scoped_minors & set(k.classes))) - used
         stale_filters = (set(k.filters) if full else (old_minors & set(k.filters))) - used
+        stale_filters |= {m for m in plan.moved if m in k.filters}
         if s.classifier != "fw":
             stale_filters = set()  # the whole fw filter went with _plan_classifier
         if clearing_all:
@@ -354,7 +428,8 @@ class Reconciler:
                 plan.last.append(Op(tc.del_fw_filter(up, s.major, s.fw_prio, mark,
                                                      f"fw filter {mark:#x}"),
                                     ok=frozenset({errno.ENOENT})))
-            for minor in sorted(stale):
+            # children before parents: a class with children cannot be deleted
+            for minor in [*plan.moved, *sorted(stale, key=lambda m: (m & INSTANCE_BIT, m))]:
                 plan.last.append(Op(tc.del_class(up, s.major, minor,
                                                  f"class {s.major:x}:{minor:x}"),
                                     ok=frozenset({errno.ENOENT})))
@@ -400,6 +475,33 @@ class Reconciler:
                                                   f"bpf filter on {s.uplink}"), want))
             plan.changes.append(f"{s.uplink}: classifier cls_bpf (mark -> class)")
 
+    def _plan_class(self, plan: Plan, k: Kernel, ifindex: int, minor: int, parent: int,
+                    want: ClassParams, what: str) -> bool:
+        """Create or change class ``minor`` under ``parent`` (a minor, 0: the qdisc);
+        True when a write is planned. HTB cannot move a class: under another parent it
+        is deleted (with the deletes, before the creations) and made again."""
+        s = self.s
+        if minor in k.classes and k.parents.get(minor, 0) != parent:
+            plan.moved.append(minor)
+            del k.classes[minor]
+            k.leaves.pop(minor, None)
+        elif same_class(k.classes.get(minor), want):
+            return False
+        req = tc.set_class(ifindex, s.major, minor, _htb(want), what, parent=parent)
+        plan.first.append(Op(req))
+        plan.verify.append((tc.get_class(ifindex, s.major, minor, what), want))
+        return True
+
+    def _plan_leaf(self, plan: Plan, ifindex: int, classid: int, seen: tc.Leaf | None,
+                   klass: ClassParams, what: str, tap: str | None = None) -> bool:
+        """The class's leaf qdisc (fq_codel or a bounded fifo); True when written."""
+        want = leaf_for(self.s.leaf, klass.ceil, self.s.mtu, self.s.leaf_delay_ms)
+        if want is None or seen == want:
+            return False
+        plan.first.append(Op(tc.set_leaf(ifindex, classid, want, what), tap=tap))
+        plan.verify.append((tc.get_leaf(ifindex, classid, what), LeafCheck(want)))
+        return True
+
     def _plan_tap(self, plan: Plan, k: Kernel, tap: str, want: ClassParams) -> list[str]:
         s = self.s
         st = k.taps.get(tap)
@@ -414,11 +516,15 @@ class Reconciler:
             plan.first.append(Op(tc.new_qdisc(st.ifindex, s.major, qdisc_r2q(want.rate, s.mtu),
                                               TAP_MINOR, f"qdisc on {tap}"), tap=tap))
             st.klass = None
+            st.leaf = None
         if not same_class(st.klass, want):
             req = tc.set_class(st.ifindex, s.major, TAP_MINOR, _htb(want), f"class on {tap}")
             plan.first.append(Op(req, tap=tap))
             plan.verify.append((tc.get_class(st.ifindex, s.major, TAP_MINOR, req.what), want))
             what.append(f"ingress {format_rate(want.rate)}")
+        if self._plan_leaf(plan, st.ifindex, tc.handle(s.major, TAP_MINOR), st.leaf, want,
+                           f"leaf on {tap}", tap=tap):
+            what.append("to-VM leaf")
         return what
 
     def _drop_tap(self, plan: Plan, k: Kernel, tap: str) -> list[str]:
@@ -453,8 +559,10 @@ class Reconciler:
                                         strict=True):
                 if isinstance(want, ClassParams):
                     good = obj is not None and same_class(obj.htb_class(), want)
-                elif req.info and obj is not None and obj.kind == "bpf":
-                    good = obj.bpf() == want
+                elif isinstance(want, LeafCheck):
+                    good = obj is not None and obj.leaf() == want.leaf
+                elif isinstance(want, bytes):
+                    good = obj is not None and obj.bpf() == want
                 else:
                     good = obj is not None and obj.fw() == want
                 if not good:
@@ -532,6 +640,15 @@ class Reconciler:
                 skipped.add(op.tap)
                 continue
             failures.append(str(tc.NetlinkError(reply.error, reply.extack, op.request.what)))
+
+
+def _instance_groups(existing: Iterable[str], desired: Mapping[str, Nic],
+                     minors: Mapping[str, int]) -> dict[str, set[int]]:
+    """instance -> the class minors of its existing taps."""
+    out: dict[str, set[int]] = {}
+    for tap in existing:
+        out.setdefault(desired[tap].instance, set()).add(minors[tap])
+    return out
 
 
 def _get_filter(up: int, s: Settings, mark: int) -> tc.Request:

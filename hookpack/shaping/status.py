@@ -46,7 +46,8 @@ class ClassView:
     def match(self) -> bool | None:
         if self.want_rate is None or self.rate is None:
             return None
-        return self.rate == self.want_rate and self.ceil == self.want_rate
+        # the limit is the ceil; the rate is the guarantee under the root (at most the limit)
+        return self.ceil == self.want_rate and self.rate <= self.want_rate
 
     def to_json(self) -> dict[str, Any]:
         return {"direction": self.direction, "device": self.device, "handle": self.handle,

@@ -145,7 +145,7 @@ class TcObject:
         raw = self.options.get(TCA_HTB_PARMS)
         if self.kind != "htb" or raw is None or len(raw) < _HTB_OPT.size:
             return None
-        rate_b, ceil_b, buffer, cbuffer, quantum, _level, prio = _HTB_OPT.unpack_from(raw)
+        rate_b, ceil_b, buffer, cbuffer, quantum, level, prio = _HTB_OPT.unpack_from(raw)
         rate = _RATESPEC.unpack(rate_b)[5]
         ceil = _RATESPEC.unpack(ceil_b)[5]
         if TCA_HTB_RATE64 in self.options:
@@ -153,7 +153,7 @@ class TcObject:
         if TCA_HTB_CEIL64 in self.options:
             ceil = struct.unpack("=Q", self.options[TCA_HTB_CEIL64][:8])[0]
         return HtbParams(rate, ceil, ticks_to_bytes(buffer, rate), ticks_to_bytes(cbuffer, ceil),
-                         quantum, prio)
+                         quantum, prio, level)
 
     def htb_qdisc(self) -> tuple[int, int] | None:
         """(r2q, default minor) of an HTB qdisc."""
@@ -162,6 +162,15 @@ class TcObject:
             return None
         _version, r2q, defcls, _debug, _direct = _HTB_GLOB.unpack_from(raw)
         return r2q, defcls
+
+    def leaf(self) -> Leaf:
+        """This qdisc as a class's leaf: kind and, for a fifo, its limit. Handle 0 is the
+        class's built-in default (pfifo of the device's txqueuelen)."""
+        if self.handle == 0:
+            return Leaf("default")
+        if self.kind in ("bfifo", "pfifo") and len(self.raw_options) >= 4:
+            return Leaf(self.kind, struct.unpack_from("=I", self.raw_options)[0])
+        return Leaf(self.kind)
 
     def fw(self) -> tuple[int, int | None] | None:
         """(classid, mask) of an fw filter element."""
@@ -181,6 +190,20 @@ class TcObject:
 
 
 @dataclass(frozen=True)
+class Leaf:
+    """The qdisc under a class: ``kind`` ("fq_codel", "bfifo", "default": HTB's own
+    pfifo) and, for a fifo, its limit (bytes for bfifo, packets for pfifo)."""
+
+    kind: str
+    limit: int | None = None
+
+    def __str__(self) -> str:
+        if self.limit is None:
+            return self.kind
+        return f"{self.kind} limit {self.limit}{'b' if self.kind == 'bfifo' else 'p'}"
+
+
+@dataclass(frozen=True)
 class HtbParams:
     """An HTB class's parameters in bytes and bytes/s (buffers converted from ticks)."""
 
@@ -190,6 +213,7 @@ class HtbParams:
     cburst: int
     quantum: int
     prio: int = 0
+    level: int = field(default=0, compare=False)  # as read back: 0 for a leaf class
 
 
 def bytes_to_ticks(size: int, rate: int) -> int:
@@ -221,6 +245,14 @@ def htb_class_options(p: HtbParams) -> bytes:
 def htb_qdisc_options(r2q: int, default_minor: int) -> bytes:
     glob = _HTB_GLOB.pack(3, r2q, default_minor, 0, 0)
     return attr(TCA_KIND, b"htb\0") + attr(TCA_OPTIONS, attr(TCA_HTB_INIT, glob))
+
+
+@functools.lru_cache(maxsize=256)
+def leaf_options(leaf: Leaf) -> bytes:
+    """fq_codel with the kernel's defaults (target 5 ms, interval 100 ms: no attribute
+    sent, so nothing to drift); a fifo with its limit (struct tc_fifo_qopt)."""
+    body = b"" if leaf.limit is None else struct.pack("=I", leaf.limit)
+    return attr(TCA_KIND, leaf.kind.encode() + b"\0") + attr(TCA_OPTIONS, body)
 
 
 def fw_options(classid: int, mask: int | None) -> bytes:
@@ -327,10 +359,26 @@ def get_root_qdisc(ifindex: int, what: str) -> Request:
     return Request(RTM_GETQDISC, NLM_F_ECHO, ifindex, 0, TC_H_ROOT, 0, b"", what)
 
 
-def set_class(ifindex: int, major: int, minor: int, p: HtbParams, what: str) -> Request:
-    """Create or change (no NLM_F_EXCL: the kernel changes an existing class in place)."""
+def set_class(ifindex: int, major: int, minor: int, p: HtbParams, what: str,
+              parent: int = 0) -> Request:
+    """Create or change (no NLM_F_EXCL: the kernel changes an existing class in place).
+    ``parent``: the parent class's minor (0: the qdisc itself; HTB cannot move a class
+    to another parent, a change of parent is a delete and a create)."""
     return Request(RTM_NEWTCLASS, NLM_F_CREATE, ifindex, handle(major, minor),
-                   handle(major, 0), 0, htb_class_options(p), what)
+                   handle(major, parent), 0, htb_class_options(p), what)
+
+
+def set_leaf(ifindex: int, classid: int, leaf: Leaf, what: str) -> Request:
+    """The qdisc under class ``classid``: handle 0 with CREATE|REPLACE is tc's
+    ``qdisc replace parent X``: the kernel changes a leaf of the same kind in place,
+    grafts a new one (handle picked by the kernel) in place of a different kind or of
+    the class's default pfifo."""
+    return Request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, ifindex, 0, classid, 0,
+                   leaf_options(leaf), what)
+
+
+def get_leaf(ifindex: int, classid: int, what: str) -> Request:
+    return Request(RTM_GETQDISC, NLM_F_ECHO, ifindex, 0, classid, 0, b"", what)
 
 
 def del_class(ifindex: int, major: int, minor: int, what: str) -> Request:

@@ -34,13 +34,19 @@ with IPRoute() as ipr:
         h = c.get("handle")
         p = c.get_nested("TCA_OPTIONS", "TCA_HTB_PARMS") or {}
         st = c.get_nested("TCA_STATS2", "TCA_STATS_BASIC") or {}
+        qs = c.get_nested("TCA_STATS2", "TCA_STATS_QUEUE") or {}
         rate, ceil = p.get("rate", 0), p.get("ceil", 0)
+        # above 2^32 bytes/s the kernel sends TCA_HTB_RATE64/CEIL64 (the 32-bit field
+        # then holds 2^32-1)
+        rate = c.get_nested("TCA_OPTIONS", "TCA_HTB_RATE64") or rate
+        ceil = c.get_nested("TCA_OPTIONS", "TCA_HTB_CEIL64") or ceil
         out[f"{h >> 16:x}:{h & 0xffff:x}"] = {
             "kind": c.get_attr("TCA_KIND"), "rate": rate, "ceil": ceil,
             "burst": round(p.get("buffer", 0) * 64 * rate / 1e9),
             "cburst": round(p.get("cbuffer", 0) * 64 * ceil / 1e9),
             "quantum": p.get("quantum"), "bytes": st.get("bytes", 0),
-            "packets": st.get("packets", 0)}
+            "packets": st.get("packets", 0), "drops": qs.get("drops", 0),
+            "parent": f"{c['parent'] >> 16:x}:{c['parent'] & 0xffff:x}"}
 print(json.dumps(out))
 """
 

@@ -25,6 +25,20 @@ SAMPLES = next((p for p in (_SAMPLES, Path("/work/shared/reference/ganeti-env-sa
 pytestmark = pytest.mark.netns
 
 
+def _tc_classes(s, dev: str) -> list[dict]:
+    """``tc class show`` as text (iproute2 6.1 prints HTB classes so under -j):
+    handle and parent per class."""
+    out = []
+    for line in s.node.run("tc", "class", "show", "dev", dev).splitlines():
+        words = line.split()
+        if len(words) > 3 and words[0] == "class":
+            row = {"handle": words[2]}
+            if words[3] == "parent":
+                row["parent"] = words[4]
+            out.append(row)
+    return out
+
+
 def _setup(s, *vm_taps: str) -> None:
     for tap in vm_taps:
         s.node.add_tap(tap, vm=True)
@@ -40,14 +54,30 @@ def test_apply_creates_exactly_the_desired_objects(shaper):
     out = s.cli("apply", "--all")
     assert not out["failures"]
     classes = s.classes()
-    assert set(classes) == {"4850:1", "4850:10", "4850:11", "4850:12"}
+    assert set(classes) == {"4850:1", "4850:2", "4850:10", "4850:11", "4850:12"}
+    # root class at uplink_rate (default 10gbit), host class guaranteed uplink_rate/10
+    assert classes["4850:1"]["rate"] == classes["4850:1"]["ceil"] == 10**10 // 8
+    assert classes["4850:2"]["rate"] == 10**9 // 8 and classes["4850:2"]["ceil"] == 10**10 // 8
     for handle in ("4850:10", "4850:11", "4850:12"):
-        c = classes[handle]
-        assert c["rate"] == 10_000_000 // 8 and c["ceil"] == 10_000_000 // 8
-        assert c["burst"] == 12500 and c["cburst"] == 12500 and c["quantum"] == 1500
-    qdiscs = {q["dev"]: q for q in s.node.tc_json("qdisc", "show")}
+        c = classes[handle]  # guaranteed 1mbit, limited to the 10mbit of the config
+        assert c["rate"] == 1_000_000 // 8 and c["ceil"] == 10_000_000 // 8
+        assert c["burst"] == 1500 and c["cburst"] == 12500 and c["quantum"] == 1506
+    parents = {c["handle"]: c.get("parent") for c in _tc_classes(s, "up0")}
+    assert parents["4850:1"] is None  # the root
+    assert {parents[h] for h in ("4850:2", "4850:10", "4850:11", "4850:12")} == {"4850:1"}
+    qdiscs = {q["dev"]: q for q in s.node.tc_json("qdisc", "show") if q.get("root")}
     assert qdiscs["up0"]["kind"] == "htb" and qdiscs["up0"]["handle"] == "4850:"
-    assert qdiscs["up0"]["options"]["default"] == "0x1"
+    assert qdiscs["up0"]["options"]["default"] == "0x2"
+    # every leaf class has a bounded leaf (this kernel: bfifo of 10 ms at the class's ceil)
+    leaves = {(q["dev"], q["parent"]): q for q in s.node.tc_json("qdisc", "show")
+              if not q.get("root")}
+    assert leaves[("up0", "4850:2")]["kind"] == "bfifo"
+    assert leaves[("up0", "4850:2")]["options"]["limit"] == 10**10 // 8 // 100
+    for handle in ("4850:10", "4850:11", "4850:12"):
+        assert leaves[("up0", handle)]["options"]["limit"] == 12500
+    for tap in ("tap0", "tap1", "tap5"):  # to-VM: 20mbit -> 25000 bytes
+        assert leaves[(tap, "4850:1")]["kind"] == "bfifo"
+        assert leaves[(tap, "4850:1")]["options"]["limit"] == 25000
     for tap in ("tap0", "tap1", "tap5"):
         assert qdiscs[tap]["kind"] == "htb"
         tap_classes = s.classes(tap)
@@ -93,10 +123,11 @@ def test_changing_one_instance_touches_only_its_objects(shaper):
     s.node.add_tap("tap2")
     s.node.nic("b.example.test", 1, "tap2")
     out = s.cli("apply", "b.example.test")
-    # exactly: class on the uplink, qdisc + class on the new tap; one nf_tables batch
-    assert out["writes"] == {"netlink": 3, "nf_tables": 1}
+    # exactly: class + leaf on the uplink, qdisc + class + leaf on the new tap; one
+    # nf_tables batch
+    assert out["writes"] == {"netlink": 5, "nf_tables": 1}
     after = s.classes()
-    for handle in ("4850:1", "4850:10", "4850:11"):  # a's and b's existing classes intact
+    for handle in ("4850:1", "4850:2", "4850:10", "4850:11"):  # existing classes intact
         counters = ("bytes", "packets")
         assert {k: v for k, v in after[handle].items() if k not in counters} == \
             {k: v for k, v in before[handle].items() if k not in counters}
@@ -117,13 +148,13 @@ def test_stop_removes_the_instance_and_nothing_else(shaper):
     s.node.del_link("tap0")
     out = s.cli("apply", "a.example.test")
     assert not out["failures"]
-    assert set(s.classes()) == {"4850:1", "4850:11"}
+    assert set(s.classes()) == {"4850:1", "4850:2", "4850:11"}
     assert set(s.marks()) == {"tap1"}
     # a stopped instance whose tap still exists loses its to-VM qdisc too
     s.node.nic("b.example.test", 0, None)
     s.cli("apply", "b.example.test")
     assert s.node.tc_json("qdisc", "show", "dev", "tap1")[0]["kind"] != "htb"
-    assert set(s.classes()) == {"4850:1"}
+    assert set(s.classes()) == {"4850:1", "4850:2"}
 
 
 def test_instance_not_running_here_writes_nothing(shaper):
@@ -183,7 +214,7 @@ def test_vanished_tap_is_skipped_with_a_note(shaper):
     out = s.cli("apply", "--all")
     assert not out["failures"]
     assert any("tapgone" in n and "skipped" in n for n in out["notes"])
-    assert set(s.classes()) == {"4850:1", "4850:10"}
+    assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
 
 
 def test_forcing_fw_where_cls_fw_is_missing_fails_cleanly(shaper):
@@ -232,11 +263,12 @@ def test_marks_classify_real_traffic(shaper):
     classes = s.classes()
 
     def sent(handle: str) -> tuple[int, int]:
-        return classes[handle]["bytes"], classes[handle]["packets"]
+        """bytes sent, packets sent + dropped (the bounded leaf drops part of a blast)"""
+        return classes[handle]["bytes"], classes[handle]["packets"] + classes[handle]["drops"]
     a_bytes, a_pkts = sent("4850:10")
-    assert a_pkts >= 50 and a_bytes >= 50 * 1000
+    assert a_pkts >= 50 and a_bytes >= 10 * 1000
     assert sent("4850:11")[1] == 0  # b sent nothing
-    assert sent("4850:1")[1] >= 30  # unshaped VM (and ARP) in the default class
+    assert sent("4850:2")[1] >= 30  # unshaped VM (and ARP) in the host's (default) class
     # to-VM direction: world -> b passes tap1's own HTB class
     _udp_blast(s.node.world, "192.0.2.11", 40)
     assert s.classes("tap1")["4850:1"]["packets"] >= 40
@@ -257,22 +289,22 @@ def test_hook_tags_lower_the_rate_and_are_capped(shaper):
                     GANETI_POST_INSTANCE_TAGS="hookpack:egress:5mbit hookpack:ingress:1mbit")
     code, err = s.hook(env)
     assert code == 0 and "shaping: inst1.example.test: changed" in err, err
-    assert s.classes()["4850:10"]["rate"] == 5_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 5_000_000 // 8
     assert s.classes("tap0")["4850:1"]["rate"] == 1_000_000 // 8
     # a user raising their own limit above the maximum gets the maximum
     env["GANETI_POST_INSTANCE_TAGS"] = "hookpack:egress=900mbit"
     code, err = s.hook(env)
-    assert s.classes()["4850:10"]["rate"] == 50_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 50_000_000 // 8
     assert "capped" in err
     # the last known tags are persisted: a reconcile with no hook environment keeps them
     s.cli("clear")
     s.cli("apply", "--all")
-    assert s.classes()["4850:10"]["rate"] == 50_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 50_000_000 // 8
     # a malformed tag is ignored (default rate), never an error
     env["GANETI_POST_INSTANCE_TAGS"] = "hookpack:egress=lots"
     code, err = s.hook(env)
     assert code == 0 and "tag ignored" in err
-    assert s.classes()["4850:10"]["rate"] == 10_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 10_000_000 // 8
 
 
 def test_migrate_source_drops_and_target_builds(shaper):
@@ -284,7 +316,7 @@ def test_migrate_source_drops_and_target_builds(shaper):
     src.node.nic(inst, 0, "tap3")
     src.node.nic("other.example.test", 0, "tap4")
     src.cli("apply", "--all")
-    assert len(src.classes()) == 3
+    assert len(src.classes()) == 4
     # live migration: the target's QEMU got a new tap; the source's is gone
     dst.node.add_tap("tap0")
     dst.node.nic(inst, 0, "tap0")
@@ -294,9 +326,9 @@ def test_migrate_source_drops_and_target_builds(shaper):
                          (dst, "instance-migrate-post-node2")):
         code, err = node.hook(_hook_env(sample))
         assert code == 0 and "shaping" in err and "failed" not in err, err
-    assert set(src.classes()) == {"4850:1", "4850:11"}  # only the other instance left
+    assert set(src.classes()) == {"4850:1", "4850:2", "4850:11"}  # the other instance's
     assert set(src.marks()) == {"tap4"}
-    assert set(dst.classes()) == {"4850:1", "4850:10"}
+    assert set(dst.classes()) == {"4850:1", "4850:2", "4850:10"}
     assert dst.marks()["tap0"]["comment"] == f"hookpack:{inst}:0"
     assert dst.node.tc_json("qdisc", "show", "dev", "tap0")[0]["kind"] == "htb"
 
@@ -395,5 +427,5 @@ def test_tap_vanishing_between_plan_and_apply_is_skipped(shaper):
     s.node.nic("b.example.test", 0, None)
     again = s.cli("apply", "--all")
     assert not again["failures"]
-    assert set(s.classes()) == {"4850:1", "4850:10"}
+    assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
     assert set(s.marks()) == {"tap0"}
