@@ -65,7 +65,7 @@ def inner(config: str, target: str, runs: int) -> None:
         report = reconcile(settings, paths, None if target == "ALL" else [target])
         out.append({"ms": report.ms, "imports_ms": imports_ms,
                     "netlink": report.netlink_writes,
-                    "iptables": report.iptables_writes, "changes": len(report.changes),
+                    "nf_tables": report.nft_writes, "changes": len(report.changes),
                     "failures": report.failures})
     print(json.dumps(out))
 
