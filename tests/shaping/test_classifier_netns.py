@@ -12,6 +12,7 @@ migration from the old iptables rules are checked on real kernel objects.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -25,7 +26,9 @@ LIMIT = 10.0  # Mbit/s: the class under test
 # HTB holds the long-term rate; one burst (rate/100 = 12.5 kB) may come on top of a
 # 2 s window: 0.05 Mbit/s. 5 % is the bound for rates.
 BOUND = LIMIT * 1.05
-ESCAPE = 100.0  # an unshaped flood must beat this for the check to mean anything
+# an unshaped flood must beat this for the check to mean anything (the stock-kernel
+# TCG guest runs this file too, where a Python flood is slower: it sets 40)
+ESCAPE = float(os.environ.get("HP_FLOOD_ESCAPE", "100"))
 
 
 def _node(shaper, *, routed: bool = False):
