@@ -223,8 +223,11 @@ def _cli(ns: argparse.Namespace) -> int:
               "nothing done")
         return 0
     instances = [_name(ns.instance)] if getattr(ns, "instance", None) else None
+    tags, tag_notes = ({}, []) if ns.verb not in ("apply", "plan") else \
+        current_tags(paths, instances)
     report = reconcile(settings, paths, instances, clear=ns.verb == "clear",
-                       dry_run=ns.verb in ("plan", "show"))
+                       dry_run=ns.verb in ("plan", "show"), tags=tags or None)
+    report.notes[:0] = tag_notes
     if ns.verb == "show":
         return _show(ns, report)
     if ns.json:
@@ -241,6 +244,28 @@ def _cli(ns: argparse.Namespace) -> int:
               f"{report.netlink_writes} netlink write(s), {report.nft_writes} "
               f"nf_tables transaction(s), {report.ms:.0f} ms ({report.classifier})")
     return 1 if report.failures else 0
+
+
+def current_tags(paths: Paths, instances: list[str] | None, timeout: float = 1.0
+                 ) -> tuple[dict[str, list[str]], list[str]]:
+    """The instances' tags as Ganeti has them now (Ganeti runs no hook for tag changes),
+    asked through confd; on a machine outside a cluster nothing is asked and the tags
+    stored at the last hook apply. A failure is a note, never an error: the stored tags
+    apply then."""
+    from hookpack import confd
+    from hookpack.shaping.reconcile import read_nics
+
+    if not confd.in_cluster(paths.ganeti_data_dir):
+        return {}, []
+    names = sorted(read_nics(paths.kvm_dir, instances)[0])
+    if not names:
+        return {}, []
+    try:
+        tags, notes = confd.instance_tags(paths.kvm_dir, paths.ganeti_data_dir, names,
+                                          timeout=timeout)
+    except (confd.ConfdError, OSError) as err:
+        return {}, [f"tags from the last hook (Ganeti not asked: {err})"]
+    return tags, [f"{n} (tags from the last hook)" for n in notes]
 
 
 def _name(text: str) -> str:
