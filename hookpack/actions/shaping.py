@@ -79,6 +79,8 @@ SETTINGS = {
                                    "tap that hookpack did not create."),
 }
 LOCK = "shaping"
+NIC_MODES = ("bridged (plain or VLAN-aware) and routed: shaped (every frame marked at the "
+             "tap's ingress); openvswitch: refused (not tested), its NICs are not shaped")
 
 
 def run(ctx: ActionContext) -> Result:
@@ -139,7 +141,7 @@ def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterato
             tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl, \
             nft.Nft(timeout=max(1.0, min(10.0, timeout()))) as marks:
         rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl,
-                         nft=marks)
+                         nft=marks, sysfs=paths.sysfs_root)
         yield rec, classifier.describe(mode, why, classifier.probe(paths.run_dir))
 
 
@@ -327,8 +329,7 @@ def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -
         "probe_detail": "; ".join(d for d in (probe.get("nft_detail"), probe.get("bpf_detail"),
                                               probe.get("detail")) if d),
         "classifier": classifier.describe(mode, why, probe),
-        "nic_modes": "bridged (plain or VLAN-aware), routed, openvswitch: every frame is "
-                     "marked at the tap's ingress",
+        "nic_modes": NIC_MODES,
         "sch_fq_codel": leaves.get("fq_codel"),
         "leaf_qdisc": f"{leaf_kind}: {leaf_why}",
         "uplink": settings["uplink"] or "(not configured)",
@@ -387,6 +388,7 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
                             "set shaping.leaf_qdisc = \"auto\""))
     else:
         checks.append(Check("shaping leaf qdisc", PASS, f"{leaf_kind} ({leaf_why})"))
+    checks.append(_modes_check(paths))
     uplink = str(settings["uplink"])
     index = tc.ifindex(uplink) if uplink else None
     if not uplink:
@@ -409,6 +411,21 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
         else:
             checks.append(Check("shaping uplink", PASS, f"{uplink} root qdisc: {state}"))
     return checks
+
+
+def _modes_check(paths: Paths) -> Any:
+    """NIC modes: which are shaped; the running NICs in a refused mode, by name."""
+    from hookpack.doctor import PASS, WARN, Check
+    from hookpack.shaping.reconcile import read_nics, refused_mode
+
+    nics, _notes = read_nics(paths.kvm_dir)
+    refused = [f"{n.tap} ({n.instance}/{n.index})" for group in nics.values() for n in group
+               if refused_mode(n.tap, paths.sysfs_root)]
+    if refused:
+        return Check("shaping nic modes", WARN, f"{len(refused)} NIC(s) on Open vSwitch are "
+                     f"not shaped: {', '.join(refused[:5])}", "use bridged or routed NICs "
+                     "for instances that must be shaped")
+    return Check("shaping nic modes", PASS, NIC_MODES)
 
 
 # -- hookpack status / metrics ------------------------------------------------------------

@@ -24,7 +24,7 @@ from hookpack.shaping.counters import Counters, counters
 from hookpack.shaping.model import TAP_MINOR, format_rate
 from hookpack.shaping.observe import TapMark, observe_marks
 from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
-from hookpack.shaping.reconcile import Nic, read_nics
+from hookpack.shaping.reconcile import Nic, read_nics, refused_mode
 
 EGRESS, INGRESS = "egress", "ingress"  # VM -> world (uplink class), world -> VM (tap class)
 
@@ -137,6 +137,8 @@ def _tap(nl: tc.Netlink, view: View, up: int | None, nic: Nic, egress: int, ingr
     eg = ClassView(EGRESS, egress, device=view.uplink)
     if rules_error:
         eg.error = rules_error
+    elif refused_mode(nic.tap):
+        eg.error = f"{nic.tap}: {refused_mode(nic.tap)}: egress not classified, not shaped"
     elif rule is None or not rule.value:
         eg.error = (f"no hookpack mark for {nic.tap}: egress not classified, not shaped "
                     "(run `hookpack shaping apply`)")

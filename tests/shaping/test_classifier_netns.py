@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -165,3 +166,35 @@ def test_the_old_iptables_classifier_is_removed_and_nothing_else(shaper):
     # once per boot: the next run does not look again
     again = s.cli("apply", "--all")
     assert again["changes"] == [] and again["writes"] == {"netlink": 0, "nf_tables": 0}
+
+
+def test_an_openvswitch_nic_is_refused_in_one_line(shaper):
+    """Open vSwitch is not on this kernel: its datapath device is stood in for by a
+    bridge with the same name (``ovs-system``, what Ganeti's openvswitch taps have as
+    master). What is tested is the detection and the refusal everywhere, not OVS."""
+    s = shaper()
+    s.node.add_tap("tap0", vm=True)
+    s.node.ip("link", "add", "ovs-system", "type", "bridge")
+    s.node.ip("tuntap", "add", "dev", "tapo", "mode", "tap")
+    s.node.ip("link", "set", "tapo", "master", "ovs-system")
+    s.node.nic("a.example.test", 0, "tap0")
+    s.node.nic("o.example.test", 0, "tapo")
+    out = s.cli("apply", "--all")
+    line = "tapo (o.example.test/0): NIC mode openvswitch is refused (not tested with " \
+        "hookpack's marks): not shaped"
+    assert line in out["notes"], out
+    assert set(s.marks()) == {"tap0"}
+    show = s.cli("show")
+    assert line in show["notes"] and not any(t["tap"] == "tapo" for t in show["taps"])
+    _code, text, _err = s.cli_raw("show")
+    assert f"note: {line}" in text
+    proc = subprocess.run(["ip", "netns", "exec", s.node.ns, sys.executable, "-m", "hookpack",
+                           "doctor", "--config", str(s.config)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert "WARN shaping nic modes: 1 NIC(s) on Open vSwitch are not shaped: tapo " \
+        "(o.example.test/0)" in proc.stdout, proc.stdout
+    status = subprocess.run(["ip", "netns", "exec", s.node.ns, sys.executable, "-m",
+                             "hookpack", "status", "o.example.test", "--config",
+                             str(s.config)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert "NIC mode openvswitch is refused" in status.stdout, status.stdout + status.stderr

@@ -50,7 +50,7 @@ def test_floods_and_vlan_aware_bridge_in_guest(run_in_host_guest):
         run_in_host_guest, "tests/shaping/test_classifier_netns.py "
         f"{INNER / 'test_vlan_bridge.py'}", timeout=1500, env={"HP_FLOOD_ESCAPE": "40"})
     assert run.rc == 0, run.output[-4000:]
-    assert counts.get("passed") == 7 + 3 and set(counts) == {"passed"}, run.output[-4000:]
+    assert counts.get("passed") == 8 + 3 and set(counts) == {"passed"}, run.output[-4000:]
 
 
 # What a TCG guest's fake VMs can carry on this machine is ~30-40 Mbit/s in all
