@@ -20,7 +20,7 @@ from typing import Any
 
 from hookpack import debugpoints, validate
 from hookpack.errors import ActionError, BadInput, ConfigError
-from hookpack.shaping import tc
+from hookpack.shaping import nft, tc
 from hookpack.shaping.leaf import leaf_for
 from hookpack.shaping.model import (
     INSTANCE_BIT,
@@ -39,14 +39,11 @@ from hookpack.shaping.model import (
     uplink_classes,
     vm_class,
 )
-from hookpack.shaping.netfilter import Netfilter, Rule, Scope, changes
-from hookpack.shaping.observe import Kernel, observe, observe_rules
+from hookpack.shaping.observe import Kernel, TapMark, observe, observe_marks
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 
-# the longest instance name a rule comment "hookpack:<instance>:<nic>" can carry
-# (xt_comment: 255 characters)
-MAX_LABEL_NAME = 255 - len("hookpack:") - len(":63")
-OVERLAP_LINES = 64  # rule lines up to which iptables-restore overlaps the netlink work
+# the longest instance name the mark rule's comment "hookpack:<instance>:<nic>" carries
+MAX_LABEL_NAME = nft.COMMENT_MAX - len("hookpack:") - len(":63")
 DUMP_AT = 32  # read-backs on one device from which one dump replaces the gets
 
 
@@ -56,11 +53,10 @@ class Settings:
     major: int
     mtu: int
     uplink_rate: int
-    classifier: str  # "fw" | "classify" (already chosen)
+    classifier: str  # "bpf" | "fw" (already chosen): mark -> class on the uplink
     fw_prio: int
     fw_mask: int
     ingress: bool
-    families: tuple[int, ...]
     replace_foreign_qdisc: bool
     defaults: Defaults
     host_rate: int = 0  # 0: uplink_rate / 10
@@ -83,9 +79,8 @@ class Settings:
             guaranteed = parse_rate(str(s.get("guaranteed_rate") or "1mbit"))
         except BadInput as err:
             raise ConfigError(str(err), key="shaping") from None
-        families = (4, 6) if s["ipv6"] else (4,)
         return cls(uplink, int(str(s["handle"]), 16), int(s["mtu"]), uplink_rate, classifier,
-                   int(s["fw_prio"]), int(s["fw_mask"]), bool(s["shape_ingress"]), families,
+                   int(s["fw_prio"]), int(s["fw_mask"]), bool(s["shape_ingress"]),
                    bool(s["replace_foreign_qdisc"]), Defaults.from_settings(s),
                    min(host_rate, uplink_rate), guaranteed, leaf,
                    int(s.get("leaf_delay_ms") or 10))
@@ -139,6 +134,23 @@ def read_nics(kvm_dir: Path, only: Iterable[str] | None = None
     return out, notes
 
 
+OVS_DATAPATH = "ovs-system"  # the master device of every Open vSwitch port
+
+
+def refused_mode(tap: str, sysfs: Path = Path("/sys")) -> str:
+    """Why a tap's NIC mode is not shaped ("" when it is). Ganeti's `openvswitch` mode
+    (the tap a port of Open vSwitch's datapath) is refused until it is tested: the
+    marks would be set the same way, but nothing here proves that Open vSwitch hands
+    the mark on to the uplink."""
+    try:
+        master = os.path.basename(os.readlink(sysfs / "class" / "net" / tap / "master"))
+    except OSError:
+        return ""  # no master: routed, or a plain bridge port reads as its bridge
+    if master == OVS_DATAPATH:
+        return "NIC mode openvswitch is refused (not tested with hookpack's marks)"
+    return ""
+
+
 @dataclass
 class Op:
     request: tc.Request
@@ -153,7 +165,7 @@ class Op:
 @dataclass
 class Plan:
     first: list[Op] = field(default_factory=list)  # qdiscs, classes, filters
-    nf: dict[int, list[str]] = field(default_factory=dict)
+    nft: list[nft.Msg] = field(default_factory=list)  # one nf_tables transaction
     last: list[Op] = field(default_factory=list)  # deletes (after the rules are gone)
     verify: list[tuple[tc.Request, Any]] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
@@ -161,10 +173,11 @@ class Plan:
     moved: list[int] = field(default_factory=list)  # classes re-made under a new parent
     refused: list[str] = field(default_factory=list)  # instances that cannot be shaped
     policies: dict[str, Policy] = field(default_factory=dict)
+    escalated: str = ""  # why a hook reconciled the whole node
 
     @property
     def empty(self) -> bool:
-        return not (self.first or self.last or any(self.nf.values()))
+        return not (self.first or self.last or self.nft)
 
 
 def same_class(seen: tc.HtbParams | None, want: ClassParams) -> bool:
@@ -190,15 +203,17 @@ class LeafCheck:
 
 class Reconciler:
     def __init__(self, settings: Settings, *, kvm_dir: Path, state_dir: Path,
-                 nl: tc.Netlink, nf: Netfilter) -> None:
+                 nl: tc.Netlink, nft: nft.Nft, sysfs: Path = Path("/sys")) -> None:
         self.s = settings
         self.kvm_dir = kvm_dir
         self.store = PolicyStore(state_dir)
         self.nl = nl
-        self.nf = nf
+        self.nft = nft
         self.kernel: Kernel | None = None
         self._unechoed: list[tuple[tc.Request, Any]] = []
         self._mismatched: list[str] = []
+        self.wanted_taps: set[str] = set()
+        self.sysfs = sysfs
 
     # -- policy ---------------------------------------------------------------------------
     def policy(self, instance: str, tags: Iterable[str] | None) -> Policy:
@@ -210,7 +225,42 @@ class Reconciler:
     # -- plan -----------------------------------------------------------------------------
     def plan(self, instances: Iterable[str] | None, *, tags: Mapping[str, Iterable[str]]
              | None = None, clear: bool = False) -> Plan:
-        """``instances`` None: the whole node. ``clear``: desired state is nothing."""
+        """``instances`` None: the whole node. ``clear``: desired state is nothing.
+
+        A hook (instance scope) that finds hookpack's base objects missing or changed
+        (the uplink's qdisc, its classifier filter, the netdev table: a firewall reload
+        or a hand-made ``tc qdisc del`` takes them and every class or mark with them)
+        reconciles the whole node instead: every running instance is shaped again."""
+        plan = self._plan(instances, tags=tags, clear=clear)
+        if instances is not None and not clear and self.base_broken():
+            why = self.base_broken()
+            plan = self._plan(None, tags=tags, clear=False)
+            plan.notes.insert(0, f"{why}: reconciled the whole node")
+            plan.escalated = why
+        return plan
+
+    def base_broken(self) -> str:
+        """Why the node-wide objects are not in step ("" when they are, or when none are
+        wanted yet: nothing is shaped and nothing to shape)."""
+        k = self.kernel
+        if k is None or k.marks is None:
+            return ""
+        shaped = bool(k.marks.taps) or k.uplink_root == "ours"
+        if not shaped and not self.wanted_taps:
+            return ""
+        if k.uplink_root != "ours":
+            return f"uplink {self.s.uplink} has no hookpack qdisc"
+        if not k.marks.table:
+            return f"nf_tables table netdev {nft.TABLE} is missing"
+        if self.s.classifier != "fw" and k.bpf != self.bpf_want():
+            return f"the classifier filter on {self.s.uplink} is missing or changed"
+        return ""
+
+    def bpf_want(self) -> bytes:
+        return tc.mark_program(self.s.major, self.s.fw_mask)
+
+    def _plan(self, instances: Iterable[str] | None, *, tags: Mapping[str, Iterable[str]]
+              | None = None, clear: bool = False) -> Plan:
         s = self.s
         plan = Plan()
         full = instances is None
@@ -220,61 +270,60 @@ class Reconciler:
         for name in sorted(nics):
             if len(name) > MAX_LABEL_NAME and nics[name] and not clear:
                 plan.refused.append(
-                    f"{name}: not shaped: the name has {len(name)} characters, the rule "
-                    f"comment that links its taps to their classes holds {MAX_LABEL_NAME} "
-                    "(iptables comment: 255 with the hookpack:...:N frame)")
+                    f"{name}: not shaped: the name has {len(name)} characters, the mark "
+                    f"rule's comment that links its taps to their classes holds "
+                    f"{MAX_LABEL_NAME} (nf_tables comment: {nft.COMMENT_MAX} bytes with the "
+                    "hookpack:...:N frame)")
                 nics[name] = []
         if clear:
             nics = {name: [] for name in nics}
         desired_taps = {n.tap: n for group in nics.values() for n in group}
-        seen_nf = observe_rules(self.nf, None if full else Scope(
-            frozenset(scope or ()), frozenset(desired_taps)))
+        marks = observe_marks(self.nft)
 
-        def in_scope(rule: Rule) -> bool:
-            return full or rule.instance in (scope or ()) or rule.tap in desired_taps
+        def in_scope(m: TapMark) -> bool:
+            return full or m.instance in (scope or ()) or m.tap in desired_taps
 
-        scoped_rules = {f: [r for r in o.rules if in_scope(r)] for f, o in seen_nf.items()}
-        out_rules = [r for o in seen_nf.values() for r in o.rules if not in_scope(r)]
-        other_minors = {m for o in seen_nf.values() for m in o.other_minors}
-        for family, seen in seen_nf.items():
-            if seen.foreign:
-                plan.notes.append(f"IPv{family} chain has {len(seen.foreign)} rule(s) "
-                                  "hookpack did not write: left alone")
+        scoped = {tap: m for tap, m in marks.taps.items() if in_scope(m)}
+        taken = {m.value for m in marks.taps.values()
+                 if not in_scope(m) and m.value is not None}
         # which taps exist right now (a vanished tap is skipped with a note)
         index = {tap: tc.ifindex(tap) for tap in desired_taps}
         existing = {tap for tap, i in index.items() if i is not None}
+        for tap in sorted(existing):
+            refused = refused_mode(tap, self.sysfs)
+            if refused:
+                n = desired_taps[tap]
+                plan.notes.append(f"{tap} ({n.instance}/{n.index}): {refused}: not shaped")
+                existing.discard(tap)
+        self.wanted_taps = set(existing)
         for tap in sorted(set(desired_taps) - existing):
             gone = desired_taps[tap]
             plan.notes.append(f"{tap} ({gone.instance}/{gone.index}) does not exist: skipped")
         kept: dict[str, int] = {}
-        for rules in scoped_rules.values():
-            for r in rules:
-                nic = desired_taps.get(r.tap)
-                if nic and nic.instance == r.instance and nic.index == r.nic \
-                        and r.tap not in kept:
-                    kept[r.tap] = r.value
-        taken = {r.value for r in out_rules} | other_minors
+        for tap, m in scoped.items():
+            nic = desired_taps.get(tap)
+            if nic and nic.instance == m.instance and nic.index == m.nic and m.value:
+                kept[tap] = m.value
         minors = allocate_minors(existing, kept, taken)
-        if s.classifier == "fw":
-            bad = [m for m in minors.values() if m & s.fw_mask != m]
-            if bad:
-                raise ActionError(f"class ids {bad[:3]} do not fit shaping.fw_mask")
-        old_minors = {r.value for rules in scoped_rules.values() for r in rules}
-        rule_taps = {r.tap for rules in scoped_rules.values() for r in rules}
+        bad = [m for m in minors.values() if m & s.fw_mask != m]
+        if bad:
+            raise ActionError(f"class ids {bad[:3]} do not fit shaping.fw_mask")
+        old_minors = {m.value for m in scoped.values() if m.value is not None}
         # policies (before observing: an instance's parent class is in scope too)
         for name in nics:
             plan.policies[name] = self.policy(name, (tags or {}).get(name))
             plan.notes += [f"{name}: {note}" for note in plan.policies[name].notes]
         groups = _instance_groups(existing, desired_taps, minors)
         old_groups: dict[str, set[int]] = {}
-        for rules in scoped_rules.values():
-            for r in rules:
-                old_groups.setdefault(r.instance, set()).add(r.value)
+        for m in scoped.values():
+            if m.value is not None and m.instance:
+                old_groups.setdefault(m.instance, set()).add(m.value)
         parent_minors = {instance_minor(m) for m in (*groups.values(), *old_groups.values())
                          if m}
-        k = observe(self.nl, seen_nf, uplink=s.uplink, major=s.major, fw_prio=s.fw_prio,
+        k = observe(self.nl, marks, uplink=s.uplink, major=s.major, fw_prio=s.fw_prio,
+                    classifier=s.classifier,
                     taps={t: index[t] if t in index else tc.ifindex(t)
-                          for t in existing | rule_taps},
+                          for t in existing | set(scoped)},
                     minors=None if full else set(minors.values()) | old_minors | parent_minors,
                     full=full)
         self.kernel = k
@@ -287,8 +336,9 @@ class Reconciler:
         if old_layout and not full and not clear:
             # the uplink's qdisc predates the root/host classes: rebuilding it drops
             # every instance's class, so the whole node is reconciled
-            return self.plan(None, tags=tags)
-        # uplink: qdisc, root class (uplink_rate), host class (host_rate, served first)
+            return self._plan(None, tags=tags)
+        # uplink: qdisc, root class (uplink_rate), host class (host_rate, served first),
+        # the mark -> class filter
         # the uplink's qdisc is made only when a tap needs it (a stop hook on a node with
         # nothing shaped writes nothing); once it is ours its base classes are kept right
         needs_qdisc = bool(existing) and not clear
@@ -314,6 +364,8 @@ class Reconciler:
                 k.parents.clear()
                 k.leaves.clear()
                 k.filters.clear()
+                k.bpf = None
+                k.other_kind = ""
             root, host = uplink_classes(s.uplink_rate, s.host_rate, s.mtu)
             changed = self._plan_class(plan, k, up, MINOR_ROOT, 0, root,
                                        f"root class on {s.uplink}")
@@ -325,6 +377,7 @@ class Reconciler:
             if changed:
                 plan.changes.append(f"{s.uplink}: root class {format_rate(root.rate)}, host "
                                     f"class {format_rate(host.rate)}")
+            self._plan_classifier(plan, k, up)
         # per instance (egress_scope instance): one parent class over its NICs' classes
         parents: dict[str, int] = {}
         for name, group in sorted(groups.items()):
@@ -339,7 +392,8 @@ class Reconciler:
                 plan.changes.append(f"{name}: instance egress {format_rate(want.ceil)} "
                                     f"over {len(group)} NIC(s)")
         # per tap
-        want_rules: dict[int, set[Rule]] = {f: set() for f in seen_nf}
+        add_marks: list[tuple[str, int, int, str, bool]] = []
+        drop_chains: list[str] = []
         for tap in sorted(existing):
             n = desired_taps[tap]
             pol = plan.policies[n.instance]
@@ -367,39 +421,44 @@ class Reconciler:
                         minor in k.filters and not moved, f"fw filter for {tap}")))
                     plan.verify.append((_get_filter(up, s, minor), fw_want))
                     what.append(f"fw filter {minor:#x}")
-                rule = Rule(tap, n.instance, n.index, "mark", minor, mask=s.fw_mask)
-            else:
-                rule = Rule(tap, n.instance, n.index, "classify", minor, major=s.major)
-            for fam in want_rules:
-                want_rules[fam].add(rule)
+            have = scoped.get(tap)
+            if have is None or not have.sets(minor, s.fw_mask, n.instance, n.index):
+                note = nft.comment(n.instance, n.index)
+                if len(note.encode()) > nft.COMMENT_MAX:
+                    plan.notes.append(f"{tap} ({n.instance}/{n.index}): instance name too "
+                                      "long for the mark rule's comment: not shaped")
+                    continue
+                if have is not None and not have.hooked:
+                    drop_chains.append(tap)
+                add_marks.append((tap, minor, s.fw_mask, note,
+                                  have is not None and have.hooked))
+                what.append(f"mark {minor:#x}")
             if s.ingress:
                 what += self._plan_tap(plan, k, tap, class_params(pol.ingress, s.mtu))
             elif k.taps.get(tap) and k.taps[tap].root == "ours":
                 what += self._drop_tap(plan, k, tap)
             if what:
                 plan.changes.append(f"{tap} ({n.instance}/{n.index}): {', '.join(what)}")
-        # rules
-        for fam, seen in seen_nf.items():
-            have = set(scoped_rules[fam])
-            add = sorted(want_rules[fam] - have, key=lambda r: r.tap)
-            delete = sorted(have - want_rules[fam], key=lambda r: r.tap)
-            if clearing_all:
-                lines = changes(seen, [], delete, want_chain=False) if seen.chain else []
-            elif add or delete or (want_rules[fam] and not (seen.chain and seen.jumps)):
-                lines = changes(seen, add, delete, want_chain=True)
-            else:
-                lines = []
-            plan.nf[fam] = lines
-            if lines and (add or delete):
-                plan.changes.append(f"IPv{fam} rules: +{len(add)} -{len(delete)}")
-            elif lines:
-                plan.changes.append(f"IPv{fam} chain {'removed' if clearing_all else 'set up'}")
+        # marks: chains of taps no longer shaped here go
+        stale_chains = sorted(set(scoped) - {a[0] for a in add_marks} - existing)
+        if clearing_all:
+            if marks.table:
+                plan.nft = [nft.del_table()]
+                plan.changes.append(f"nf_tables table netdev {nft.TABLE}: removed")
+        else:
+            plan.nft = nft.tap_batch(add_marks, drop_chains + stale_chains,
+                                     table=not marks.table and bool(add_marks))
+            if stale_chains:
+                plan.changes.append(f"marks removed: {', '.join(stale_chains[:8])}"
+                                    + (" ..." if len(stale_chains) > 8 else ""))
         # deletes: classes/filters no longer used; tap qdiscs of taps no longer shaped
         used = {minors[t] for t in existing} | set(parents.values()) | {MINOR_ROOT, MINOR_HOST}
-        scoped = old_minors | parent_minors
-        stale = (set(k.classes) if full else (scoped & set(k.classes))) - used
+        scoped_minors = old_minors | parent_minors
+        stale = (set(k.classes) if full else (scoped_minors & set(k.classes))) - used
         stale_filters = (set(k.filters) if full else (old_minors & set(k.filters))) - used
         stale_filters |= {m for m in plan.moved if m in k.filters}
+        if s.classifier != "fw":
+            stale_filters = set()  # the whole fw filter went with _plan_classifier
         if clearing_all:
             if parent_ok:
                 plan.last.append(Op(tc.del_root_qdisc(up, s.major, f"qdisc on {s.uplink}"),
@@ -418,7 +477,7 @@ class Reconciler:
             if stale or stale_filters:
                 plan.changes.append(f"{s.uplink}: {len(stale)} class(es), "
                                     f"{len(stale_filters)} filter(s) removed")
-        for tap in sorted(rule_taps - existing):
+        for tap in sorted(set(scoped) - existing):
             st = k.taps.get(tap)
             if st and st.root == "ours":
                 dropped = self._drop_tap(plan, k, tap)
@@ -429,6 +488,33 @@ class Reconciler:
                                     tap=name, ok=frozenset({errno.ENOENT, errno.EINVAL})))
                 plan.changes.append(f"{name}: leftover htb qdisc removed")
         return plan
+
+    def _plan_classifier(self, plan: Plan, k: Kernel, up: int) -> None:
+        """The uplink's mark -> class filter: one cls_bpf program (O(1) per packet), or
+        cls_fw elements per mark (planned per tap). A filter of the other kind at
+        ``fw_prio`` (hookpack's own, from another classifier setting) goes first."""
+        s = self.s
+        other = ("bpf" if k.bpf is not None else k.other_kind) if s.classifier == "fw" \
+            else ("fw" if k.filters else k.other_kind)
+        if other:
+            plan.last.append(Op(tc.del_filter(up, s.major, s.fw_prio, other,
+                                              f"{other} filter on {s.uplink}"),
+                                ok=frozenset({errno.ENOENT, errno.EINVAL})))
+            plan.changes.append(f"{s.uplink}: {other} filter removed")
+            if other == "fw":
+                k.filters.clear()
+            elif other == "bpf":
+                k.bpf = None
+        if s.classifier == "fw":
+            return
+        want = self.bpf_want()
+        if k.bpf != want:
+            plan.first.append(Op(tc.set_bpf_filter(up, s.major, s.fw_prio, want,
+                                                      k.bpf is not None,
+                                                      f"bpf filter on {s.uplink}")))
+            plan.verify.append((tc.get_bpf_filter(up, s.major, s.fw_prio,
+                                                  f"bpf filter on {s.uplink}"), want))
+            plan.changes.append(f"{s.uplink}: classifier cls_bpf (mark -> class)")
 
     def _plan_class(self, plan: Plan, k: Kernel, ifindex: int, minor: int, parent: int,
                     want: ClassParams, what: str) -> bool:
@@ -494,41 +580,19 @@ class Reconciler:
         """Carry the plan out; returns failures (empty: all done and read back)."""
         failures: list[str] = []
         skipped: set[str] = set()
-        # A small rule change (a hook's) runs in iptables-restore while the netlink
-        # requests go out: the order between the two does not matter (a rule naming a
-        # class that is not there yet, or no more, sends packets to the default class
-        # for those milliseconds; fw filters go before their classes, both over
-        # netlink). A big one (a full apply) runs after the creations: on a busy
-        # 2-core node, overlapping two big restores with 3000 netlink requests is slower.
-        small = sum(len(lines) for lines in plan.nf.values()) <= OVERLAP_LINES
-        started = None
         debugpoints.point("shaping:start")
-        # Deletions (stale classes, filters, tap qdiscs) go before the rules change: a
-        # hook killed in between then leaves rules naming its instance, which its next
-        # (instance-scoped) run sees and repairs. The other way round it would leave
-        # classes no rule names, invisible to every later hook run (orphans until a
-        # full apply).
+        # Deletions (stale classes, filters, tap qdiscs) go before the marks change: a
+        # hook killed in between then leaves mark chains naming its instance, which its
+        # next (instance-scoped) run sees and repairs. The other way round it would leave
+        # classes no mark names, invisible to every later hook run (orphans until a
+        # full apply). A mark naming a class that is not there yet sends its frames to
+        # the default class for those milliseconds.
         self._run(plan.last, failures, skipped, plan)
         debugpoints.point("shaping:deleted")
-        if not small:
-            self._run(plan.first, failures, skipped, plan)
-            debugpoints.point("shaping:first")
-        try:
-            started = self.nf.restore_start(plan.nf)
-        except (ActionError, OSError) as err:
-            failures.append(f"rules: {err}")
-        debugpoints.point("shaping:rules-started")
-        try:
-            if small:
-                self._run(plan.first, failures, skipped, plan)
-                debugpoints.point("shaping:first")
-        finally:  # replies lost: the rules still finish before the caller re-observes
-            if started is not None:
-                try:
-                    failures += self.nf.restore_finish(started)
-                except ActionError as err:
-                    failures.append(f"rules: {err}")
+        self._marks(plan, failures, skipped)
         debugpoints.point("shaping:rules-done")
+        self._run(plan.first, failures, skipped, plan)
+        debugpoints.point("shaping:first")
         plan.verify += self._unechoed
         if not failures:
             failures += self._mismatched
@@ -541,6 +605,41 @@ class Reconciler:
                     failures.append(f"{req.what}: not read back as written")
         debugpoints.point("shaping:end")
         return failures
+
+    def _marks(self, plan: Plan, failures: list[str], skipped: set[str]) -> None:
+        """The nf_tables transaction (all or nothing). A tap that vanished since the
+        observation fails the whole batch: its messages are dropped and it runs again."""
+        msgs = list(plan.nft)
+        for _attempt in range(3):
+            if not msgs:
+                return
+            try:
+                result = self.nft.batch(msgs)
+            except OSError as err:
+                failures.append(f"marks: nf_tables: {err}")
+                return
+            if result.ok:
+                return
+            drop: set[tuple[int, str]] = set()  # (message type, tap)
+            fatal = []
+            for m, code, text in result.errors:
+                if m.tap is None or code not in (errno.ENOENT, errno.ENODEV):
+                    fatal.append(str(nft.NftError(code, text, m.what)))
+                elif m.type in (nft.DELCHAIN, nft.DELRULE) and m.tap not in self.wanted_taps:
+                    drop |= {(nft.DELCHAIN, m.tap), (nft.DELRULE, m.tap)}  # already gone
+                elif tc.ifindex(m.tap) is None:
+                    drop |= {(t, m.tap) for t in (nft.NEWCHAIN, nft.NEWRULE, nft.DELCHAIN,
+                                                  nft.DELRULE)}
+                    if m.tap not in skipped:
+                        plan.notes.append(f"{m.tap} vanished during the change: skipped")
+                    skipped.add(m.tap)
+                else:
+                    fatal.append(str(nft.NftError(code, text, m.what)))
+            if fatal or not drop:
+                failures += fatal[:3] or ["marks: nf_tables refused the batch"]
+                return
+            msgs = [m for m in msgs if (m.type, m.tap) not in drop]
+        failures.append("marks: nf_tables batch kept failing as taps vanished")
 
     def _read_back(self, gets: list[tc.Request]) -> list[tc.TcObject | None]:
         """What the kernel has for each get. Many gets on one device and parent (a full
@@ -592,6 +691,8 @@ def _as_written(obj: tc.TcObject | None, want: Any) -> bool:
         return same_class(obj.htb_class(), want)
     if isinstance(want, LeafCheck):
         return want.leaf.same(obj.leaf())
+    if isinstance(want, bytes):
+        return bool(obj.bpf() == want)
     return bool(obj.fw() == want)
 
 

@@ -42,6 +42,7 @@ TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_DIRECT_QLEN, TCA_HTB_RATE64, TCA_HTB_CEIL64
 TCA_FW_CLASSID, TCA_FW_MASK = 1, 5
 TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_U32_CLASSID, TCA_U32_SEL, TCA_U32_MARK = 1, 5, 10
+TCA_BPF_OPS_LEN, TCA_BPF_OPS = 4, 5
 TC_H_ROOT = 0xFFFFFFFF
 TC_LINKLAYER_ETHERNET = 1
 ETH_P_ALL = 0x0003
@@ -205,6 +206,14 @@ class TcObject:
                 struct.unpack("=I", mask[:4])[0] if mask else None)
 
 
+    def bpf(self) -> bytes | None:
+        """The classic BPF instructions of a cls_bpf filter element (the kernel dumps no
+        name for a classic program)."""
+        if self.kind != "bpf" or TCA_BPF_OPS not in self.options:
+            return None
+        return self.options[TCA_BPF_OPS]
+
+
 @dataclass(frozen=True)
 class Leaf:
     """The qdisc under a class: ``kind`` ("fq_codel", "bfifo", "default": HTB's own
@@ -304,6 +313,54 @@ def u32_mark_options(classid: int, mark: int, mask: int) -> bytes:
     body = (u32(TCA_U32_CLASSID, classid) + attr(TCA_U32_SEL, sel)
             + attr(TCA_U32_MARK, struct.pack("=III", mark, mask, 0)))
     return attr(TCA_KIND, b"u32\0") + attr(TCA_OPTIONS, body)
+
+
+# classic BPF (linux/filter.h): struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}
+_SOCK_FILTER = struct.Struct("=HBBI")
+SKF_AD_MARK = 0xFFFFF000 + 20  # SKF_AD_OFF + SKF_AD_MARK: the ancillary load of skb->mark
+
+
+def mark_program(major: int, mask: int) -> bytes:
+    """A classic BPF classifier: classid = major:(mark & mask); no match (0) when the
+    masked mark is 0 or does not fit a minor. One program for every tap: O(1) per packet.
+    cls_bpf takes it over rtnetlink (TCA_BPF_OPS): no bpf() syscall, no eBPF verifier."""
+    ops = [
+        (0x20, 0, 0, SKF_AD_MARK),  # ld  mark
+        (0x54, 0, 0, mask),  # and #mask
+        (0x15, 3, 0, 0),  # jeq #0 -> ret #0
+        (0x25, 2, 0, 0xFFFF),  # jgt #0xffff -> ret #0
+        (0x44, 0, 0, (major & 0xFFFF) << 16),  # or  #major:0
+        (0x16, 0, 0, 0),  # ret a
+        (0x06, 0, 0, 0),  # ret #0 (no match: the qdisc's default class)
+    ]
+    return b"".join(_SOCK_FILTER.pack(*op) for op in ops)
+
+
+BPF_HANDLE = 1
+
+
+def bpf_options(ops: bytes) -> bytes:
+    body = (attr(TCA_BPF_OPS_LEN, struct.pack("=H", len(ops) // _SOCK_FILTER.size))
+            + attr(TCA_BPF_OPS, ops))
+    return attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, body)
+
+
+def set_bpf_filter(ifindex: int, major: int, prio: int, ops: bytes, replace: bool,
+                   what: str) -> Request:
+    flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    return Request(RTM_NEWTFILTER, flags, ifindex, BPF_HANDLE, handle(major, 0),
+                   filter_info(prio), bpf_options(ops), what)
+
+
+def get_bpf_filter(ifindex: int, major: int, prio: int, what: str) -> Request:
+    return Request(RTM_GETTFILTER, NLM_F_ECHO, ifindex, BPF_HANDLE, handle(major, 0),
+                   filter_info(prio), attr(TCA_KIND, b"bpf\0"), what)
+
+
+def del_filter(ifindex: int, major: int, prio: int, kind: str, what: str) -> Request:
+    """Delete the whole filter of ``kind`` at ``prio`` (every element)."""
+    return Request(RTM_DELTFILTER, 0, ifindex, 0, handle(major, 0), filter_info(prio),
+                   attr(TCA_KIND, kind.encode() + b"\0"), what)
 
 
 # ---- requests ---------------------------------------------------------------------------

@@ -76,6 +76,28 @@ print(json.dumps(out))
 """
 
 
+def parse_nft(text: str) -> dict[str, dict]:
+    import re
+
+    out: dict[str, dict] = {}
+    chain = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("chain "):
+            chain = line.split()[1]
+            out[chain] = {"device": None, "mark": None, "comment": None, "rules": 0}
+        elif chain and line.startswith("type filter hook ingress"):
+            dev = re.search(r'device "?([^" ]+)"?', line)
+            out[chain]["device"] = dev.group(1) if dev else None
+        elif chain and line.startswith("meta mark set"):
+            out[chain]["rules"] += 1
+            m = re.search(r"\| (0x[0-9a-f]+)", line)
+            c = re.search(r'comment "([^"]*)"', line)
+            out[chain]["mark"] = int(m.group(1), 16) if m else None
+            out[chain]["comment"] = c.group(1) if c else None
+    return out
+
+
 class Shaper:
     """One node plus a hookpack config pointing at its KVM dir."""
 
@@ -131,8 +153,19 @@ class Shaper:
         return json.loads(self.node.run(PYTHON, "-c", _READ_LEAVES, dev))
 
     def rules(self, family: int = 4) -> list[str]:
+        """Lines of the old iptables classifier (none are ever written now)."""
         return [line for line in self.node.iptables_save(family).splitlines()
                 if "HOOKPACK-SHAPE" in line and line.startswith("-A")]
+
+    def marks(self) -> dict[str, dict]:
+        """hookpack's netdev table read back with the nft tool: chain -> device, mark,
+        comment (mark from ``meta mark set meta mark & M | V``)."""
+        text = self.node.run("nft", "list", "table", "netdev", "hookpack", check=False)
+        return parse_nft(text)
+
+    def filters(self, dev: str = "up0") -> list[str]:
+        return [line for line in self.node.run("tc", "filter", "show", "dev", dev).splitlines()
+                if "handle" in line]
 
     def close(self) -> None:
         self.node.close()

@@ -36,14 +36,14 @@ def test_leaf_is_reconciled_in_place_and_only_when_different(shaper):
     # a longer fifo: every leaf is changed in place (same handle), nothing else written
     s.write_config(leaf_qdisc="bfifo", leaf_delay_ms=20)
     out = s.cli("apply", "--all")
-    assert out["writes"] == {"netlink": 5, "iptables": 0}, out  # 3 uplink + 2 tap leaves
+    assert out["writes"] == {"netlink": 5, "nf_tables": 0}, out  # 3 uplink + 2 tap leaves
     after = _leaves(s, "up0")
     assert {p: q["handle"] for p, q in after.items()} == \
         {p: q["handle"] for p, q in before.items()}
     assert after["4850:10"]["options"]["limit"] == 25000
     assert _leaves(s, "tap0")["4850:1"]["options"]["limit"] == 50000  # 20mbit, 20 ms
     again = s.cli("apply", "--all")
-    assert again["writes"] == {"netlink": 0, "iptables": 0}
+    assert again["writes"] == {"netlink": 0, "nf_tables": 0}
     # someone replaces a leaf by hand: the next run puts the bounded one back
     s.node.run("tc", "qdisc", "replace", "dev", "up0", "parent", "4850:10", "pfifo",
                "limit", "1000")
@@ -109,7 +109,7 @@ def test_old_layout_is_rebuilt_by_one_instance_hook(shaper):
     c = s.classes()
     assert set(c) == {"4850:1", "4850:2", "4850:10", "4850:11"}
     assert {c[h]["parent"] for h in ("4850:2", "4850:10", "4850:11")} == {"4850:1"}
-    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "iptables": 0}
+    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "nf_tables": 0}
 
 
 def test_per_instance_limit_tag_and_back(shaper):
@@ -133,7 +133,7 @@ def test_per_instance_limit_tag_and_back(shaper):
         assert c[nic]["rate"] == 1_000_000 // 8 // 2
     assert c["4850:12"]["parent"] == "4850:1"  # the other instance: per NIC (the default)
     assert parent not in _leaves(s, "up0")  # an inner class has no leaf
-    assert s.cli("apply", INST)["writes"] == {"netlink": 0, "iptables": 0}
+    assert s.cli("apply", INST)["writes"] == {"netlink": 0, "nf_tables": 0}
     # the tag goes away: the NIC classes move back under the root, the parent is deleted
     (tags / INST).write_text(json.dumps(["hookpack:egress:8mbit"]) + "\n")
     out = s.cli("apply", INST)
@@ -142,7 +142,7 @@ def test_per_instance_limit_tag_and_back(shaper):
     assert parent not in c
     assert c["4850:10"]["parent"] == c["4850:11"]["parent"] == "4850:1"
     assert c["4850:10"]["ceil"] == 1_000_000 and "4850:10" in _leaves(s, "up0")
-    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "iptables": 0}
+    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "nf_tables": 0}
 
 
 def test_config_per_instance_cannot_be_widened_by_a_tag(shaper):
@@ -181,4 +181,4 @@ def test_rates_above_34_gbit_read_back_from_the_kernel(shaper, rate, bits):
     gbit = f"{bits // 10**9}Gbit"
     assert re.search(rf"class htb 4850:10 .*rate {gbit} ceil {gbit}", text), text
     assert re.search(r"class htb 4850:1 root .*rate 400Gbit ceil 400Gbit", text), text
-    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "iptables": 0}
+    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "nf_tables": 0}

@@ -11,7 +11,7 @@ three times, and every attempt is recorded.
 
 Knobs (the stock-kernel guest runs this same file with the fw classifier and
 rates a TCG guest can carry):
-``SHAPEPROOF_CLASSIFIER`` auto|fw|classify (default auto),
+``SHAPEPROOF_CLASSIFIER`` auto|bpf|fw (default auto),
 ``SHAPEPROOF_RATES`` (default 10,100,500 Mbit/s),
 ``SHAPEPROOF_ISOLATION`` two rates (default 100,300),
 ``SHAPEPROOF_UNSHAPED_MIN`` Mbit/s an unshaped VM must exceed (default 1000).
@@ -45,7 +45,7 @@ def _apply(shaper):
     report = shaper.apply()
     assert not report["failures"], report
     if CLASSIFIER != "auto":
-        assert report["classifier"].startswith(CLASSIFIER), report
+        assert f"mark -> class: cls_{CLASSIFIER} " in report["classifier"], report
     return report
 
 
