@@ -250,6 +250,9 @@ class Reconciler:
             return ""
         if k.uplink_root != "ours":
             return f"uplink {self.s.uplink} has no hookpack qdisc"
+        if k.uplink_default != MINOR_HOST:
+            # rebuilding a qdisc of the earlier layout drops every instance's class
+            return f"the qdisc on {self.s.uplink} predates the root and host classes"
         if not k.marks.table:
             return f"nf_tables table netdev {nft.TABLE} is missing"
         if self.s.classifier != "fw" and k.bpf != self.bpf_want():
@@ -333,10 +336,6 @@ class Reconciler:
         parent_ok = k.uplink_root == "ours"
         clearing_all = clear and full
         old_layout = parent_ok and k.uplink_default != MINOR_HOST
-        if old_layout and not full and not clear:
-            # the uplink's qdisc predates the root/host classes: rebuilding it drops
-            # every instance's class, so the whole node is reconciled
-            return self._plan(None, tags=tags)
         # uplink: qdisc, root class (uplink_rate), host class (host_rate, served first),
         # the mark -> class filter
         # the uplink's qdisc is made only when a tap needs it (a stop hook on a node with
