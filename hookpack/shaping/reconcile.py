@@ -536,7 +536,13 @@ class Reconciler:
                    klass: ClassParams, what: str, tap: str | None = None) -> bool:
         """The class's leaf qdisc (fq_codel or a bounded fifo); True when written."""
         want = leaf_for(self.s.leaf, klass.ceil, self.s.mtu, self.s.leaf_delay_ms)
-        if want is None or want.same(seen):
+        if want is None:  # leaf_qdisc = "default": HTB's own pfifo
+            if seen is None or seen.kind == "default":
+                return False
+            plan.first.append(Op(tc.del_leaf(ifindex, classid, what), tap=tap,
+                                 ok=frozenset({errno.ENOENT})))
+            return True
+        if want.same(seen):
             return False
         plan.first.append(Op(tc.set_leaf(ifindex, classid, want, what).echoed(), tap=tap,
                              check=LeafCheck(want), get=tc.get_leaf(ifindex, classid, what)))
