@@ -68,7 +68,8 @@ with IPRoute() as ipr:
         row = {"kind": kind, "handle": q.get("handle")}
         if kind == "tbf":
             parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
-            row.update(limit=parms.get("limit"), rate=parms.get("rate"))
+            # pyroute2 leaves TCA_TBF_RATE64 undecoded: the rate is read with tc -j
+            row["limit"] = parms.get("limit")
         elif kind in ("bfifo", "pfifo"):
             row["limit"] = opts.get("limit") if isinstance(opts, dict) else None
         out[f"{p >> 16:x}:{p & 0xffff:x}"] = row
