@@ -40,12 +40,14 @@ SETTINGS = {
                           "instance; tag `hookpack:egress-scope:instance`). The to-VM "
                           "direction stays per NIC.", choices=("nic", "instance")),
     "leaf_qdisc": Field(str, "auto", "Qdisc under every class, bounding queueing delay: "
-                        "`fq_codel`, `bfifo` (limit: leaf_delay_ms at the class's rate), "
-                        "`default` (HTB's pfifo of 1000 packets: unbounded delay) or "
-                        "`auto` (fq_codel when the kernel has it, else bfifo).",
-                        choices=("auto", "fq_codel", "bfifo", "default")),
-    "leaf_delay_ms": Field(int, 10, "Queue of a bfifo leaf, in milliseconds at the class's "
-                           "limit.", minimum=1, maximum=1000),
+                        "`fq_codel`; `tbf` (segments GSO packets, then a fifo of "
+                        "leaf_delay_ms at the class's limit); `bfifo` (that fifo alone: "
+                        "drops whole GSO packets, TCP loses throughput); `default` (HTB's "
+                        "pfifo of 1000 packets: unbounded delay); `auto`: fq_codel when "
+                        "the kernel has it, else tbf.",
+                        choices=("auto", "fq_codel", "tbf", "bfifo", "default")),
+    "leaf_delay_ms": Field(int, 10, "Fifo of a tbf or bfifo leaf, in milliseconds at the "
+                           "class's limit.", minimum=1, maximum=1000),
     "mtu": Field(int, 1500, "MTU used for bursts and quanta.", minimum=576, maximum=65536),
     "classifier": Field(str, "auto", "How a marked frame finds its class on the uplink "
                         "(frames are marked at each tap's ingress by nf_tables): `bpf` "
@@ -159,27 +161,65 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
               tags: Mapping[str, Iterable[str]] | None = None, clear: bool = False,
               dry_run: bool = False, timeout: Any = lambda: 60.0) -> Report:
     """Plan (and unless ``dry_run`` apply) for ``instances`` (None: the whole node)."""
+    from hookpack.shaping.tc import NetlinkLost
+
     start = time.perf_counter()
     report = Report()
-    with _session(settings, paths, timeout) as (rec, why):
-        report.classifier = why
-        old: tuple[list[str], list[str]] = ([], [])
-        if not dry_run:
-            old = _legacy(settings, paths, timeout)
+    old: tuple[list[str], list[str]] = ([], [])
+    if not dry_run:
+        old = _legacy(settings, paths, timeout)
         if old[0] and instances is not None and not clear:
             instances = None  # the old rules' classes: the whole node is renumbered
-        plan = rec.plan(None if instances is None else list(instances), tags=tags, clear=clear)
-        report.kernel = rec.kernel
-        report.policies = plan.policies
-        report.changes = old[0] + plan.changes
-        report.escalated = plan.escalated
-        if not dry_run and not plan.empty:
-            report.failures = rec.apply(plan)
-        report.notes = old[1] + plan.notes
-        report.netlink_writes = rec.nl.writes
-        report.nft_writes = rec.nft.writes
+    lost: list[str] = []
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            # after a loss, fewer requests per sendmsg: fewer replies queued at once
+            _attempt(report, settings, paths, instances, tags, clear, dry_run, timeout,
+                     chunk=max(1, 200 // 8 ** (attempt - 1)))
+            break
+        except NetlinkLost as err:
+            # the kernel did some of the batch and its replies are gone: observe again
+            # (a fresh socket, the lock taken again) and finish from what is there
+            lost.append(str(err))
+            if attempt == ATTEMPTS or timeout() < 1.0:
+                report.failures.append(f"{err}, {attempt} time(s): state re-observed "
+                                       "but not finished; run `hookpack shaping apply "
+                                       "--all`")
+                break
+    if lost:
+        report.notes.append(f"{lost[0]}: re-observed and finished ({len(lost)} retry)"
+                            if not report.failures else lost[-1])
+    report.changes[:0] = old[0]
+    report.notes[:0] = old[1]
     report.ms = (time.perf_counter() - start) * 1000
     return report
+
+
+ATTEMPTS = 3
+
+
+def _attempt(report: Report, settings: Mapping[str, Any], paths: Paths,
+             instances: Iterable[str] | None, tags: Mapping[str, Iterable[str]] | None,
+             clear: bool, dry_run: bool, timeout: Any, chunk: int) -> None:
+    """One observe -> plan -> apply; the counters add up over attempts."""
+    with _session(settings, paths, timeout) as (rec, why):
+        rec.nl.chunk = chunk
+        try:
+            report.classifier = why
+            plan = rec.plan(None if instances is None else list(instances), tags=tags,
+                            clear=clear)
+            report.kernel = rec.kernel
+            report.policies = plan.policies
+            report.changes = report.changes + [c for c in plan.changes
+                                               if c not in report.changes]
+            report.escalated = plan.escalated
+            report.failures = list(plan.refused)
+            if not dry_run and not plan.empty:
+                report.failures += rec.apply(plan)
+            report.notes = plan.notes
+        finally:
+            report.netlink_writes += rec.nl.writes
+            report.nft_writes += rec.nft.writes
 
 
 # ---- CLI --------------------------------------------------------------------------------

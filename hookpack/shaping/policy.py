@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,11 @@ class PolicyStore:
         except OSError:
             pass
         self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(text)
+        # a short temporary name: an instance name may take 253 of the 255 bytes
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tags.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return True
 

@@ -42,6 +42,9 @@ from hookpack.shaping.model import (
 from hookpack.shaping.observe import Kernel, TapMark, observe, observe_marks
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 
+# the longest instance name a mark rule's comment "hookpack:<instance>:<nic>" can carry
+# (an nf_tables rule comment: 254 bytes, see hookpack.shaping.nft)
+MAX_LABEL_NAME = nft.COMMENT_MAX - len("hookpack:") - len(":63")
 DUMP_AT = 32  # read-backs on one device from which one dump replaces the gets
 
 
@@ -154,6 +157,10 @@ class Op:
     request: tc.Request
     tap: str | None = None  # tap-side requests: a vanished tap is skipped, not a failure
     ok: frozenset[int] = frozenset()  # errors that mean "already done"
+    # what the kernel must echo back (the request carries NLM_F_ECHO); ``get`` reads it
+    # back when no echo came
+    check: Any = None
+    get: tc.Request | None = None
 
 
 @dataclass
@@ -165,6 +172,7 @@ class Plan:
     changes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     moved: list[int] = field(default_factory=list)  # classes re-made under a new parent
+    refused: list[str] = field(default_factory=list)  # instances that cannot be shaped
     policies: dict[str, Policy] = field(default_factory=dict)
     escalated: str = ""  # why a hook reconciled the whole node
 
@@ -205,6 +213,8 @@ class Reconciler:
         self.kernel: Kernel | None = None
         self.wanted_taps: set[str] = set()
         self.sysfs = sysfs
+        self._unechoed: list[tuple[tc.Request, Any]] = []
+        self._mismatched: list[str] = []
 
     # -- policy ---------------------------------------------------------------------------
     def policy(self, instance: str, tags: Iterable[str] | None) -> Policy:
@@ -258,6 +268,14 @@ class Reconciler:
         scope = None if full else set(instances or ())
         nics, notes = read_nics(self.kvm_dir, None if full else scope)
         plan.notes += notes
+        for name in sorted(nics):
+            if len(name) > MAX_LABEL_NAME and nics[name] and not clear:
+                plan.refused.append(
+                    f"{name}: not shaped: the name has {len(name)} characters, the rule "
+                    f"comment that links its taps to their classes holds {MAX_LABEL_NAME} "
+                    f"(nf_tables rule comment: {nft.COMMENT_MAX} bytes with the "
+                    "hookpack:...:N frame)")
+                nics[name] = []
         if clear:
             nics = {name: [] for name in nics}
         desired_taps = {n.tap: n for group in nics.values() for n in group}
@@ -512,18 +530,18 @@ class Reconciler:
         elif same_class(k.classes.get(minor), want):
             return False
         req = tc.set_class(ifindex, s.major, minor, _htb(want), what, parent=parent)
-        plan.first.append(Op(req))
-        plan.verify.append((tc.get_class(ifindex, s.major, minor, what), want))
+        plan.first.append(Op(req.echoed(), check=want,
+                             get=tc.get_class(ifindex, s.major, minor, what)))
         return True
 
     def _plan_leaf(self, plan: Plan, ifindex: int, classid: int, seen: tc.Leaf | None,
                    klass: ClassParams, what: str, tap: str | None = None) -> bool:
         """The class's leaf qdisc (fq_codel or a bounded fifo); True when written."""
         want = leaf_for(self.s.leaf, klass.ceil, self.s.mtu, self.s.leaf_delay_ms)
-        if want is None or seen == want:
+        if want is None or want.same(seen):
             return False
-        plan.first.append(Op(tc.set_leaf(ifindex, classid, want, what), tap=tap))
-        plan.verify.append((tc.get_leaf(ifindex, classid, what), LeafCheck(want)))
+        plan.first.append(Op(tc.set_leaf(ifindex, classid, want, what).echoed(), tap=tap,
+                             check=LeafCheck(want), get=tc.get_leaf(ifindex, classid, what)))
         return True
 
     def _plan_tap(self, plan: Plan, k: Kernel, tap: str, want: ClassParams) -> list[str]:
@@ -543,8 +561,8 @@ class Reconciler:
             st.leaf = None
         if not same_class(st.klass, want):
             req = tc.set_class(st.ifindex, s.major, TAP_MINOR, _htb(want), f"class on {tap}")
-            plan.first.append(Op(req, tap=tap))
-            plan.verify.append((tc.get_class(st.ifindex, s.major, TAP_MINOR, req.what), want))
+            plan.first.append(Op(req.echoed(), tap=tap, check=want,
+                                 get=tc.get_class(st.ifindex, s.major, TAP_MINOR, req.what)))
             what.append(f"ingress {format_rate(want.rate)}")
         if self._plan_leaf(plan, st.ifindex, tc.handle(s.major, TAP_MINOR), st.leaf, want,
                            f"leaf on {tap}", tap=tap):
@@ -576,20 +594,15 @@ class Reconciler:
         debugpoints.point("shaping:rules-done")
         self._run(plan.first, failures, skipped, plan)
         debugpoints.point("shaping:first")
+        plan.verify += self._unechoed
+        if not failures:
+            failures += self._mismatched
         if plan.verify and not failures:
             checks = [(req, want) for req, want in plan.verify
                       if not any(t in req.what for t in skipped)]
             for (req, want), obj in zip(checks, self._read_back([c[0] for c in checks]),
                                         strict=True):
-                if isinstance(want, ClassParams):
-                    good = obj is not None and same_class(obj.htb_class(), want)
-                elif isinstance(want, LeafCheck):
-                    good = obj is not None and obj.leaf() == want.leaf
-                elif isinstance(want, bytes):
-                    good = obj is not None and obj.bpf() == want
-                else:
-                    good = obj is not None and obj.fw() == want
-                if not good:
+                if not _as_written(obj, want):
                     failures.append(f"{req.what}: not read back as written")
         debugpoints.point("shaping:end")
         return failures
@@ -656,6 +669,11 @@ class Reconciler:
     def _run(self, ops: list[Op], failures: list[str], skipped: set[str], plan: Plan) -> None:
         ops = [op for op in ops if op.tap is None or op.tap not in skipped]
         for op, reply in zip(ops, self.nl.transact([op.request for op in ops]), strict=True):
+            if not reply.error and op.check is not None:
+                if not reply.objects and op.get is not None:
+                    self._unechoed.append((op.get, op.check))  # read back after the apply
+                elif not _as_written(reply.objects[-1] if reply.objects else None, op.check):
+                    self._mismatched.append(f"{op.request.what}: not read back as written")
             if not reply.error or reply.error in op.ok:
                 continue
             if op.tap is not None and (reply.error in tc.GONE or tc.ifindex(op.tap) is None):
@@ -664,6 +682,19 @@ class Reconciler:
                 skipped.add(op.tap)
                 continue
             failures.append(str(tc.NetlinkError(reply.error, reply.extack, op.request.what)))
+
+
+def _as_written(obj: tc.TcObject | None, want: Any) -> bool:
+    """The object the kernel reports is what hookpack wrote: a class, a leaf, a filter."""
+    if obj is None:
+        return False
+    if isinstance(want, ClassParams):
+        return same_class(obj.htb_class(), want)
+    if isinstance(want, LeafCheck):
+        return want.leaf.same(obj.leaf())
+    if isinstance(want, bytes):
+        return obj.bpf() == want
+    return bool(obj.fw() == want)
 
 
 def _instance_groups(existing: Iterable[str], desired: Mapping[str, Nic],

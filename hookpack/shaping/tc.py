@@ -40,6 +40,7 @@ TCA_KIND, TCA_OPTIONS, TCA_STATS2 = 1, 2, 7
 TCA_STATS_BASIC = 1
 TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_DIRECT_QLEN, TCA_HTB_RATE64, TCA_HTB_CEIL64 = 1, 2, 5, 6, 7
 TCA_FW_CLASSID, TCA_FW_MASK = 1, 5
+TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_U32_CLASSID, TCA_U32_SEL, TCA_U32_MARK = 1, 5, 10
 TCA_BPF_OPS_LEN, TCA_BPF_OPS = 4, 5
 TC_H_ROOT = 0xFFFFFFFF
@@ -54,7 +55,10 @@ _NLA = struct.Struct("=HH")
 _RATESPEC = struct.Struct("=BBHhHI")  # cell_log, linklayer, overhead, cell_align, mpu, rate
 _HTB_OPT = struct.Struct("=12s12sIIIII")  # rate, ceil, buffer, cbuffer, quantum, level, prio
 _HTB_GLOB = struct.Struct("=IIIII")  # version, rate2quantum, defcls, debug, direct_pkts
+_TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
 _U32 = 0xFFFFFFFF
+# a replace's echo also reports the object it replaced (RTM_DEL*): not the answer
+_NOT_OBJECTS = frozenset({NLMSG_DONE, RTM_DELQDISC, RTM_DELTCLASS, RTM_DELTFILTER})
 
 
 class NetlinkError(OSError):
@@ -64,6 +68,20 @@ class NetlinkError(OSError):
         self.extack = text
         detail = f": {text}" if text else ""
         super().__init__(code, f"{what}: {os.strerror(code)}{detail}")
+
+
+class NetlinkLost(OSError):
+    """Replies were lost (ENOBUFS: the receive buffer overflowed) or did not come in
+    time: which requests the kernel carried out is unknown. The caller re-observes."""
+
+
+def _rcvbuf() -> int:
+    """The receive buffer asked for: 8 MiB, or ``HOOKPACK_NETLINK_RCVBUF`` bytes (the
+    tests set a tiny one to make the kernel drop replies with ENOBUFS for real)."""
+    try:
+        return max(256, int(os.environ.get("HOOKPACK_NETLINK_RCVBUF", "")))
+    except ValueError:
+        return 8 << 20
 
 
 def handle(major: int, minor: int) -> int:
@@ -170,6 +188,13 @@ class TcObject:
             return Leaf("default")
         if self.kind in ("bfifo", "pfifo") and len(self.raw_options) >= 4:
             return Leaf(self.kind, struct.unpack_from("=I", self.raw_options)[0])
+        raw = self.options.get(TCA_TBF_PARMS) if self.kind == "tbf" else None
+        if raw is not None and len(raw) >= _TBF_QOPT.size:
+            rate_b, _peak, limit, buffer, _mtu = _TBF_QOPT.unpack_from(raw)
+            rate = _RATESPEC.unpack(rate_b)[5]
+            if TCA_TBF_RATE64 in self.options:
+                rate = struct.unpack("=Q", self.options[TCA_TBF_RATE64][:8])[0]
+            return Leaf("tbf", limit, rate, ticks_to_bytes(buffer, rate))
         return Leaf(self.kind)
 
     def fw(self) -> tuple[int, int | None] | None:
@@ -196,11 +221,23 @@ class Leaf:
 
     kind: str
     limit: int | None = None
+    rate: int | None = None  # tbf: bytes/s
+    burst: int | None = None  # tbf: bytes (GSO packets above it are segmented)
 
     def __str__(self) -> str:
         if self.limit is None:
             return self.kind
+        if self.kind == "tbf":
+            return f"tbf limit {self.limit}b burst {self.burst}b"
         return f"{self.kind} limit {self.limit}{'b' if self.kind == 'bfifo' else 'p'}"
+
+    def same(self, seen: Leaf | None) -> bool:
+        """``seen`` (read back) is this leaf; a tbf's burst travels as 64 ns ticks."""
+        if seen is None or self.kind != "tbf":
+            return seen == self
+        slack = (self.rate or 0) * 64 // 10**9 + 2
+        return (seen.kind, seen.limit, seen.rate) == (self.kind, self.limit, self.rate) \
+            and abs((seen.burst or 0) - (self.burst or 0)) <= slack
 
 
 @dataclass(frozen=True)
@@ -251,7 +288,15 @@ def htb_qdisc_options(r2q: int, default_minor: int) -> bytes:
 def leaf_options(leaf: Leaf) -> bytes:
     """fq_codel with the kernel's defaults (target 5 ms, interval 100 ms: no attribute
     sent, so nothing to drift); a fifo with its limit (struct tc_fifo_qopt)."""
-    body = b"" if leaf.limit is None else struct.pack("=I", leaf.limit)
+    if leaf.kind == "tbf":
+        rate, burst = leaf.rate or 0, leaf.burst or 0
+        qopt = _TBF_QOPT.pack(_ratespec(rate), bytes(12), leaf.limit or 0,
+                              bytes_to_ticks(burst, rate), 0)
+        body = attr(TCA_TBF_PARMS, qopt) + u32(TCA_TBF_BURST, burst)
+        if rate > _U32:
+            body += attr(TCA_TBF_RATE64, struct.pack("=Q", rate))
+    else:
+        body = b"" if leaf.limit is None else struct.pack("=I", leaf.limit)
     return attr(TCA_KIND, leaf.kind.encode() + b"\0") + attr(TCA_OPTIONS, body)
 
 
@@ -331,6 +376,13 @@ class Request:
     info: int = 0
     body: bytes = b""
     what: str = ""  # for error messages: "class 4850:10 on up0"
+
+    def echoed(self) -> Request:
+        """The same write with NLM_F_ECHO: the kernel sends the object as it stored it
+        back to us (its change notification, unicast, same sequence number): a read-back
+        in the same round trip."""
+        return Request(self.type, self.flags | NLM_F_ECHO, self.ifindex, self.handle,
+                       self.parent, self.info, self.body, self.what)
 
     def encode(self, seq: int) -> bytes:
         tcm = _TCMSG.pack(socket.AF_UNSPEC, self.ifindex, self.handle, self.parent, self.info)
@@ -420,7 +472,7 @@ class Netlink:
                                   socket.NETLINK_ROUTE)
         self.sock.settimeout(timeout)  # the kernel always answers; never wait unbounded
         # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) as root, else the capped plain ones
-        for force, plain, size in ((33, socket.SO_RCVBUF, 8 << 20),
+        for force, plain, size in ((33, socket.SO_RCVBUF, _rcvbuf()),
                                    (32, socket.SO_SNDBUF, 4 << 20)):
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, force, size)
@@ -431,6 +483,7 @@ class Netlink:
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.chunk = self.CHUNK
         self.writes = 0  # kernel writes requested (new/del)
         self.reads = 0
 
@@ -453,8 +506,8 @@ class Netlink:
         That halves the messages read back (one ``recv`` each).
         """
         replies: list[Reply] = []
-        for start in range(0, len(requests), self.CHUNK):
-            chunk = requests[start:start + self.CHUNK]
+        for start in range(0, len(requests), self.chunk):
+            chunk = requests[start:start + self.chunk]
             first = self.seq + 1
             data = bytearray()
             for req in chunk:
@@ -480,7 +533,7 @@ class Netlink:
                         continue
                     if mtype == NLMSG_ERROR:
                         reply.error, reply.extack = _parse_error(msg)
-                    elif mtype != NLMSG_DONE:
+                    elif mtype not in _NOT_OBJECTS:  # a get's answer, a write's echo
                         reply.objects.append(_parse_tc(msg))
             replies.extend(out[first + i] for i in range(len(chunk)))
         return replies
@@ -507,7 +560,16 @@ class Netlink:
                 objects.append(_parse_tc(msg))
 
     def _receive(self) -> Iterable[tuple[int, int, memoryview]]:
-        data = memoryview(self.sock.recv(1 << 20))
+        try:
+            data = memoryview(self.sock.recv(1 << 20))
+        except TimeoutError:
+            raise NetlinkLost(errno.ETIMEDOUT, "netlink: no answer from the kernel in "
+                              f"{self.sock.gettimeout()} s") from None
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:
+                raise
+            raise NetlinkLost(errno.ENOBUFS, "netlink: replies lost (ENOBUFS: receive "
+                              "buffer overflowed)") from None
         pos = 0
         while pos + _NLMSG.size <= len(data):
             length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, pos)

@@ -32,6 +32,8 @@ with IPRoute() as ipr:
     idx = ipr.link_lookup(ifname=sys.argv[1])[0]
     for c in ipr.get_classes(idx):
         h = c.get("handle")
+        if c.get_attr("TCA_KIND") != "htb":
+            continue  # a tbf leaf's own class
         p = c.get_nested("TCA_OPTIONS", "TCA_HTB_PARMS") or {}
         st = c.get_nested("TCA_STATS2", "TCA_STATS_BASIC") or {}
         qs = c.get_nested("TCA_STATS2", "TCA_STATS_QUEUE") or {}
@@ -71,6 +73,29 @@ def parse_nft(text: str) -> dict[str, dict]:
             out[chain]["mark"] = int(m.group(1), 16) if m else None
             out[chain]["comment"] = c.group(1) if c else None
     return out
+
+
+_READ_LEAVES = """
+import json, sys
+from pyroute2 import IPRoute
+out = {}
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    for q in ipr.get_qdiscs(idx):
+        p = q.get("parent")
+        if p == 0xFFFFFFFF or p >> 16 != 0x4850:
+            continue  # roots, and a tbf leaf's own fifo
+        kind = q.get_attr("TCA_KIND")
+        opts = q.get_attr("TCA_OPTIONS")
+        row = {"kind": kind, "handle": q.get("handle")}
+        if kind == "tbf":
+            parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
+            row.update(limit=parms.get("limit"), rate=parms.get("rate"))
+        elif kind in ("bfifo", "pfifo"):
+            row["limit"] = opts.get("limit") if isinstance(opts, dict) else None
+        out[f"{p >> 16:x}:{p & 0xffff:x}"] = row
+print(json.dumps(out))
+"""
 
 
 class Shaper:
@@ -121,6 +146,11 @@ class Shaper:
         """The device's classes read back with pyroute2 (iproute2 6.1's ``tc -j`` prints
         HTB classes as text): handle -> rate, ceil, burst, cburst, quantum, bytes, packets."""
         return json.loads(self.node.run(PYTHON, "-c", _READ_CLASSES, dev))
+
+    def leaves(self, dev: str = "up0") -> dict[str, dict]:
+        """Leaf qdiscs of the device read back with pyroute2: parent class -> kind, handle,
+        limit (bytes) and, for tbf, rate. HTB's default pfifo is not listed."""
+        return json.loads(self.node.run(PYTHON, "-c", _READ_LEAVES, dev))
 
     def rules(self, family: int = 4) -> list[str]:
         """Lines of the old iptables classifier (none are ever written now)."""

@@ -102,3 +102,21 @@ def test_shaping_netns_suite_with_fw_in_guest(run_in_host_guest):
     assert set(counts) == {"passed"} and counts["passed"] >= 12, run.output[-5000:]
     forced = re.search(r"^force_fw: (\d+) CLI results checked as fw$", run.output, re.MULTILINE)
     assert forced and int(forced.group(1)) >= 10, run.output[-3000:]
+
+
+def test_latency_under_load_in_guest(run_in_host_guest):
+    """bench/shaping_latency.py on the stock kernel: the bounded leaf there is fq_codel;
+    the default pfifo is measured beside it in the same run."""
+    import json
+
+    run = run_in_host_guest([sys.executable, str(REPO / "bench" / "shaping_latency.py"),
+                             "--seconds", "10"], cwd=REPO, env={"PYTHONUNBUFFERED": "1"},
+                            timeout=600)
+    print(f"guest: boot-to-command {run.boot_to_command:.1f}s, whole run {run.total:.1f}s")
+    print(run.output[-3000:])
+    assert run.rc == 0, run.output[-4000:]
+    (line,) = [x for x in run.output.splitlines() if x.startswith("RESULT ")]
+    default, bounded = json.loads(line[len("RESULT "):])["modes"]
+    assert bounded["leaf"].startswith("fq_codel"), bounded
+    assert bounded["p95_ms"] <= 20 and bounded["loss"] <= 0.02, bounded
+    assert default["leaf"].startswith("pfifo") and default["p95_ms"] > bounded["p95_ms"]
