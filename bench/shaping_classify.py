@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from tests.shaping.topo import Node, sh  # noqa: E402
 
 PY = sys.executable
+CPU = str(max(0, (os.cpu_count() or 1) - 1))
 
 
 def config(node: Node, base: Path) -> Path:
@@ -87,7 +88,10 @@ def measure(nodes: list[Node], seconds: float) -> list[float]:
     clients: list[subprocess.Popen[str]] = []
     try:
         time.sleep(0.3)
-        clients = [subprocess.Popen(["ip", "netns", "exec", n.vms["tapvm"], "iperf3", "-c",
+        # both senders on one CPU: the scheduler shares it between them, so a per-packet
+        # cost difference shows as a rate difference instead of drowning in load swings
+        clients = [subprocess.Popen(["taskset", "-c", CPU, "ip", "netns", "exec",
+                                     n.vms["tapvm"], "iperf3", "-c",
                                      "192.0.2.1", "-p", "5201", "-u", "-b", "0", "-l", "64",
                                      "-t", str(seconds + 1.5)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True) for n in nodes]

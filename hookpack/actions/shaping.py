@@ -165,6 +165,11 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
 
     start = time.perf_counter()
     report = Report()
+    old: tuple[list[str], list[str]] = ([], [])
+    if not dry_run:
+        old = _legacy(settings, paths, timeout)
+        if old[0] and instances is not None and not clear:
+            instances = None  # the old rules' classes: the whole node is renumbered
     lost: list[str] = []
     for attempt in range(1, ATTEMPTS + 1):
         try:
@@ -184,6 +189,8 @@ def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str
     if lost:
         report.notes.append(f"{lost[0]}: re-observed and finished ({len(lost)} retry)"
                             if not report.failures else lost[-1])
+    report.changes[:0] = old[0]
+    report.notes[:0] = old[1]
     report.ms = (time.perf_counter() - start) * 1000
     return report
 
@@ -199,22 +206,17 @@ def _attempt(report: Report, settings: Mapping[str, Any], paths: Paths,
         rec.nl.chunk = chunk
         try:
             report.classifier = why
-            old: tuple[list[str], list[str]] = ([], [])
-            if not dry_run:
-                old = _legacy(settings, paths, timeout)
-            if old[0] and instances is not None and not clear:
-                instances = None  # the old rules' classes: the whole node is renumbered
             plan = rec.plan(None if instances is None else list(instances), tags=tags,
                             clear=clear)
             report.kernel = rec.kernel
             report.policies = plan.policies
-            report.changes = report.changes + [c for c in old[0] + plan.changes
+            report.changes = report.changes + [c for c in plan.changes
                                                if c not in report.changes]
             report.escalated = plan.escalated
             report.failures = list(plan.refused)
             if not dry_run and not plan.empty:
                 report.failures += rec.apply(plan)
-            report.notes = old[1] + plan.notes
+            report.notes = plan.notes
         finally:
             report.netlink_writes += rec.nl.writes
             report.nft_writes += rec.nft.writes

@@ -42,7 +42,8 @@ from hookpack.shaping.model import (
 from hookpack.shaping.observe import Kernel, TapMark, observe, observe_marks
 from hookpack.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 
-# the longest instance name the mark rule's comment "hookpack:<instance>:<nic>" carries
+# the longest instance name a mark rule's comment "hookpack:<instance>:<nic>" can carry
+# (an nf_tables rule comment: 254 bytes, see hookpack.shaping.nft)
 MAX_LABEL_NAME = nft.COMMENT_MAX - len("hookpack:") - len(":63")
 DUMP_AT = 32  # read-backs on one device from which one dump replaces the gets
 

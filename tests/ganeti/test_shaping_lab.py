@@ -51,8 +51,9 @@ def _tap(lab, node) -> str | None:
 
 
 def _classes(lab, node) -> dict[str, str]:
+    """class -> its limit (ceil: in the class tree a VM class's rate is its guarantee)."""
     out = lab.run_on(node, ["tc", "class", "show", "dev", "eth1"], check=True).stdout
-    return dict(re.findall(r"class htb (\S+) root .*?rate (\S+)", out))
+    return dict(re.findall(r"class htb (\S+) (?:root|parent \S+) .*?ceil (\S+)", out))
 
 
 def _marks(lab, node) -> dict[str, dict]:

@@ -6,7 +6,8 @@ the IEEE local experimental type: no IP at all), ``vlan`` (802.1Q tag, VID 100, 
 an IPv4/UDP packet), ``qinq`` (802.1ad outer tag 0x88a8 + 802.1Q inner) or ``udp``
 (plain IPv4/UDP through a datagram socket). The rate is read where the frames leave
 the node: the world side of the uplink's veth counts every byte that came through the
-uplink's qdisc (``rx_bytes`` of ``wo0``), sampled after a settling second.
+uplink's qdisc (``rx_bytes`` of ``wo0``), sampled from a settling second after the
+sender says it sends (Python starts in seconds in a TCG guest).
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ def ip_udp(src, dst_ip):
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return hdr[:10] + struct.pack("!H", ~s & 0xFFFF) + hdr[12:] + udp
-end = time.monotonic() + seconds
 sent = 0
+def go():
+    global end
+    print("go", flush=True)  # the parent's measurement window starts after this
+    end = time.monotonic() + seconds
 if kind == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    go()
     while time.monotonic() < end:
         for _ in range(200):
             try:
@@ -55,6 +60,7 @@ else:
                  + struct.pack("!H", 100) + b"\x08\x00" + ip_udp("192.0.2.200", dst_ip))
     else:
         raise SystemExit(f"unknown kind {kind}")
+    go()
     while time.monotonic() < end:
         for _ in range(200):
             try:
@@ -94,6 +100,10 @@ def flood_rate(vm_ns: str, world_ns: str, kind: str, *, seconds: float = 3.0,
                              str(seconds + settle + 0.5), mac(world_ns, "wo0"), dst_ip],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "go":
+            why = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"flood {kind} did not start: {why}")
         time.sleep(settle)
         t0, b0 = sample(world_ns, "wo0")
         time.sleep(seconds)

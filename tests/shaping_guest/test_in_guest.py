@@ -48,9 +48,12 @@ def test_floods_and_vlan_aware_bridge_in_guest(run_in_host_guest):
     in one boot."""
     run, counts = _run_inner(
         run_in_host_guest, "tests/shaping/test_classifier_netns.py "
-        f"{INNER / 'test_vlan_bridge.py'}", timeout=1500, env={"HP_FLOOD_ESCAPE": "40"})
+        f"{INNER / 'test_vlan_bridge.py'}", timeout=1500,
+        # a Python flood in a TCG guest on a loaded 2-core machine reaches a few Mbit/s:
+        # a 1 Mbit class, and an unshaped flood must beat 3 Mbit/s
+        env={"HP_FLOOD_LIMIT": "1", "HP_FLOOD_ESCAPE": "3"})
     assert run.rc == 0, run.output[-4000:]
-    assert counts.get("passed") == 8 + 3 and set(counts) == {"passed"}, run.output[-4000:]
+    assert counts.get("passed") == 8 + 2 and set(counts) == {"passed"}, run.output[-4000:]
 
 
 # What a TCG guest's fake VMs can carry on this machine is ~30-40 Mbit/s in all

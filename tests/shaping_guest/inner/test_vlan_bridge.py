@@ -10,6 +10,8 @@ in the same VLAN in the same run.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.shaping.conftest import Shaper
@@ -17,9 +19,9 @@ from tests.shaping.flood import flood_rate
 
 pytestmark = [pytest.mark.netns]
 
-LIMIT = 10.0
+LIMIT = float(os.environ.get("HP_FLOOD_LIMIT", "10"))  # Mbit/s; the guest run sets 1
 BOUND = LIMIT * 1.05
-ESCAPE = 40.0  # a TCG guest's fake VM floods at 100s of Mbit/s unshaped
+ESCAPE = float(os.environ.get("HP_FLOOD_ESCAPE", "40"))  # an unshaped flood beats this
 
 
 @pytest.fixture
@@ -34,10 +36,10 @@ def _vlan_port(s: Shaper, tap: str) -> None:
     s.node.run("bridge", "vlan", "add", "dev", tap, "vid", "100", "pvid", "untagged")
 
 
-@pytest.mark.parametrize("kind", ["raw", "vlan", "udp"])
+@pytest.mark.parametrize("kind", ["raw", "vlan"])
 def test_vlan_aware_bridge_holds_a_flood_to_its_class(shaper, kind):
     s = shaper
-    s.write_config(classifier="auto", egress_rate="10mbit", ingress_rate="1gbit")
+    s.write_config(classifier="auto", egress_rate=f"{LIMIT:g}mbit", ingress_rate="1gbit")
     s.node.ip("link", "set", "br0", "type", "bridge", "vlan_filtering", "1")
     s.node.run("bridge", "vlan", "add", "dev", "up0", "vid", "100")  # tagged trunk
     for tap in ("tap0", "tapx"):
@@ -51,7 +53,7 @@ def test_vlan_aware_bridge_holds_a_flood_to_its_class(shaper, kind):
     free = flood_rate(s.node.vms["tapx"], s.node.world, kind)
     shaped = flood_rate(s.node.vms["tap0"], s.node.world, kind)
     print(f"\nVLAN-aware bridge, flood {kind}: unshaped VM {free:.1f} Mbit/s, VM in a "
-          f"10 Mbit class {shaped:.2f} Mbit/s")
+          f"{LIMIT:g} Mbit class {shaped:.2f} Mbit/s")
     assert free > ESCAPE, f"unshaped {kind} flood only {free:.1f} Mbit/s"
     assert shaped <= BOUND, f"{kind} flood escaped its class: {shaped:.2f} Mbit/s"
     assert shaped >= LIMIT * 0.5
