@@ -1,26 +1,36 @@
-"""Benchmark: shaping 1000 taps, against the seed's loop and the batch tools, same run.
+"""Benchmark: shaping N taps, whole process against whole process, same run.
 
 A throwaway node in network namespaces (uplink veth on a bridge, N tuntap bridge ports,
-a fake KVM runtime dir with N/2 instances of 2 NICs). Measured, in this order:
+a fake KVM runtime dir with N/2 instances of 2 NICs). Every side is timed the same way:
+the wall time of one command started from here through one `ip netns exec` (process
+start included), median of the same number of runs (--runs), in this run.
 
-  seed      the seed blog post's per-tap loop: `tc class add` + `tc filter add ... fw` +
-            `iptables -A PREROUTING ... MARK` per tap (one process each; on a kernel
-            without cls_fw the filter call fails, its process cost still counts).
-            Run on --seed-taps taps (default all) and reported per tap and for N.
-  batch     one `tc -batch` + one `iptables-restore --noflush` + one
-            `ip6tables-restore --noflush` creating the same objects hookpack creates
-            (uplink qdisc and classes, a qdisc + class per tap, CLASSIFY rules both
-            families): the floor for "tools, batched".
-  hookpack  `hookpack shaping apply --all` from nothing, timed inside the process
-            (observe + plan + apply + read back) and as a whole command.
-  no-change re-apply: kernel writes (must be 0) and time.
-  one instance changed (a NIC hotplugged) with N taps shaped: inside the process and
-            the post hook end to end (`hookpack hook` as Ganeti runs it, `ip netns exec`
-            included).
+  full apply, N taps, from nothing
+    seed      the seed blog post's per-tap loop (`tc class add` + `tc filter add ... fw`
+              + `iptables -A PREROUTING ... MARK` per tap), as one shell script: the
+              seed's own objects (no leaf qdiscs, no to-VM side, IPv4 only).
+    batch     one shell script: `tc -batch` + `nft -f` creating exactly the objects
+              hookpack creates (uplink qdisc, root, host and tap classes with their
+              bfifo leaves, the one cls_bpf mark -> class filter, a qdisc + class +
+              leaf per tap; table netdev hookpack with an ingress chain and mark rule
+              per tap).
+    hookpack  `hookpack shaping apply --all` (Python start and imports included); its
+              own in-process figure (observe + plan + apply + read back) beside it,
+              labelled.
+  one instance's hook, N-1 taps shaped (a NIC hotplugged)
+    seed      the per-tap loop for the one tap;
+    batch     `tc -batch` + `nft -f` for the one tap's objects;
+    hookpack  `hookpack hook` with a post instance-modify environment, as Ganeti runs it.
+  re-apply with nothing to do
+    batch     the reads a script needs to know nothing changed (`tc qdisc show`,
+              `tc class show dev up0`, `tc filter show dev up0`,
+              `nft list table netdev hookpack`);
+    hookpack  `hookpack shaping apply --all`: kernel writes must be 0.
+  floor       `ip netns exec ... python3 -c pass`.
 
-Targets (issue #6): full apply <= 1 s, >= 20x faster than the seed loop, within 2x of
-batch; one-instance change <= 50 ms in-process, hook end to end <= 300 ms; re-apply
-0 writes. Usage (root): .venv/bin/python bench/shaping_apply.py [--taps 1000]
+Results are printed and appended to bench/results/shaping_apply.jsonl (date, commit,
+machine, load). Usage (root): .venv/bin/python bench/shaping_apply.py [--taps 1000]
+[--runs 5] [--profile]
 """
 
 from __future__ import annotations
@@ -28,132 +38,197 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.shaping.topo import Node, sh  # noqa: E402
+from tests.shaping.topo import Node  # noqa: E402
 
 PY = sys.executable
 MAJOR = "4850"
-
-
-def inner(config: str, target: str, runs: int) -> None:
-    """Runs inside the netns: reconcile in-process, print timings as JSON."""
-    t0 = time.perf_counter()
-    # what the hook imports anyway; timed apart: "inside the process" is the work
-    import hookpack.locks
-    import hookpack.shaping.classifier
-    import hookpack.shaping.reconcile  # noqa: F401
-    from hookpack.action import Paths
-    from hookpack.actions.shaping import SETTINGS, reconcile
-    from hookpack.config import load_config
-
-    imports_ms = (time.perf_counter() - t0) * 1000
-
-    cfg = load_config(Path(config), required=True)
-    settings = cfg.section("shaping", SETTINGS)
-    paths = Paths.from_config(cfg)
-    out = []
-    for _ in range(runs):
-        report = reconcile(settings, paths, None if target == "ALL" else [target])
-        out.append({"ms": report.ms, "imports_ms": imports_ms,
-                    "netlink": report.netlink_writes,
-                    "iptables": report.iptables_writes, "changes": len(report.changes),
-                    "failures": report.failures})
-    print(json.dumps(out))
+RESULTS = REPO / "bench" / "results" / "shaping_apply.jsonl"
+EGRESS_BITS, INGRESS_BITS = 10_000_000, 20_000_000
 
 
 def reset(node: Node, taps: list[str]) -> None:
-    """Back to nothing: our root qdiscs gone, mangle empty (our own namespace)."""
+    """Back to nothing (untimed): root qdiscs gone, mangle empty, hookpack's caches gone."""
     lines = [f"qdisc del dev {d} root" for d in ["up0", *taps]]
     subprocess.run(["ip", "netns", "exec", node.ns, "tc", "-force", "-batch", "-"],
                    input="\n".join(lines) + "\n", capture_output=True, text=True, check=False)
     for tool in ("iptables", "ip6tables"):
-        node.run(f"{tool}-restore", input="*mangle\nCOMMIT\n")  # flush mangle
+        node.run(f"{tool}-restore", input="*mangle\nCOMMIT\n")
+    node.run("nft", "delete", "table", "netdev", "hookpack", check=False)
     for d in (node.base / "state", node.base / "run"):
-        subprocess.run(["rm", "-rf", str(d / "shaping")], check=False)
+        subprocess.run(["rm", "-rf", str(d / "shaping"), str(d / "shaping-mangle.json")],
+                       check=False)
 
 
-def seed_loop(node: Node, taps: list[str]) -> float:
-    burst = 10_000_000 // 8 // 100
-    start = time.perf_counter()
-    node.run("tc", "qdisc", "add", "dev", "up0", "root", "handle", f"{MAJOR}:", "htb",
-             "r2q", "833")
+def wall(argv: list[str], **kw: object) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    took = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv[:6])}...: exit {proc.returncode}: "
+                           f"{proc.stderr.strip()[-400:]}")
+    return took
+
+
+def in_ns(node: Node, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", node.ns, *argv]
+
+
+# ---- the baselines, as scripts ----------------------------------------------------------
+
+
+def seed_script(taps: list[str], first_minor: int, with_qdisc: bool) -> str:
+    burst = EGRESS_BITS // 8 // 100
+    lines = ["#!/bin/sh"]
+    if with_qdisc:
+        lines.append(f"tc qdisc add dev up0 root handle {MAJOR}: htb r2q 833")
     for i, tap in enumerate(taps):
-        minor = f"{i + 16:04x}"
-        subprocess.run(["ip", "netns", "exec", node.ns, "tc", "class", "add", "dev", "up0",
-                        "parent", f"{MAJOR}:", "classid", f"{MAJOR}:{minor}", "htb", "rate",
-                        "10mbit", "burst", str(burst)], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "exec", node.ns, "tc", "filter", "add", "dev", "up0",
-                        "parent", f"{MAJOR}:", "handle", f"0x{minor}", "protocol", "all",
-                        "fw", "flowid", f"{MAJOR}:{minor}"], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "exec", node.ns, "iptables", "-t", "mangle", "-A",
-                        "PREROUTING", "-m", "physdev", "--physdev-in", tap, "-j", "MARK",
-                        "--set-mark", f"0x{minor}"], capture_output=True, check=False)
-    return time.perf_counter() - start
+        minor = f"{i + first_minor:04x}"
+        lines += [
+            f"tc class add dev up0 parent {MAJOR}: classid {MAJOR}:{minor} htb rate 10mbit "
+            f"burst {burst} 2>/dev/null",
+            f"tc filter add dev up0 parent {MAJOR}: handle 0x{minor} protocol all fw flowid "
+            f"{MAJOR}:{minor} 2>/dev/null",
+            f"iptables -t mangle -A PREROUTING -m physdev --physdev-in {tap} -j MARK "
+            f"--set-mark 0x{minor}"]
+    return "\n".join(lines) + "\n"
 
 
-def batch_tools(node: Node, taps: list[str], instances: dict[str, str]) -> float:
-    tc_lines = [f"qdisc add dev up0 root handle {MAJOR}: htb default 1 r2q 833333",
-                f"class add dev up0 parent {MAJOR}: classid {MAJOR}:1 htb rate 10gbit "
-                "burst 12500000 cburst 12500000 quantum 1500"]
-    rules = ["*mangle", ":HOOKPACK-SHAPE - [0:0]",
-             "-I FORWARD 1 -m comment --comment hookpack-shape -j HOOKPACK-SHAPE"]
+def _class(dev: str, parent: str, minor: str, rate: int, ceil: int, prio: int) -> str:
+    burst, cburst = max(rate // 800, 1500), max(ceil // 800, 1500)
+    r2q = max(1, rate // 8 // 1500)
+    quantum = min(200000, max(1000, rate // 8 // r2q))
+    return (f"class add dev {dev} parent {parent} classid {MAJOR}:{minor} htb rate {rate}bit "
+            f"ceil {ceil}bit burst {burst} cburst {cburst} quantum {quantum} prio {prio}")
+
+
+def _leaf(dev: str, parent: str, ceil: int) -> str:
+    return f"qdisc add dev {dev} parent {parent} bfifo limit {max(3028, ceil // 800)}"
+
+
+def bpf_bytecode() -> str:
+    """hookpack's mark -> class program, as `tc ... bpf bytecode` takes it."""
+    from hookpack.shaping import tc
+
+    ops = tc.mark_program(int(MAJOR, 16), 0xFFFF)
+    words = [tc._SOCK_FILTER.unpack_from(ops, i) for i in range(0, len(ops), 8)]
+    return f"{len(words)}," + ",".join(" ".join(str(x) for x in w) for w in words)
+
+
+def batch_lines(taps: list[str], first_minor: int, instances: dict[str, str],
+                with_base: bool) -> tuple[list[str], list[str]]:
+    """tc -batch lines and nft lines for exactly hookpack's objects (leaf bfifo, as the
+    benchmark's hookpack config asks: 10 ms at the class's ceil)."""
+    up, host = 10**10, 10**9
+    tc_lines: list[str] = []
+    nft: list[str] = []
+    if with_base:
+        tc_lines += [f"qdisc add dev up0 root handle {MAJOR}: htb default 2 r2q 833333",
+                     _class("up0", f"{MAJOR}:", "1", up, up, 0),
+                     _class("up0", f"{MAJOR}:1", "2", host, up, 0),
+                     _leaf("up0", f"{MAJOR}:2", up),
+                     f"filter add dev up0 parent {MAJOR}: prio 4850 handle 1 protocol all "
+                     f"bpf bytecode \"{bpf_bytecode()}\""]
+        nft.append("add table netdev hookpack")
     for i, tap in enumerate(taps):
-        minor = f"{i + 16:x}"
+        minor = f"{i + first_minor:x}"
         tc_lines += [
-            f"class add dev up0 parent {MAJOR}: classid {MAJOR}:{minor} htb rate 10mbit "
-            "burst 12500 cburst 12500 quantum 1500",
+            _class("up0", f"{MAJOR}:1", minor, 10**6, EGRESS_BITS, 0),
+            _leaf("up0", f"{MAJOR}:{minor}", EGRESS_BITS),
             f"qdisc add dev {tap} root handle {MAJOR}: htb default 1 r2q 1666",
-            f"class add dev {tap} parent {MAJOR}: classid {MAJOR}:1 htb rate 20mbit "
-            "burst 25000 cburst 25000 quantum 1500"]
-        rules.append(f"-A HOOKPACK-SHAPE -m physdev --physdev-in {tap} -m comment --comment "
-                     f'"hookpack:{instances[tap]}" -j CLASSIFY --set-class {MAJOR}:{minor}')
-    rules.append("COMMIT")
-    text = "\n".join(rules) + "\n"
-    start = time.perf_counter()
-    node.run("tc", "-batch", "-", input="\n".join(tc_lines) + "\n")
-    node.run("iptables-restore", "--noflush", "-w", "5", input=text)
-    node.run("ip6tables-restore", "--noflush", "-w", "5", input=text)
-    return time.perf_counter() - start
+            _class(tap, f"{MAJOR}:", "1", INGRESS_BITS, INGRESS_BITS, 0),
+            _leaf(tap, f"{MAJOR}:1", INGRESS_BITS)]
+        nft += [f'add chain netdev hookpack {tap} {{ type filter hook ingress device "{tap}" '
+                "priority -150; policy accept; }",
+                f"add rule netdev hookpack {tap} meta mark set meta mark & 0xffff0000 | "
+                f'0x{minor} comment "hookpack:{instances[tap]}"']
+    return tc_lines, nft
 
 
-def run_inner(node: Node, config: Path, target: str, runs: int = 1) -> list[dict]:
-    out = node.run(PY, str(Path(__file__).resolve()), "--inner", str(config), target,
-                   str(runs))
-    return json.loads(out)
+def batch_script(base: Path, tag: str, tc_lines: list[str], nft: list[str]) -> Path:
+    tc_file, nf_file = base / f"{tag}.tc", base / f"{tag}.nft"
+    tc_file.write_text("\n".join(tc_lines) + "\n")
+    nf_file.write_text("\n".join(nft) + "\n")
+    script = base / f"{tag}.sh"
+    script.write_text(f"#!/bin/sh\nset -e\ntc -batch {tc_file}\nnft -f {nf_file}\n")
+    return script
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--taps", type=int, default=1000)
-    ap.add_argument("--seed-taps", type=int, default=0, help="seed loop sample (0: all)")
-    ap.add_argument("--inner", nargs=3, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inner:
-        inner(args.inner[0], args.inner[1], int(args.inner[2]))
-        return 0
-    if os.geteuid() != 0:
-        print("needs root (network namespaces)")
-        return 2
-    with tempfile.TemporaryDirectory(prefix="hps-bench-") as tmp:
-        base = Path(tmp)
-        node = Node(base)
-        try:
-            return measure(node, base, args)
-        finally:
-            node.close()
+READS = ("#!/bin/sh\nset -e\ntc qdisc show >/dev/null\ntc class show dev up0 >/dev/null\n"
+         "tc filter show dev up0 >/dev/null\nnft list table netdev hookpack >/dev/null\n")
 
 
-def measure(node: Node, base: Path, args: argparse.Namespace) -> int:
-    n = args.taps
+# ---- the runs ---------------------------------------------------------------------------
+
+
+def median_of(runs: int, before: Callable[[], None], timed: Callable[[], float]) -> list[float]:
+    out = []
+    for _ in range(runs):
+        before()
+        out.append(timed())
+    return out
+
+
+def hookpack_apply(node: Node, config: Path, sink: list[dict]) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(in_ns(node, PY, "-m", "hookpack", "shaping", "apply", "--all",
+                                "--json", "--config", str(config)),
+                          capture_output=True, text=True, check=False)
+    took = time.perf_counter() - t
+    report = json.loads(proc.stdout)
+    if proc.returncode or report["failures"]:
+        raise RuntimeError(f"hookpack apply: {proc.stderr.strip()[-400:]} {report['failures']}")
+    sink.append(report)
+    return took
+
+
+def hook_env(inst: str, k: int) -> dict[str, str]:
+    return {"PATH": "/sbin:/bin:/usr/sbin:/usr/bin", "GANETI_HOOKS_VERSION": "2",
+            "GANETI_HOOKS_PHASE": "post", "GANETI_HOOKS_PATH": "instance-modify",
+            "GANETI_OP_CODE": "OP_INSTANCE_SET_PARAMS", "GANETI_OBJECT_TYPE": "INSTANCE",
+            "GANETI_CLUSTER": "cluster1.example.test", "GANETI_MASTER": "node1.example.test",
+            "GANETI_DATA_DIR": "/var/lib/ganeti", "GANETI_INSTANCE_NAME": inst,
+            "GANETI_INSTANCE_PRIMARY": "node1.example.test", "GANETI_INSTANCE_SECONDARIES": "",
+            "GANETI_INSTANCE_STATUS": "up", "GANETI_INSTANCE_TAGS": "",
+            "GANETI_INSTANCE_NIC_COUNT": "0", "GANETI_INSTANCE_DISK_COUNT": "0",
+            "GANETI_POST_INSTANCE_NAME": inst, "GANETI_POST_INSTANCE_PRIMARY":
+            "node1.example.test", "GANETI_POST_INSTANCE_TAGS": "",
+            "GANETI_POST_INSTANCE_STATUS": "up"}
+
+
+def run_hook(node: Node, config: Path, inst: str, k: int) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(in_ns(node, PY, "-m", "hookpack", "hook", "--config", str(config)),
+                          env=hook_env(inst, k), cwd="/", capture_output=True, text=True,
+                          check=False)
+    took = time.perf_counter() - t
+    if proc.returncode or "shaping" not in proc.stderr or "failed" in proc.stderr:
+        raise RuntimeError(f"hook: {proc.stderr.strip()[-400:]}")
+    return took
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt(values: list[float]) -> str:
+    return f"{med(values) * 1000:8.1f} ms (median of {len(values)}; " \
+           f"min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f})"
+
+
+def measure(node: Node, base: Path, args: argparse.Namespace) -> dict[str, object]:
+    n, runs = args.taps, args.runs
     taps = [f"tap{i}" for i in range(n)]
     t0 = time.perf_counter()
     node.add_taps_batch(taps)
@@ -167,102 +242,147 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> int:
     config.write_text(
         f'[log]\nsyslog = false\n[node]\nfqdn = "node1.example.test"\n[paths]\n'
         f'kvm_dir = "{node.kvm_dir}"\nstate_dir = "{base}/state"\nrun_dir = "{base}/run"\n'
-        f'[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "classify"\n'
-        f'egress_rate = "10mbit"\ningress_rate = "20mbit"\n')
+        f'[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "auto"\n'
+        f'leaf_qdisc = "bfifo"\negress_rate = "10mbit"\ningress_rate = "20mbit"\n')
     config.chmod(0o600)
+    res: dict[str, object] = {}
 
-    seed_n = args.seed_taps or n
-    seed = seed_loop(node, taps[:seed_n])
-    seed_per_tap = seed / seed_n
-    seed_total = seed_per_tap * n
+    def nothing() -> None:
+        return None
+
+    floor = median_of(runs, nothing, lambda: wall(in_ns(node, PY, "-c", "pass")))
+    # -- full apply
+    seed = base / "seed.sh"
+    seed.write_text(seed_script(taps, 0x10, True))
+    full_seed = median_of(runs, lambda: reset(node, taps),
+                          lambda: wall(in_ns(node, "sh", str(seed))))
+    tc_lines, rules = batch_lines(taps, 0x10, instances, True)
+    script = batch_script(base, "full", tc_lines, rules)
+    full_batch = median_of(runs, lambda: reset(node, taps),
+                           lambda: wall(in_ns(node, "sh", str(script))))
+    reports: list[dict] = []
+    full_hp = median_of(runs, lambda: reset(node, taps),
+                        lambda: hookpack_apply(node, config, reports))
+    writes = reports[-1]["writes"]
+    in_proc = [r["ms"] / 1000 for r in reports]
+    # -- re-apply, nothing to do (hookpack's objects are in place from its last run)
+    again: list[dict] = []
+    noop_hp = median_of(runs, nothing, lambda: hookpack_apply(node, config, again))
+    assert all(r["writes"] == {"netlink": 0, "nf_tables": 0} for r in again), again
+    reads = base / "reads.sh"
+    reads.write_text(READS)
+    noop_batch = median_of(runs, nothing, lambda: wall(in_ns(node, "sh", str(reads))))
+    # -- one instance's hook: a NIC hotplugged on one instance, the others shaped
+    inst = "vm0007.example.test"
+    new = [f"tapnew{k}" for k in range(runs)]
+    node.add_taps_batch(new)
+
+    def plug(k: int) -> Callable[[], None]:
+        def do() -> None:
+            node.nic(inst, 2, new[k])
+        return do
+
+
+    def unplug() -> None:  # untimed: back to N-1 shaped for the next run
+        node.nic(inst, 2, None)
+        subprocess.run(in_ns(node, PY, "-m", "hookpack", "shaping", "apply", inst,
+                             "--config", str(config)), capture_output=True, check=True)
+    one_hp = []
+    for k in range(runs):
+        plug(k)()
+        one_hp.append(run_hook(node, config, inst, k))
+        unplug()
+    # the baselines add the same objects for one more tap (minor past hookpack's)
+    spare = [f"tapb{k}" for k in range(runs)]
+    node.add_taps_batch(spare)
+    one_batch, one_seed = [], []
+    for k in range(runs):
+        tap = spare[k]
+        inst_of = {tap: f"{inst}:2"}
+        tc1, r1 = batch_lines([tap], 0x4000 + k, inst_of, False)
+        s1 = batch_script(base, f"one{k}", tc1, r1)
+        one_batch.append(wall(in_ns(node, "sh", str(s1))))
+        sd = base / f"seed{k}.sh"
+        sd.write_text(seed_script([tap], 0x5000 + k, False))
+        one_seed.append(wall(in_ns(node, "sh", str(sd))))
+
+    rows = [
+        ("floor: ip netns exec <venv python> -c pass", floor),
+        (f"full apply {n} taps: seed loop script", full_seed),
+        (f"full apply {n} taps: batch tools script", full_batch),
+        (f"full apply {n} taps: hookpack process", full_hp),
+        (f"full apply {n} taps: hookpack in-process (label: no start/imports)", in_proc),
+        ("one instance hook: seed loop script (1 tap)", one_seed),
+        ("one instance hook: batch tools script (1 tap)", one_batch),
+        (f"one instance hook: hookpack hook process ({n} shaped)", one_hp),
+        ("re-apply nothing to do: batch reads script", noop_batch),
+        ("re-apply nothing to do: hookpack process", noop_hp),
+    ]
+    for label, values in rows:
+        print(f"{label:70} {fmt(values)}")
+        res[label] = [round(v * 1000, 2) for v in values]
+    ratios = {
+        "full: hookpack / batch": med(full_hp) / med(full_batch),
+        "full: seed / hookpack": med(full_seed) / med(full_hp),
+        "one instance: hookpack / batch": med(one_hp) / med(one_batch),
+        "one instance: hookpack / seed": med(one_hp) / med(one_seed),
+        "re-apply: hookpack / batch reads": med(noop_hp) / med(noop_batch),
+    }
+    for label, value in ratios.items():
+        print(f"ratio {label:40} {value:6.2f}x (medians, whole process each)")
+    print(f"hookpack full apply writes: {writes}")
+    res["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    res["writes"] = writes
+    if args.profile:
+        res["profile"] = profile(node, config, taps, base)
+    return res
+
+
+def profile(node: Node, config: Path, taps: list[str], base: Path) -> dict[str, float]:
+    """Where a whole `apply --all` process goes: start, imports, then the work (cProfile's
+    top entries printed)."""
     reset(node, taps)
-    batch = min(_timed_batch(node, taps, instances) for _ in range(3))
-    reset(node, taps)
+    imp = wall(in_ns(node, PY, "-c", "import hookpack.cli, hookpack.actions.shaping, "
+                     "hookpack.shaping.reconcile, hookpack.shaping.netfilter"))
+    bare = wall(in_ns(node, PY, "-c", "pass"))
+    out = base / "prof.out"
+    wall(in_ns(node, PY, "-m", "cProfile", "-o", str(out), "-m", "hookpack", "shaping",
+               "apply", "--all", "--config", str(config)))
+    import pstats
 
-    fulls = []
-    walls = []
-    for _ in range(3):
-        reset(node, taps)
-        t = time.perf_counter()
-        (full,) = run_inner(node, config, "ALL")
-        walls.append(time.perf_counter() - t)
-        assert not full["failures"], full["failures"]
-        fulls.append(full)
-    full_ms = statistics.median(f["ms"] for f in fulls)
-    again = run_inner(node, config, "ALL", 3)
-    one_inst = "vm0007.example.test"
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("cumulative").print_stats(18)
+    return {"python_start_ms": round(bare * 1000, 1),
+            "python_start_plus_imports_ms": round(imp * 1000, 1)}
 
-    # one instance changed: NIC hotplug (a new tap) on one instance, N taps shaped
-    singles = []
-    for k in range(5):
-        tap = f"tapnew{k}"
-        node.add_taps_batch([tap])
-        node.nic(one_inst, 2, tap)
-        (res,) = run_inner(node, config, one_inst)
-        assert not res["failures"], res["failures"]
-        singles.append(res)
-        node.del_link(tap)
-    single_ms = statistics.median(r["ms"] for r in singles)
 
-    hook_ms = hook_end_to_end(node, config, one_inst)
-    bare = []
-    for _ in range(7):
-        t = time.perf_counter()
-        subprocess.run(["ip", "netns", "exec", node.ns, PY, "-c", "pass"], check=True)
-        bare.append((time.perf_counter() - t) * 1000)
-    bare_ms = statistics.median(bare)
-
-    print(f"seed loop      : {seed_per_tap * 1000:.2f} ms/tap, {seed_total:.2f} s for {n} taps"
-          f" (measured on {seed_n})")
-    print(f"batch tools    : {batch:.3f} s (tc -batch + iptables-restore + ip6tables-restore)")
-    print(f"hookpack apply : {full_ms / 1000:.3f} s in-process (median of 3; command wall "
-          f"{statistics.median(walls):.3f} s incl. python start + ip netns exec); "
-          f"{fulls[0]['netlink']} netlink writes, {fulls[0]['iptables']} restore calls")
-    print(f"  vs seed      : {seed_total / (full_ms / 1000):.1f}x faster   (target >= 20x)")
-    print(f"  vs batch     : {full_ms / 1000 / batch:.2f}x the batch time (target <= 2x)")
-    print(f"  target <= 1 s: {'met' if full_ms <= 1000 else 'MISSED'}")
-    print(f"re-apply       : writes {[(a['netlink'], a['iptables']) for a in again]}, "
-          f"{statistics.median(a['ms'] for a in again):.1f} ms in-process")
-    print(f"one instance   : {single_ms:.1f} ms in-process (median of 5; writes "
-          f"{singles[0]['netlink']} netlink, {singles[0]['iptables']} restore; target <= 50;"
-          f" module imports before it {statistics.median(r['imports_ms'] for r in singles):.0f}"
-          " ms)")
-    print(f"hook end to end: {hook_ms:.0f} ms median (target <= 300); the same `ip netns "
-          f"exec python -c pass` takes {bare_ms:.0f} ms here: hookpack's share "
-          f"{hook_ms - bare_ms:.0f} ms")
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--taps", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=5, help="runs per side (median of these)")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="hps-bench-") as tmp:
+        base = Path(tmp)
+        node = Node(base)
+        try:
+            res = measure(node, base, args)
+        finally:
+            node.close()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    row = {"bench": "shaping_apply", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "commit": commit, "machine": platform.node(), "kernel": platform.release(),
+           "load": os.getloadavg(), "taps": args.taps, "runs": args.runs, **res}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"appended to {RESULTS.relative_to(REPO)}")
     return 0
 
 
-def _timed_batch(node: Node, taps: list[str], instances: dict[str, str]) -> float:
-    reset(node, taps)
-    return batch_tools(node, taps, instances)
-
-
-def hook_end_to_end(node: Node, config: Path, inst: str) -> float:
-    env = {"PATH": "/sbin:/bin:/usr/sbin:/usr/bin", "GANETI_HOOKS_VERSION": "2",
-           "GANETI_HOOKS_PHASE": "post", "GANETI_HOOKS_PATH": "instance-modify",
-           "GANETI_OP_CODE": "OP_INSTANCE_SET_PARAMS", "GANETI_OBJECT_TYPE": "INSTANCE",
-           "GANETI_CLUSTER": "cluster1.example.test", "GANETI_MASTER": "node1.example.test",
-           "GANETI_DATA_DIR": "/var/lib/ganeti", "GANETI_INSTANCE_NAME": inst,
-           "GANETI_INSTANCE_PRIMARY": "node1.example.test", "GANETI_INSTANCE_SECONDARIES": "",
-           "GANETI_INSTANCE_STATUS": "up", "GANETI_INSTANCE_TAGS": "",
-           "GANETI_INSTANCE_NIC_COUNT": "0", "GANETI_INSTANCE_DISK_COUNT": "0",
-           "GANETI_POST_INSTANCE_NAME": inst, "GANETI_POST_INSTANCE_PRIMARY":
-           "node1.example.test", "GANETI_POST_INSTANCE_TAGS": "hookpack:egress=5mbit",
-           "GANETI_POST_INSTANCE_STATUS": "up"}
-    times = []
-    for k in range(7):
-        env["GANETI_POST_INSTANCE_TAGS"] = f"hookpack:egress={5 + k % 2}mbit"
-        t = time.perf_counter()
-        proc = subprocess.run(["ip", "netns", "exec", node.ns, PY, "-m", "hookpack", "hook",
-                               "--config", str(config)], env=env, cwd="/", capture_output=True,
-                              text=True, check=False)
-        times.append((time.perf_counter() - t) * 1000)
-        if "shaping" not in proc.stderr or "failed" in proc.stderr:
-            print(f"hook run {k}: {proc.stderr.strip()}")
-    return statistics.median(times)
-
-
 if __name__ == "__main__":
-    _ = sh
     sys.exit(main())

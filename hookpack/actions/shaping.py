@@ -12,7 +12,7 @@ from typing import Any
 
 from hookpack.action import ActionContext, Paths
 from hookpack.config import Field
-from hookpack.errors import ActionError, BadInput
+from hookpack.errors import BadInput
 from hookpack.result import Result
 
 SETTINGS = {
@@ -25,30 +25,64 @@ SETTINGS = {
                              "ask for. Empty: egress_rate (tags can only lower it)."),
     "max_ingress_rate": Field(str, "", "Highest rate a `hookpack:ingress:` tag may ask "
                               "for. Empty: ingress_rate."),
-    "uplink_rate": Field(str, "10gbit", "Rate of the uplink's default class: traffic of "
-                         "the host and of unshaped VMs (effectively unlimited)."),
+    "uplink_rate": Field(str, "10gbit", "Rate of the root class over every class on the "
+                         "uplink (set it a little below the link's real speed, so that "
+                         "the queue forms in HTB, where the host's share is kept)."),
+    "host_rate": Field(str, "", "Guaranteed rate of the host's own traffic (Ganeti RPC, "
+                       "DRBD, migration: everything not from a tap), served first, may "
+                       "use the whole uplink when VMs leave it idle. Empty: uplink_rate/10."),
+    "guaranteed_rate": Field(str, "1mbit", "Rate each VM class is guaranteed under the "
+                             "root; above it (up to its limit) a VM borrows what the host "
+                             "and the other VMs leave. Keep the sum over all VMs plus "
+                             "host_rate below uplink_rate."),
+    "egress_scope": Field(str, "nic", "`nic`: one egress limit per NIC; `instance`: all "
+                          "NICs of an instance share one limit (a parent class per "
+                          "instance; tag `hookpack:egress-scope:instance`). The to-VM "
+                          "direction stays per NIC.", choices=("nic", "instance")),
+    "leaf_qdisc": Field(str, "auto", "Qdisc under every class, bounding queueing delay: "
+                        "`fq_codel`; `tbf` (segments GSO packets, then a fifo of "
+                        "leaf_delay_ms at the class's limit); `bfifo` (that fifo alone: "
+                        "drops whole GSO packets, TCP loses throughput); `default` (HTB's "
+                        "pfifo of 1000 packets: unbounded delay); `auto`: fq_codel when "
+                        "the kernel has it, else tbf.",
+                        choices=("auto", "fq_codel", "tbf", "bfifo", "default")),
+    "leaf_delay_ms": Field(int, 10, "Fifo of a tbf or bfifo leaf, in milliseconds at the "
+                           "class's limit.", minimum=1, maximum=1000),
     "mtu": Field(int, 1500, "MTU used for bursts and quanta.", minimum=576, maximum=65536),
-    "classifier": Field(str, "auto", "How packets find their class: `fw` (MARK + cls_fw "
-                        "filter), `classify` (CLASSIFY --set-class, no filter) or `auto` "
-                        "(fw when the kernel has a working cls_fw).",
-                        choices=("auto", "fw", "classify")),
+    "classifier": Field(str, "auto", "How a marked frame finds its class on the uplink "
+                        "(frames are marked at each tap's ingress by nf_tables): `bpf` "
+                        "(one cls_bpf classic BPF program, O(1) per packet), `fw` (cls_fw, "
+                        "one element per mark) or `auto` (bpf when the kernel has it, else "
+                        "fw). `classify` (the retired iptables mode) means `auto`.",
+                        choices=("auto", "bpf", "fw", "classify")),
     # Not 0: the kernel takes handle 0: as "pick one" (8001:...), so hookpack would not
     # find its own qdisc again and refuse it as foreign on the next run.
     "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs (1-ffff).",
                     pattern=r"(?!0+$)[0-9a-f]{1,4}"),
-    "fw_prio": Field(int, 4850, "Priority of hookpack's fw filters.", minimum=1,
-                     maximum=65535),
-    "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's MARK rules and fw filters use.",
+    "fw_prio": Field(int, 4850, "Priority of hookpack's mark -> class filter (bpf or fw) "
+                     "on the uplink.", minimum=1, maximum=65535),
+    "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's tap marks and its filter use; "
+                     "other bits of a frame's mark are kept.",
                      minimum=0xFFFF, maximum=0xFFFFFFFF),
     "shape_ingress": Field(bool, True, "Also shape world -> VM (HTB on each tap)."),
-    "ipv6": Field(bool, True, "Also classify IPv6 (ip6tables rules)."),
-    "iptables_backend": Field(str, "auto", "Backend to write rules with: `auto` (what "
-                              "`iptables -V` says), `nf_tables` or `legacy`.",
+    "ipv6": Field(bool, True, "No longer used: the tap marks cover every frame, IPv6 "
+                  "included. Kept so existing configs stay valid."),
+    "iptables_backend": Field(str, "auto", "Backend whose tools remove the iptables rules "
+                              "of hookpack's earlier classifier (HOOKPACK-SHAPE), once per "
+                              "boot: `auto`, `nf_tables` or `legacy`.",
                               choices=("auto", "nf_tables", "legacy")),
+    "reconcile_interval": Field(str, "5min", "How often the systemd timer runs `hookpack "
+                                "shaping apply --all` (a systemd time span, e.g. `5min`, "
+                                "`30s`; empty: no timer). It repairs objects a firewall "
+                                "reload or an admin removed and picks up tag changes, for "
+                                "which Ganeti runs no hook.",
+                                pattern=r"|[0-9]{1,6}(us|ms|s|sec|m|min|h|hr)?"),
     "replace_foreign_qdisc": Field(bool, False, "Replace a root qdisc on the uplink or a "
                                    "tap that hookpack did not create."),
 }
 LOCK = "shaping"
+NIC_MODES = ("bridged (plain or VLAN-aware) and routed: shaped (every frame marked at the "
+             "tap's ingress); openvswitch: refused (not tested), its NICs are not shaped")
 
 
 def run(ctx: ActionContext) -> Result:
@@ -72,9 +106,9 @@ class Report:
         self.notes: list[str] = []
         self.failures: list[str] = []
         self.netlink_writes = 0
-        self.iptables_writes = 0
-        self.iptables_saves = 0
+        self.nft_writes = 0
         self.classifier = ""
+        self.escalated = ""
         self.ms = 0.0
         self.kernel: Any = None
         self.policies: dict[str, Any] = {}
@@ -91,48 +125,101 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"changes": self.changes, "notes": self.notes, "failures": self.failures,
-                "writes": {"netlink": self.netlink_writes, "iptables": self.iptables_writes},
-                "reads": {"iptables_save": self.iptables_saves},
-                "classifier": self.classifier, "ms": round(self.ms, 1)}
+                "writes": {"netlink": self.netlink_writes, "nf_tables": self.nft_writes},
+                "classifier": self.classifier, "whole_node": self.escalated,
+                "ms": round(self.ms, 1)}
 
 
 @contextmanager
 def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterator[Any]:
     from hookpack.locks import node_lock
-    from hookpack.shaping import classifier, netfilter, tc
+    from hookpack.shaping import classifier, leaf, nft, tc
     from hookpack.shaping.reconcile import Reconciler, Settings
 
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
-    s = Settings.from_config(settings, mode)
-    with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
-        nf = netfilter.Netfilter(netfilter.detect(str(settings["iptables_backend"])),
-                                 s.families, timeout=max(1.0, min(30.0, timeout() - 0.5)),
-                                 cache=netfilter.SaveCache(paths.run_dir / "shaping-mangle.json"))
-        with tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl:
-            rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl, nf=nf)
-            yield rec, why
+    leaf_kind, _leaf_why = leaf.choose(str(settings["leaf_qdisc"]), paths.run_dir)
+    s = Settings.from_config(settings, mode, leaf_kind)
+    with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)), \
+            tc.Netlink(timeout=max(1.0, min(10.0, timeout()))) as nl, \
+            nft.Nft(timeout=max(1.0, min(10.0, timeout()))) as marks:
+        rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl,
+                         nft=marks, sysfs=paths.sysfs_root)
+        yield rec, classifier.describe(mode, why, classifier.probe(paths.run_dir))
+
+
+def _legacy(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> tuple[list[str],
+                                                                             list[str]]:
+    """Once per boot: remove the iptables rules of hookpack's earlier classifier."""
+    from hookpack.shaping import classifier, legacy
+
+    return legacy.cleanup_once(paths.run_dir, str(settings["iptables_backend"]),
+                               classifier.kernel_key(),
+                               timeout=max(1.0, min(10.0, timeout() - 1.0)))
 
 
 def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str] | None, *,
               tags: Mapping[str, Iterable[str]] | None = None, clear: bool = False,
               dry_run: bool = False, timeout: Any = lambda: 60.0) -> Report:
     """Plan (and unless ``dry_run`` apply) for ``instances`` (None: the whole node)."""
+    from hookpack.shaping.tc import NetlinkLost
+
     start = time.perf_counter()
     report = Report()
-    with _session(settings, paths, timeout) as (rec, why):
-        report.classifier = f"{rec.s.classifier}: {why}"
-        plan = rec.plan(None if instances is None else list(instances), tags=tags, clear=clear)
-        report.kernel = rec.kernel
-        report.policies = plan.policies
-        report.changes = plan.changes
-        if not dry_run and not plan.empty:
-            report.failures = rec.apply(plan)
-        report.notes = plan.notes
-        report.netlink_writes = rec.nl.writes
-        report.iptables_writes = rec.nf.writes
-        report.iptables_saves = rec.nf.save_runs
+    old: tuple[list[str], list[str]] = ([], [])
+    if not dry_run:
+        old = _legacy(settings, paths, timeout)
+        if old[0] and instances is not None and not clear:
+            instances = None  # the old rules' classes: the whole node is renumbered
+    lost: list[str] = []
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            # after a loss, fewer requests per sendmsg: fewer replies queued at once
+            _attempt(report, settings, paths, instances, tags, clear, dry_run, timeout,
+                     chunk=max(1, 200 // 8 ** (attempt - 1)))
+            break
+        except NetlinkLost as err:
+            # the kernel did some of the batch and its replies are gone: observe again
+            # (a fresh socket, the lock taken again) and finish from what is there
+            lost.append(str(err))
+            if attempt == ATTEMPTS or timeout() < 1.0:
+                report.failures.append(f"{err}, {attempt} time(s): state re-observed "
+                                       "but not finished; run `hookpack shaping apply "
+                                       "--all`")
+                break
+    if lost:
+        report.notes.append(f"{lost[0]}: re-observed and finished ({len(lost)} retry)"
+                            if not report.failures else lost[-1])
+    report.changes[:0] = old[0]
+    report.notes[:0] = old[1]
     report.ms = (time.perf_counter() - start) * 1000
     return report
+
+
+ATTEMPTS = 3
+
+
+def _attempt(report: Report, settings: Mapping[str, Any], paths: Paths,
+             instances: Iterable[str] | None, tags: Mapping[str, Iterable[str]] | None,
+             clear: bool, dry_run: bool, timeout: Any, chunk: int) -> None:
+    """One observe -> plan -> apply; the counters add up over attempts."""
+    with _session(settings, paths, timeout) as (rec, why):
+        rec.nl.chunk = chunk
+        try:
+            report.classifier = why
+            plan = rec.plan(None if instances is None else list(instances), tags=tags,
+                            clear=clear)
+            report.kernel = rec.kernel
+            report.policies = plan.policies
+            report.changes = report.changes + [c for c in plan.changes
+                                               if c not in report.changes]
+            report.escalated = plan.escalated
+            report.failures = list(plan.refused)
+            if not dry_run and not plan.empty:
+                report.failures += rec.apply(plan)
+            report.notes = plan.notes
+        finally:
+            report.netlink_writes += rec.nl.writes
+            report.nft_writes += rec.nft.writes
 
 
 # ---- CLI --------------------------------------------------------------------------------
@@ -187,8 +274,11 @@ def _cli(ns: argparse.Namespace) -> int:
               "nothing done")
         return 0
     instances = [_name(ns.instance)] if getattr(ns, "instance", None) else None
+    tags, tag_notes = ({}, []) if ns.verb not in ("apply", "plan") else \
+        current_tags(paths, instances)
     report = reconcile(settings, paths, instances, clear=ns.verb == "clear",
-                       dry_run=ns.verb in ("plan", "show"))
+                       dry_run=ns.verb in ("plan", "show"), tags=tags or None)
+    report.notes[:0] = tag_notes
     if ns.verb == "show":
         return _show(ns, report)
     if ns.json:
@@ -202,9 +292,31 @@ def _cli(ns: argparse.Namespace) -> int:
         for failure in report.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         print(f"shaping {ns.verb}: {len(report.changes)} change(s), "
-              f"{report.netlink_writes} netlink write(s), {report.iptables_writes} "
-              f"iptables-restore call(s), {report.ms:.0f} ms ({report.classifier})")
+              f"{report.netlink_writes} netlink write(s), {report.nft_writes} "
+              f"nf_tables transaction(s), {report.ms:.0f} ms ({report.classifier})")
     return 1 if report.failures else 0
+
+
+def current_tags(paths: Paths, instances: list[str] | None, timeout: float = 1.0
+                 ) -> tuple[dict[str, list[str]], list[str]]:
+    """The instances' tags as Ganeti has them now (Ganeti runs no hook for tag changes),
+    asked through confd; on a machine outside a cluster nothing is asked and the tags
+    stored at the last hook apply. A failure is a note, never an error: the stored tags
+    apply then."""
+    from hookpack import confd
+    from hookpack.shaping.reconcile import read_nics
+
+    if not confd.in_cluster(paths.ganeti_data_dir):
+        return {}, []
+    names = sorted(read_nics(paths.kvm_dir, instances)[0])
+    if not names:
+        return {}, []
+    try:
+        tags, notes = confd.instance_tags(paths.kvm_dir, paths.ganeti_data_dir, names,
+                                          timeout=timeout)
+    except (confd.ConfdError, OSError) as err:
+        return {}, [f"tags from the last hook (Ganeti not asked: {err})"]
+    return tags, [f"{n} (tags from the last hook)" for n in notes]
 
 
 def _name(text: str) -> str:
@@ -218,91 +330,75 @@ def _show(ns: argparse.Namespace, report: Report) -> int:
 
     k = report.kernel
     rows = []
-    fam = 4 if 4 in k.nf else next(iter(k.nf), None)
-    rules = k.nf[fam].rules if fam is not None else []
-    for rule in sorted(rules, key=lambda r: (r.instance, r.nic)):
-        klass = k.classes.get(rule.value)
-        tap = k.taps.get(rule.tap)
+    marks = k.marks.taps if k.marks else {}
+    for mark in sorted(marks.values(), key=lambda m: (m.instance, m.nic, m.tap)):
+        klass = k.classes.get(mark.value) if mark.value else None
+        tap = k.taps.get(mark.tap)
         rows.append({
-            "instance": rule.instance, "nic": rule.nic, "tap": rule.tap,
-            "class": f"{rule.major or 0:x}:{rule.value:x}" if rule.mode == "classify"
-            else f"mark {rule.value:#x}",
-            "egress": format_rate(klass.rate) if klass else None,
+            "instance": mark.instance, "nic": mark.nic, "tap": mark.tap,
+            "mark": f"{mark.value:#x}" if mark.value is not None else None,
+            "class": f"{k.uplink_handle >> 16:x}:{mark.value:x}" if mark.value else None,
+            "marked": mark.hooked and mark.value is not None,
+            "egress": format_rate(klass.ceil) if klass else None,
             "ingress": format_rate(tap.klass.rate) if tap and tap.klass else None,
             "tap_exists": bool(tap and tap.ifindex),
         })
-    data = {"uplink_qdisc": k.uplink_root, "classifier": report.classifier, "taps": rows,
-            "pending_changes": report.changes, "notes": report.notes}
+    data = {"uplink_qdisc": k.uplink_root, "classifier": report.classifier,
+            "netdev_table": bool(k.marks and k.marks.table), "taps": rows,
+            "pending_changes": report.changes, "notes": report.notes,
+            "in_step": not report.changes and not report.failures}
     if ns.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"uplink qdisc: {k.uplink_root}; classifier {report.classifier}")
+    print(f"uplink qdisc: {k.uplink_root}; {report.classifier}")
     for row in rows:
-        print(f"{row['instance']}/{row['nic']} {row['tap']}: {row['class']} egress "
-              f"{row['egress'] or '-'} ingress {row['ingress'] or '-'}"
+        print(f"{row['instance']}/{row['nic']} {row['tap']}: mark {row['mark'] or '-'} "
+              f"class {row['class'] or '-'} egress {row['egress'] or '-'} ingress "
+              f"{row['ingress'] or '-'}"
+              + ("" if row["marked"] else " (NOT MARKED: egress not classified)")
               + ("" if row["tap_exists"] else " (tap gone)"))
     for change in report.changes:
         print(f"out of step: {change}")
+    for note in report.notes:
+        print(f"note: {note}")
     return 0
 
 
 def _doctor(ns: argparse.Namespace, settings: Mapping[str, Any], paths: Paths) -> int:
-    from hookpack.shaping import classifier, netfilter
+    from hookpack.shaping import classifier, leaf
 
     probe = classifier.probe(paths.run_dir, refresh=ns.refresh)
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
-    try:
-        tools = netfilter.detect(str(settings["iptables_backend"]))
-        backend = f"{tools.backend} ({tools.restore[0]})"
-    except ActionError as err:
-        backend = f"unknown: {err}"
+    leaves = leaf.probe(paths.run_dir, refresh=ns.refresh)
+    leaf_kind, leaf_why = leaf.choose(str(settings["leaf_qdisc"]), paths.run_dir)
     facts = {
-        "cls_fw": probe.get("fw"), "htb": probe.get("htb"),
-        "u32_mark": probe.get("u32_mark"), "probe_detail": probe.get("detail", ""),
-        "classifier": f"{mode}: {why}", "iptables_backend": backend,
-        "bridge_nf_call_iptables": netfilter.bridge_nf_call(4),
-        "bridge_nf_call_ip6tables": netfilter.bridge_nf_call(6),
+        "htb": probe.get("htb"), "nft_netdev": probe.get("nft_netdev"),
+        "cls_bpf": probe.get("bpf"), "cls_fw": probe.get("fw"),
+        "u32_mark": probe.get("u32_mark"),
+        "probe_detail": "; ".join(d for d in (probe.get("nft_detail"), probe.get("bpf_detail"),
+                                              probe.get("detail")) if d),
+        "classifier": classifier.describe(mode, why, probe),
+        "nic_modes": NIC_MODES,
+        "sch_fq_codel": leaves.get("fq_codel"),
+        "leaf_qdisc": f"{leaf_kind}: {leaf_why}",
         "uplink": settings["uplink"] or "(not configured)",
     }
     if ns.json:
         print(json.dumps(facts, indent=2))
     else:
         for key, value in facts.items():
-            print(f"{key:26} {value}")
-        if facts["bridge_nf_call_iptables"] is not True:
-            print("warning: bridged traffic does not pass iptables (load br_netfilter and "
-                  "set net.bridge.bridge-nf-call-iptables=1): physdev rules will not match")
+            print(f"{key:14} {value}")
+        if not probe.get("nft_netdev"):
+            print("warning: nf_tables netdev chains are not available: no frame can be "
+                  "classified (load nf_tables, CONFIG_NF_TABLES_NETDEV)")
     return 0
 
 
-
-def _backend_check(setting: str) -> Any:
-    """The backend hookpack writes with against the ones holding rules here."""
-    from hookpack.doctor import FAIL, PASS, WARN, Check
-    from hookpack.shaping import netfilter
-
-    try:
-        tools = netfilter.detect(setting)
-    except ActionError as err:
-        return Check("shaping iptables", FAIL, str(err),
-                     "install iptables, or set shaping.iptables_backend")
-    counts = netfilter.rules_by_backend()
-    other = "legacy" if tools.backend == "nf_tables" else "nf_tables"
-    written = f"writes with {tools.restore[0]} ({tools.backend})"
-    if counts.get(other):
-        return Check("shaping iptables", WARN, f"{written}, but {counts[other]} rule(s) are "
-                     f"loaded through {other}: the host's firewall uses the other backend, "
-                     "and each backend's tools cannot see the other's rules",
-                     f"use one backend: set shaping.iptables_backend = \"{other}\" "
-                     "or move the firewall to the backend `iptables -V` shows")
-    return Check("shaping iptables", PASS, f"{written}; rules in use: "
-                 + ", ".join(f"{b} {'?' if n is None else n}" for b, n in counts.items()))
-
-
 def doctor(cfg: Any, paths: Paths) -> list[Any]:
-    """`hookpack doctor` checks: HTB, classifier probe, uplink, backend, br_netfilter."""
+    """`hookpack doctor` checks: HTB, the tap marks (nf_tables netdev), the mark -> class
+    filter (cls_bpf / cls_fw), the uplink."""
     from hookpack.doctor import FAIL, PASS, WARN, Check
-    from hookpack.shaping import classifier, netfilter, tc
+    from hookpack.shaping import classifier, tc
 
     settings = cfg.section("shaping", SETTINGS)
     checks = []
@@ -314,13 +410,34 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
         checks.append(Check("shaping htb", FAIL, f"the kernel refused an HTB qdisc ({why})",
                             "load sch_htb (`modprobe sch_htb`) or boot a kernel with "
                             "CONFIG_NET_SCH_HTB; then `hookpack shaping doctor --refresh`"))
+    if probe.get("nft_netdev"):
+        checks.append(Check("shaping marks", PASS, "nf_tables netdev ingress chains (probed): "
+                            "every frame a tap receives is marked, any NIC mode"))
+    else:
+        checks.append(Check("shaping marks", FAIL, "no nf_tables netdev ingress chain "
+                            f"({probe.get('nft_detail') or probe.get('error') or '?'}): no "
+                            "VM frame can be classified", "load nf_tables (`modprobe "
+                            "nf_tables`; CONFIG_NF_TABLES_NETDEV); then `hookpack shaping "
+                            "doctor --refresh`"))
     mode, why = classifier.choose(str(settings["classifier"]), paths.run_dir)
-    if mode == "fw" and not probe.get("fw"):
-        checks.append(Check("shaping classifier", FAIL, f"fw forced but {why}",
-                            "set shaping.classifier = \"auto\""))
+    if not probe.get(mode):
+        checks.append(Check("shaping classifier", FAIL, f"cls_{mode}: {why}",
+                            "set shaping.classifier = \"auto\", or load cls_bpf "
+                            "(`modprobe cls_bpf`)"))
     else:
         checks.append(Check("shaping classifier", PASS,
-                            f"{mode} ({why}); u32 mark match: {probe.get('u32_mark')}"))
+                            f"{classifier.describe(mode, why, probe)}; u32 mark match: "
+                            f"{probe.get('u32_mark')}"))
+    from hookpack.shaping import leaf
+
+    leaf_kind, leaf_why = leaf.choose(str(settings["leaf_qdisc"]), paths.run_dir)
+    if leaf_kind == "default":
+        checks.append(Check("shaping leaf qdisc", WARN, "HTB's own pfifo under every class: a "
+                            "saturated class queues up to 1000 packets (1.2 s at 10 Mbit/s)",
+                            "set shaping.leaf_qdisc = \"auto\""))
+    else:
+        checks.append(Check("shaping leaf qdisc", PASS, f"{leaf_kind} ({leaf_why})"))
+    checks.append(_modes_check(paths))
     uplink = str(settings["uplink"])
     index = tc.ifindex(uplink) if uplink else None
     if not uplink:
@@ -342,15 +459,22 @@ def doctor(cfg: Any, paths: Paths) -> list[Any]:
                                 "remove it or set shaping.replace_foreign_qdisc = true"))
         else:
             checks.append(Check("shaping uplink", PASS, f"{uplink} root qdisc: {state}"))
-    checks.append(_backend_check(str(settings["iptables_backend"])))
-    if netfilter.bridge_nf_call(4, str(paths.proc_root)) is not True:
-        checks.append(Check("shaping br_netfilter", FAIL, "bridged traffic does not pass "
-                            "iptables: physdev rules cannot classify VM traffic",
-                            "modprobe br_netfilter; sysctl -w "
-                            "net.bridge.bridge-nf-call-iptables=1 (and ...-ip6tables=1)"))
-    else:
-        checks.append(Check("shaping br_netfilter", PASS, "bridge-nf-call-iptables = 1"))
     return checks
+
+
+def _modes_check(paths: Paths) -> Any:
+    """NIC modes: which are shaped; the running NICs in a refused mode, by name."""
+    from hookpack.doctor import PASS, WARN, Check
+    from hookpack.shaping.reconcile import read_nics, refused_mode
+
+    nics, _notes = read_nics(paths.kvm_dir)
+    refused = [f"{n.tap} ({n.instance}/{n.index})" for group in nics.values() for n in group
+               if refused_mode(n.tap, paths.sysfs_root)]
+    if refused:
+        return Check("shaping nic modes", WARN, f"{len(refused)} NIC(s) on Open vSwitch are "
+                     f"not shaped: {', '.join(refused[:5])}", "use bridged or routed NICs "
+                     "for instances that must be shaped")
+    return Check("shaping nic modes", PASS, NIC_MODES)
 
 
 # -- hookpack status / metrics ------------------------------------------------------------
@@ -402,8 +526,8 @@ def metrics(cfg: Any, paths: Paths) -> list[Any]:
                     samples.append(Sample(f"hookpack_shaping_tap_{field}_total", value, labels,
                                           _TAP_HELP[field], "counter"))
                 samples.append(Sample("hookpack_shaping_tap_rate_bytes_per_second",
-                                      cv.rate or 0, labels,
-                                      "Rate (= ceil) of the tap's HTB class in the kernel."))
+                                      cv.ceil or 0, labels,
+                                      "Limit (HTB ceil) of the tap's class in the kernel."))
     return samples
 
 

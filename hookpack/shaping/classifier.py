@@ -1,12 +1,19 @@
-"""Which classifier this kernel can be trusted with: ``fw`` (cls_fw) or CLASSIFY.
+"""What this kernel offers shaping's classifier, probed: marks and mark -> class.
+
+Frames are marked at each tap's ingress by an nf_tables ``netdev`` chain
+(hookpack.shaping.nft); on the uplink's HTB one filter maps the mark to the class:
+``bpf`` (cls_bpf running a classic BPF program: one program for every tap, O(1) per
+packet) or ``fw`` (cls_fw: one element per mark, hashed in 256 buckets). ``auto``
+takes bpf where the kernel has it, else fw.
 
 The probe runs in a throwaway network namespace (a forked child that unshares its
 network namespace, so no device of the host is touched): it puts an HTB qdisc on that
-namespace's loopback, adds an ``fw`` filter and reads it back. A kernel without cls_fw
-refuses the filter. The same child also checks the u32 mark trap: a ``u32 match mark``
-filter that a kernel without CONFIG_CLS_U32_MARK accepts but stores without its mark
-match (it would classify every packet). shaping never uses u32; the result is shown
-by ``hookpack shaping doctor``.
+namespace's loopback, adds a cls_bpf and an ``fw`` filter and reads them back, and
+makes an nf_tables netdev table with an ingress chain on the loopback and reads it
+back. The same child also checks the u32 mark trap: a ``u32 match mark`` filter that a
+kernel without CONFIG_CLS_U32_MARK accepts but stores without its mark match (it would
+classify every packet). shaping never uses u32; the result is shown by ``hookpack
+shaping doctor``.
 
 The result is cached in ``<run_dir>/shaping-classifier.json`` keyed by the kernel
 release and boot id (modules can appear after a reboot or a kernel upgrade).
@@ -23,9 +30,10 @@ from typing import Any
 
 CLONE_NEWNET = 0x40000000
 _CACHE = "shaping-classifier.json"
+_VERSION = 2  # what the probe checks; an older cache is probed again
 
 
-def _kernel_key(proc_root: str = "/proc") -> str:
+def kernel_key(proc_root: str = "/proc") -> str:
     try:
         boot = Path(f"{proc_root}/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -69,6 +77,34 @@ def _probe_here() -> dict[str, Any]:
     if libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         return {"error": f"unshare(CLONE_NEWNET): {os.strerror(err)}"}
+    result = _probe_tc()
+    result.update(_probe_nft())
+    return result
+
+
+def _probe_nft() -> dict[str, Any]:
+    """An nf_tables netdev table with an ingress chain and a mark rule on lo, read back."""
+    from hookpack.shaping import nft
+
+    try:
+        with nft.Nft(timeout=5.0) as n:
+            done = n.batch(nft.tap_batch([("lo", 0x10, 0xFFFF, "hookpack:probe:0", False)],
+                                         [], table=True))
+            if not done.ok:
+                _msg, code, text = done.errors[0]
+                return {"nft_netdev": False,
+                        "nft_detail": f"{os.strerror(code)}{f' ({text})' if text else ''}"}
+            marks = n.marks().get("lo", [])
+            chain = n.chains().get("lo")
+            good = (chain is not None and chain.hooked_on("lo") and len(marks) == 1
+                    and (marks[0].value, marks[0].mask) == (0x10, 0xFFFF))
+            return {"nft_netdev": good,
+                    "nft_detail": "" if good else "accepted but not read back as written"}
+    except OSError as err:
+        return {"nft_netdev": False, "nft_detail": f"nf_tables netlink: {err}"}
+
+
+def _probe_tc() -> dict[str, Any]:
     from hookpack.shaping import tc
 
     lo = tc.ifindex("lo") or 1
@@ -93,6 +129,19 @@ def _probe_here() -> dict[str, Any]:
             fw_ok = bool(found) and found[0].fw() == (classid, 0xFFFF)
             if not fw_ok:
                 detail = "fw: accepted but not read back as written"
+        ops = tc.mark_program(major, 0xFFFF)
+        (bpf,) = nl.transact([tc.set_bpf_filter(lo, major, 3, ops, False, "probe bpf")])
+        bpf_ok = False
+        bpf_detail = ""
+        if bpf.error:
+            bpf_detail = f"cls_bpf: {os.strerror(bpf.error)}" + (
+                f" ({bpf.extack})" if bpf.extack else "")
+        else:
+            found_bpf = [f.bpf() for f in nl.dump(tc.RTM_GETTFILTER, lo, tc.handle(major, 0))
+                         if f.kind == "bpf" and f.prio == 3 and f.handle == tc.BPF_HANDLE]
+            bpf_ok = found_bpf == [ops]
+            if not bpf_ok:
+                bpf_detail = "cls_bpf: accepted but not read back as written"
         u32_req = tc.Request(tc.RTM_NEWTFILTER, tc.NLM_F_CREATE | tc.NLM_F_EXCL, lo, 0,
                              tc.handle(major, 0), tc.filter_info(2),
                              tc.u32_mark_options(classid, 7, 0xFFFF), "probe u32")
@@ -104,22 +153,24 @@ def _probe_here() -> dict[str, Any]:
                        for f in nl.dump(tc.RTM_GETTFILTER, lo, tc.handle(major, 0))
                        if f.prio == 2)
             u32_state = "kept" if kept else "dropped (trap: matches every packet)"
-    return {"htb": True, "fw": fw_ok, "u32_mark": u32_state, "detail": detail}
+    return {"htb": True, "fw": fw_ok, "bpf": bpf_ok, "u32_mark": u32_state,
+            "detail": detail, "bpf_detail": bpf_detail}
 
 
 def probe(run_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
     """The cached probe result for this boot of this kernel (probing when needed)."""
-    key = _kernel_key()
+    key = kernel_key()
     path = run_dir / _CACHE
     if not refresh:
         try:
             cached = json.loads(path.read_text())
-            if cached.get("kernel") == key:
+            if cached.get("kernel") == key and cached.get("version") == _VERSION:
                 return dict(cached)
         except (OSError, ValueError, AttributeError):
             pass
     result = probe_in_child()
     result["kernel"] = key
+    result["version"] = _VERSION
     if "error" not in result:
         try:
             run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -133,11 +184,23 @@ def probe(run_dir: Path, *, refresh: bool = False) -> dict[str, Any]:
 
 
 def choose(setting: str, run_dir: Path) -> tuple[str, str]:
-    """("fw" | "classify", why). ``setting`` "fw"/"classify" forces; "auto" probes."""
-    if setting in ("fw", "classify"):
+    """("bpf" | "fw", why): the mark -> class filter. ``setting`` "bpf"/"fw" forces;
+    "auto" (and "classify", the retired iptables CLASSIFY mode) probes."""
+    if setting in ("bpf", "fw"):
         return setting, "forced by shaping.classifier"
     result = probe(run_dir)
+    if result.get("bpf"):
+        return "bpf", "cls_bpf present (probed): one classic BPF program, O(1) per packet"
     if result.get("fw"):
-        return "fw", "cls_fw present (probed)"
-    why = result.get("detail") or result.get("error") or "cls_fw missing"
-    return "classify", f"no usable cls_fw ({why}): CLASSIFY --set-class"
+        return "fw", (f"no usable cls_bpf ({result.get('bpf_detail') or 'missing'}); "
+                      "cls_fw present (probed)")
+    return "bpf", ("neither cls_bpf nor cls_fw usable "
+                   f"({result.get('bpf_detail') or result.get('error') or '?'}; "
+                   f"{result.get('detail') or ''}): shaping will fail")
+
+
+def describe(mode: str, why: str, result: dict[str, Any]) -> str:
+    """One line for doctor / show / the CLI: how frames find their class."""
+    marks = ("nf_tables netdev ingress chain per tap" if result.get("nft_netdev", True)
+             else f"nf_tables netdev MISSING ({result.get('nft_detail')})")
+    return f"marks: {marks}; mark -> class: {'cls_bpf' if mode == 'bpf' else 'cls_fw'} ({why})"

@@ -15,10 +15,19 @@ from hookpack.errors import BadInput
 
 QUANTUM_MIN = 1000  # HTB's own clamp range when it computes quanta from r2q
 QUANTUM_MAX = 200000
-MINOR_DEFAULT = 1  # the uplink qdisc's default class (unshaped traffic)
+MINOR_ROOT = 1  # the uplink's root class: uplink_rate over every other class
+MINOR_HOST = 2  # the host's own traffic (and anything unclassified): the qdisc's default
+MINOR_DEFAULT = MINOR_HOST
 MINOR_FIRST = 0x10  # first class minor handed to a tap
-MINOR_LAST = 0xFFFE
+MINOR_LAST = 0x7FFF  # tap minors stay below 0x8000 ...
+INSTANCE_BIT = 0x8000  # ... an instance's parent class is its lowest tap minor | 0x8000
 TAP_MINOR = 1  # the single class of a tap's own (to-VM) HTB
+# One HTB prio for all: HTB serves every class within its own rate (the host's
+# host_rate, each VM's guarantee) before any borrowing, and shares what is left among
+# the borrowers by quantum (equal: ~one MTU each). A lower prio for the host would also
+# hand it everything spare first: a migration would starve the VMs (measured: VMs at
+# their 1 Mbit/s guarantee while the host took 97 of 100 Mbit/s).
+PRIO_HOST = PRIO_VM = 0
 
 _UNITS = {
     "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8, "tbit": 1e12 / 8,
@@ -53,26 +62,47 @@ def format_rate(rate: int) -> str:
 
 @dataclass(frozen=True)
 class ClassParams:
-    """One HTB class: rate = ceil (a hard limit, no borrowing), bursts and quantum."""
+    """One HTB class: ``rate`` guaranteed, ``ceil`` the hard limit, bursts, quantum, prio."""
 
     rate: int  # bytes/s
     ceil: int
     burst: int  # bytes
     cburst: int
     quantum: int
+    prio: int = 0
 
 
-@functools.lru_cache(maxsize=256)
-def class_params(rate: int, mtu: int) -> ClassParams:
+@functools.lru_cache(maxsize=1024)
+def class_params(rate: int, mtu: int, ceil: int | None = None, prio: int = 0) -> ClassParams:
     """burst = rate/100 (10 ms worth, the seed's rule from tc-htb(8)), never below one MTU;
-    cburst the same (ceil = rate); quantum = rate/r2q with r2q = rate/MTU (at least 1),
-    i.e. about one MTU, clamped to HTB's sane range 1000..200000 and set explicitly so
-    classes of different rates under one qdisc (whose r2q is single) get no kernel
-    "quantum is big/small" warning."""
+    cburst the same of ceil (default: ceil = rate, no borrowing); quantum = rate/r2q with
+    r2q = rate/MTU (at least 1), i.e. about one MTU, clamped to HTB's sane range
+    1000..200000 and set explicitly so classes of different rates under one qdisc (whose
+    r2q is single) get no kernel "quantum is big/small" warning."""
+    ceil = rate if ceil is None else max(ceil, rate)
     burst = max(rate // 100, mtu)
+    cburst = max(ceil // 100, mtu)
     r2q = max(1, rate // mtu)
     quantum = min(QUANTUM_MAX, max(QUANTUM_MIN, rate // r2q))
-    return ClassParams(rate, rate, burst, burst, quantum)
+    return ClassParams(rate, ceil, burst, cburst, quantum, prio)
+
+
+def vm_class(limit: int, guaranteed: int, mtu: int) -> ClassParams:
+    """A VM's class under the root: ``ceil`` = its limit (hard), ``rate`` = the smaller of
+    the limit and the guaranteed share. Above its guarantee the VM borrows from the root
+    class, which is capped at uplink_rate and serves the host's class first: that is
+    what keeps the host's share however many VMs send (a class sending within its own
+    rate is never held back by its parent in HTB, so VM rates must stay small)."""
+    return class_params(min(limit, guaranteed), mtu, limit, PRIO_VM)
+
+
+def uplink_classes(uplink_rate: int, host_rate: int, mtu: int
+                   ) -> tuple[ClassParams, ClassParams]:
+    """(root, host): the root class at uplink_rate; the host's class guaranteed
+    host_rate (served before any borrowing), borrowing up to the whole uplink."""
+    root = class_params(uplink_rate, mtu)
+    host = class_params(min(host_rate, uplink_rate), mtu, uplink_rate, PRIO_HOST)
+    return root, host
 
 
 def qdisc_r2q(rate: int, mtu: int) -> int:
@@ -89,6 +119,13 @@ class TapShape:
     nic: int
     egress: ClassParams | None  # VM -> world, class on the uplink
     ingress: ClassParams | None  # world -> VM, HTB on the tap's own egress
+
+
+def instance_minor(tap_minors: Iterable[int]) -> int:
+    """The minor of an instance's parent class (egress per instance): its lowest tap
+    minor with the 0x8000 bit. Unique because tap minors are, and found again from the
+    rules alone (an instance-scoped run never needs a dump of every class)."""
+    return min(tap_minors) | INSTANCE_BIT
 
 
 @dataclass(frozen=True)
@@ -119,7 +156,7 @@ def allocate_minors(taps: Iterable[str], kept: Mapping[str, int],
         while candidate in used:
             candidate += 1
         if candidate > MINOR_LAST:
-            raise BadInput("no free class ids left on the uplink (65000 taps?)")
+            raise BadInput("no free class ids left on the uplink (32000 taps?)")
         out[tap] = candidate
         used.add(candidate)
     return out

@@ -5,6 +5,11 @@ tags; ``hookpack:egress=50mbit`` is read too). Users who can set tags
 must not be able to raise their own limit, so a tag is capped by ``max_egress_rate`` /
 ``max_ingress_rate``. A malformed tag is ignored (noted), never an error: the instance
 keeps the default. Other ``hookpack:`` tags belong to other actions and are left alone.
+
+``hookpack:egress-scope:instance`` puts all NICs of the instance under one egress limit
+(a parent class per instance) instead of one limit per NIC. Like a rate, the tag can
+only narrow: with ``egress_scope = "instance"`` in the config, ``...:nic`` (which would
+give the instance one limit per NIC) is ignored.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,12 @@ from hookpack.shaping.model import parse_rate
 # So the working form is hookpack:egress:50mbit; hookpack:egress=50mbit (the issue's
 # spelling, which gnt-instance add-tags refuses) is read too.
 _TAG = re.compile(r"hookpack:(egress|ingress)[=:](.*)")
+_SCOPE_TAG = re.compile(r"hookpack:egress-scope[=:](.*)")
+SCOPES = ("nic", "instance")
+
+
+def _ours(tag: str) -> bool:
+    return bool(_TAG.fullmatch(tag) or _SCOPE_TAG.fullmatch(tag))
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class Defaults:
     ingress: int
     max_egress: int
     max_ingress: int
+    scope: str = "nic"  # egress limit per "nic" or per "instance"
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object]) -> Defaults:
@@ -42,9 +55,13 @@ class Defaults:
                 return parse_rate(text)
             except BadInput as err:
                 raise ConfigError(str(err), key=f"shaping.{key}") from None
+        scope = str(settings.get("egress_scope") or "nic")
+        if scope not in SCOPES:
+            raise ConfigError(f"egress_scope {scope!r} is not one of {', '.join(SCOPES)}",
+                              key="shaping.egress_scope")
         return cls(rate("egress_rate"), rate("ingress_rate"),
                    rate("max_egress_rate", "egress_rate"),
-                   rate("max_ingress_rate", "ingress_rate"))
+                   rate("max_ingress_rate", "ingress_rate"), scope)
 
 
 @dataclass(frozen=True)
@@ -52,16 +69,28 @@ class Policy:
     egress: int
     ingress: int
     notes: tuple[str, ...] = field(default=(), compare=False)
+    scope: str = "nic"
 
-    def to_json(self) -> dict[str, int]:
-        return {"egress": self.egress, "ingress": self.ingress}
+    def to_json(self) -> dict[str, int | str]:
+        return {"egress": self.egress, "ingress": self.ingress, "egress_scope": self.scope}
 
 
 def from_tags(tags: Iterable[str], defaults: Defaults) -> Policy:
     """The instance's policy: defaults, each lowered by its tag, capped by the maximum."""
     wanted: dict[str, int] = {}
     notes: list[str] = []
+    scope = defaults.scope
     for tag in tags:
+        scoped = _SCOPE_TAG.fullmatch(tag)
+        if scoped:
+            if scoped[1] == "instance":
+                scope = "instance"
+            elif scoped[1] != "nic":
+                notes.append(f"tag ignored: egress-scope {scoped[1]!r} is not nic or instance")
+            elif defaults.scope == "instance":
+                notes.append("tag ignored: egress-scope nic cannot widen the configured "
+                             "per-instance limit")
+            continue
         match = _TAG.fullmatch(tag)
         if not match:
             continue
@@ -78,7 +107,7 @@ def from_tags(tags: Iterable[str], defaults: Defaults) -> Policy:
                                   ("ingress", wanted.get("ingress"), defaults.max_ingress)):
         if asked is not None and asked > cap:
             notes.append(f"{direction} tag capped at the maximum")
-    return Policy(egress, ingress, tuple(notes))
+    return Policy(egress, ingress, tuple(notes), scope)
 
 
 class PolicyStore:
@@ -92,7 +121,7 @@ class PolicyStore:
 
     def save(self, instance: str, tags: Iterable[str]) -> bool:
         """Store ``tags`` (only ours); True when the file changed."""
-        ours = sorted(t for t in tags if _TAG.fullmatch(t))
+        ours = sorted(t for t in tags if _ours(t))
         path = self.path(instance)
         text = json.dumps(ours) + "\n"
         try:
@@ -101,8 +130,11 @@ class PolicyStore:
         except OSError:
             pass
         self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(text)
+        # a short temporary name: an instance name may take 253 of the 255 bytes
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tags.")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return True
 

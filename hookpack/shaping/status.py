@@ -2,9 +2,11 @@
 
 Read-only and lock-free (a status or metrics run must never hold up a hook): the NICs
 come from Ganeti's ``nic/<instance>/<index>`` files, the wanted rates from the
-instance's stored tags and the config, the tap -> uplink class link from hookpack's
-mangle rules (one ``iptables-save``), and the classes with their counters from
-rtnetlink gets (hookpack.shaping.tc; no pyroute2).
+instance's stored tags and the config, the tap -> uplink class link from the mark rule
+of the tap's chain in hookpack's nf_tables netdev table (two netlink dumps), and the
+classes with their counters from rtnetlink gets (hookpack.shaping.tc; no pyroute2).
+A tap whose chain is missing, not hooked on the tap or not setting a mark is reported
+as not classified, never as in step.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from hookpack import validate
-from hookpack.errors import ActionError, BadInput, ConfigError
-from hookpack.shaping import tc
+from hookpack.errors import BadInput, ConfigError
+from hookpack.shaping import nft, tc
 from hookpack.shaping.counters import Counters, counters
 from hookpack.shaping.model import TAP_MINOR, format_rate
-from hookpack.shaping.netfilter import Netfilter, Rule, Scope, detect
+from hookpack.shaping.observe import TapMark, observe_marks
 from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
-from hookpack.shaping.reconcile import Nic, read_nics
+from hookpack.shaping.reconcile import Nic, read_nics, refused_mode
 
 EGRESS, INGRESS = "egress", "ingress"  # VM -> world (uplink class), world -> VM (tap class)
 
@@ -44,7 +46,8 @@ class ClassView:
     def match(self) -> bool | None:
         if self.want_rate is None or self.rate is None:
             return None
-        return self.rate == self.want_rate and self.ceil == self.want_rate
+        # the limit is the ceil; the rate is the guarantee under the root (at most the limit)
+        return self.ceil == self.want_rate and self.rate <= self.want_rate
 
     def to_json(self) -> dict[str, Any]:
         return {"direction": self.direction, "device": self.device, "handle": self.handle,
@@ -74,7 +77,6 @@ class View:
     ingress: bool
     families: tuple[int, ...]
     defaults: Defaults
-    backend: str
 
     @classmethod
     def from_settings(cls, s: Mapping[str, Any]) -> View:
@@ -85,8 +87,7 @@ class View:
         except BadInput as err:
             raise ConfigError(str(err), key="shaping.uplink") from None
         return cls(uplink, int(str(s["handle"]), 16), bool(s["shape_ingress"]),
-                   (4, 6) if s["ipv6"] else (4,), Defaults.from_settings(s),
-                   str(s["iptables_backend"]))
+                   (4, 6) if s["ipv6"] else (4,), Defaults.from_settings(s))
 
 
 def observe(settings: Mapping[str, Any], kvm_dir: Path, state_dir: Path,
@@ -98,7 +99,7 @@ def observe(settings: Mapping[str, Any], kvm_dir: Path, state_dir: Path,
     view = View.from_settings(settings)
     nics, _notes = read_nics(kvm_dir, None if instances is None else list(instances))
     taps = {n.tap: n for group in nics.values() for n in group}
-    rules, rules_error = _rules(view, nics, taps, timeout)
+    rules, rules_error = _rules(taps, timeout)
     out: dict[str, list[TapView]] = {}
     store = PolicyStore(state_dir)
     up = tc.ifindex(view.uplink)
@@ -110,27 +111,25 @@ def observe(settings: Mapping[str, Any], kvm_dir: Path, state_dir: Path,
     return out
 
 
-def _rules(view: View, nics: Mapping[str, list[Nic]], taps: Mapping[str, Nic],
-           timeout: float) -> tuple[dict[str, Rule], str | None]:
-    """tap -> its rule in hookpack's chain (the rule names the tap's uplink class)."""
+def _rules(taps: Mapping[str, Nic], timeout: float) -> tuple[dict[str, TapMark], str | None]:
+    """tap -> its mark (the mark names the tap's uplink class)."""
     if not taps:
         return {}, None
     try:
-        nf = Netfilter(detect(view.backend), view.families[:1], timeout=max(0.5, timeout))
-        seen = nf.observe_all(scope=Scope(frozenset(nics), frozenset(taps)))
-    except (ActionError, OSError) as err:
-        return {}, f"cannot read hookpack's mangle rules: {err}"
-    found: dict[str, Rule] = {}
-    for observed in seen.values():
-        for rule in observed.rules:
-            nic = taps.get(rule.tap)
-            if nic and nic.instance == rule.instance and nic.index == rule.nic:
-                found[rule.tap] = rule
+        with nft.Nft(timeout=max(0.5, timeout)) as n:
+            marks = observe_marks(n)
+    except OSError as err:
+        return {}, f"cannot read hookpack's nf_tables netdev table: {err}"
+    found: dict[str, TapMark] = {}
+    for tap, mark in marks.taps.items():
+        nic = taps.get(tap)
+        if nic and nic.instance == mark.instance and nic.index == mark.nic:
+            found[tap] = mark
     return found, None
 
 
 def _tap(nl: tc.Netlink, view: View, up: int | None, nic: Nic, egress: int, ingress: int,
-         rule: Rule | None, rules_error: str | None) -> TapView:
+         rule: TapMark | None, rules_error: str | None) -> TapView:
     tv = TapView(nic.instance, nic.index, nic.tap)
     index = tc.ifindex(nic.tap)
     if index is None:
@@ -138,8 +137,14 @@ def _tap(nl: tc.Netlink, view: View, up: int | None, nic: Nic, egress: int, ingr
     eg = ClassView(EGRESS, egress, device=view.uplink)
     if rules_error:
         eg.error = rules_error
-    elif rule is None:
-        eg.error = f"no hookpack rule for {nic.tap}: not shaped (run `hookpack shaping apply`)"
+    elif refused_mode(nic.tap):
+        eg.error = f"{nic.tap}: {refused_mode(nic.tap)}: egress not classified, not shaped"
+    elif rule is None or not rule.value:
+        eg.error = (f"no hookpack mark for {nic.tap}: egress not classified, not shaped "
+                    "(run `hookpack shaping apply`)")
+    elif not rule.hooked:
+        eg.error = (f"hookpack's chain for {nic.tap} is not on the tap's ingress: egress "
+                    "not classified (run `hookpack shaping apply`)")
     elif up is None:
         eg.error = f"uplink {view.uplink} does not exist"
     else:

@@ -40,7 +40,9 @@ TCA_KIND, TCA_OPTIONS, TCA_STATS2 = 1, 2, 7
 TCA_STATS_BASIC = 1
 TCA_HTB_PARMS, TCA_HTB_INIT, TCA_HTB_DIRECT_QLEN, TCA_HTB_RATE64, TCA_HTB_CEIL64 = 1, 2, 5, 6, 7
 TCA_FW_CLASSID, TCA_FW_MASK = 1, 5
+TCA_TBF_PARMS, TCA_TBF_RATE64, TCA_TBF_BURST = 1, 4, 6
 TCA_U32_CLASSID, TCA_U32_SEL, TCA_U32_MARK = 1, 5, 10
+TCA_BPF_OPS_LEN, TCA_BPF_OPS = 4, 5
 TC_H_ROOT = 0xFFFFFFFF
 TC_LINKLAYER_ETHERNET = 1
 ETH_P_ALL = 0x0003
@@ -53,7 +55,10 @@ _NLA = struct.Struct("=HH")
 _RATESPEC = struct.Struct("=BBHhHI")  # cell_log, linklayer, overhead, cell_align, mpu, rate
 _HTB_OPT = struct.Struct("=12s12sIIIII")  # rate, ceil, buffer, cbuffer, quantum, level, prio
 _HTB_GLOB = struct.Struct("=IIIII")  # version, rate2quantum, defcls, debug, direct_pkts
+_TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
 _U32 = 0xFFFFFFFF
+# a replace's echo also reports the object it replaced (RTM_DEL*): not the answer
+_NOT_OBJECTS = frozenset({NLMSG_DONE, RTM_DELQDISC, RTM_DELTCLASS, RTM_DELTFILTER})
 
 
 class NetlinkError(OSError):
@@ -63,6 +68,20 @@ class NetlinkError(OSError):
         self.extack = text
         detail = f": {text}" if text else ""
         super().__init__(code, f"{what}: {os.strerror(code)}{detail}")
+
+
+class NetlinkLost(OSError):
+    """Replies were lost (ENOBUFS: the receive buffer overflowed) or did not come in
+    time: which requests the kernel carried out is unknown. The caller re-observes."""
+
+
+def _rcvbuf() -> int:
+    """The receive buffer asked for: 8 MiB, or ``HOOKPACK_NETLINK_RCVBUF`` bytes (the
+    tests set a tiny one to make the kernel drop replies with ENOBUFS for real)."""
+    try:
+        return max(256, int(os.environ.get("HOOKPACK_NETLINK_RCVBUF", "")))
+    except ValueError:
+        return 8 << 20
 
 
 def handle(major: int, minor: int) -> int:
@@ -144,7 +163,7 @@ class TcObject:
         raw = self.options.get(TCA_HTB_PARMS)
         if self.kind != "htb" or raw is None or len(raw) < _HTB_OPT.size:
             return None
-        rate_b, ceil_b, buffer, cbuffer, quantum, _level, prio = _HTB_OPT.unpack_from(raw)
+        rate_b, ceil_b, buffer, cbuffer, quantum, level, prio = _HTB_OPT.unpack_from(raw)
         rate = _RATESPEC.unpack(rate_b)[5]
         ceil = _RATESPEC.unpack(ceil_b)[5]
         if TCA_HTB_RATE64 in self.options:
@@ -152,7 +171,7 @@ class TcObject:
         if TCA_HTB_CEIL64 in self.options:
             ceil = struct.unpack("=Q", self.options[TCA_HTB_CEIL64][:8])[0]
         return HtbParams(rate, ceil, ticks_to_bytes(buffer, rate), ticks_to_bytes(cbuffer, ceil),
-                         quantum, prio)
+                         quantum, prio, level)
 
     def htb_qdisc(self) -> tuple[int, int] | None:
         """(r2q, default minor) of an HTB qdisc."""
@@ -162,6 +181,22 @@ class TcObject:
         _version, r2q, defcls, _debug, _direct = _HTB_GLOB.unpack_from(raw)
         return r2q, defcls
 
+    def leaf(self) -> Leaf:
+        """This qdisc as a class's leaf: kind and, for a fifo, its limit. Handle 0 is the
+        class's built-in default (pfifo of the device's txqueuelen)."""
+        if self.handle == 0:
+            return Leaf("default")
+        if self.kind in ("bfifo", "pfifo") and len(self.raw_options) >= 4:
+            return Leaf(self.kind, struct.unpack_from("=I", self.raw_options)[0])
+        raw = self.options.get(TCA_TBF_PARMS) if self.kind == "tbf" else None
+        if raw is not None and len(raw) >= _TBF_QOPT.size:
+            rate_b, _peak, limit, buffer, _mtu = _TBF_QOPT.unpack_from(raw)
+            rate = _RATESPEC.unpack(rate_b)[5]
+            if TCA_TBF_RATE64 in self.options:
+                rate = struct.unpack("=Q", self.options[TCA_TBF_RATE64][:8])[0]
+            return Leaf("tbf", limit, rate, ticks_to_bytes(buffer, rate))
+        return Leaf(self.kind)
+
     def fw(self) -> tuple[int, int | None] | None:
         """(classid, mask) of an fw filter element."""
         if self.kind != "fw" or TCA_FW_CLASSID not in self.options:
@@ -169,6 +204,40 @@ class TcObject:
         mask = self.options.get(TCA_FW_MASK)
         return (struct.unpack("=I", self.options[TCA_FW_CLASSID][:4])[0],
                 struct.unpack("=I", mask[:4])[0] if mask else None)
+
+
+    def bpf(self) -> bytes | None:
+        """The classic BPF instructions of a cls_bpf filter element (the kernel dumps no
+        name for a classic program)."""
+        if self.kind != "bpf" or TCA_BPF_OPS not in self.options:
+            return None
+        return self.options[TCA_BPF_OPS]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """The qdisc under a class: ``kind`` ("fq_codel", "bfifo", "default": HTB's own
+    pfifo) and, for a fifo, its limit (bytes for bfifo, packets for pfifo)."""
+
+    kind: str
+    limit: int | None = None
+    rate: int | None = None  # tbf: bytes/s
+    burst: int | None = None  # tbf: bytes (GSO packets above it are segmented)
+
+    def __str__(self) -> str:
+        if self.limit is None:
+            return self.kind
+        if self.kind == "tbf":
+            return f"tbf limit {self.limit}b burst {self.burst}b"
+        return f"{self.kind} limit {self.limit}{'b' if self.kind == 'bfifo' else 'p'}"
+
+    def same(self, seen: Leaf | None) -> bool:
+        """``seen`` (read back) is this leaf; a tbf's burst travels as 64 ns ticks."""
+        if seen is None or self.kind != "tbf":
+            return seen == self
+        slack = (self.rate or 0) * 64 // 10**9 + 2
+        return (seen.kind, seen.limit, seen.rate) == (self.kind, self.limit, self.rate) \
+            and abs((seen.burst or 0) - (self.burst or 0)) <= slack
 
 
 @dataclass(frozen=True)
@@ -181,6 +250,7 @@ class HtbParams:
     cburst: int
     quantum: int
     prio: int = 0
+    level: int = field(default=0, compare=False)  # as read back: 0 for a leaf class
 
 
 def bytes_to_ticks(size: int, rate: int) -> int:
@@ -214,6 +284,22 @@ def htb_qdisc_options(r2q: int, default_minor: int) -> bytes:
     return attr(TCA_KIND, b"htb\0") + attr(TCA_OPTIONS, attr(TCA_HTB_INIT, glob))
 
 
+@functools.lru_cache(maxsize=256)
+def leaf_options(leaf: Leaf) -> bytes:
+    """fq_codel with the kernel's defaults (target 5 ms, interval 100 ms: no attribute
+    sent, so nothing to drift); a fifo with its limit (struct tc_fifo_qopt)."""
+    if leaf.kind == "tbf":
+        rate, burst = leaf.rate or 0, leaf.burst or 0
+        qopt = _TBF_QOPT.pack(_ratespec(rate), bytes(12), leaf.limit or 0,
+                              bytes_to_ticks(burst, rate), 0)
+        body = attr(TCA_TBF_PARMS, qopt) + u32(TCA_TBF_BURST, burst)
+        if rate > _U32:
+            body += attr(TCA_TBF_RATE64, struct.pack("=Q", rate))
+    else:
+        body = b"" if leaf.limit is None else struct.pack("=I", leaf.limit)
+    return attr(TCA_KIND, leaf.kind.encode() + b"\0") + attr(TCA_OPTIONS, body)
+
+
 def fw_options(classid: int, mask: int | None) -> bytes:
     body = u32(TCA_FW_CLASSID, classid)
     if mask is not None and mask != _U32:
@@ -229,6 +315,54 @@ def u32_mark_options(classid: int, mark: int, mask: int) -> bytes:
     return attr(TCA_KIND, b"u32\0") + attr(TCA_OPTIONS, body)
 
 
+# classic BPF (linux/filter.h): struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}
+_SOCK_FILTER = struct.Struct("=HBBI")
+SKF_AD_MARK = 0xFFFFF000 + 20  # SKF_AD_OFF + SKF_AD_MARK: the ancillary load of skb->mark
+
+
+def mark_program(major: int, mask: int) -> bytes:
+    """A classic BPF classifier: classid = major:(mark & mask); no match (0) when the
+    masked mark is 0 or does not fit a minor. One program for every tap: O(1) per packet.
+    cls_bpf takes it over rtnetlink (TCA_BPF_OPS): no bpf() syscall, no eBPF verifier."""
+    ops = [
+        (0x20, 0, 0, SKF_AD_MARK),  # ld  mark
+        (0x54, 0, 0, mask),  # and #mask
+        (0x15, 3, 0, 0),  # jeq #0 -> ret #0
+        (0x25, 2, 0, 0xFFFF),  # jgt #0xffff -> ret #0
+        (0x44, 0, 0, (major & 0xFFFF) << 16),  # or  #major:0
+        (0x16, 0, 0, 0),  # ret a
+        (0x06, 0, 0, 0),  # ret #0 (no match: the qdisc's default class)
+    ]
+    return b"".join(_SOCK_FILTER.pack(*op) for op in ops)
+
+
+BPF_HANDLE = 1
+
+
+def bpf_options(ops: bytes) -> bytes:
+    body = (attr(TCA_BPF_OPS_LEN, struct.pack("=H", len(ops) // _SOCK_FILTER.size))
+            + attr(TCA_BPF_OPS, ops))
+    return attr(TCA_KIND, b"bpf\0") + attr(TCA_OPTIONS, body)
+
+
+def set_bpf_filter(ifindex: int, major: int, prio: int, ops: bytes, replace: bool,
+                   what: str) -> Request:
+    flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
+    return Request(RTM_NEWTFILTER, flags, ifindex, BPF_HANDLE, handle(major, 0),
+                   filter_info(prio), bpf_options(ops), what)
+
+
+def get_bpf_filter(ifindex: int, major: int, prio: int, what: str) -> Request:
+    return Request(RTM_GETTFILTER, NLM_F_ECHO, ifindex, BPF_HANDLE, handle(major, 0),
+                   filter_info(prio), attr(TCA_KIND, b"bpf\0"), what)
+
+
+def del_filter(ifindex: int, major: int, prio: int, kind: str, what: str) -> Request:
+    """Delete the whole filter of ``kind`` at ``prio`` (every element)."""
+    return Request(RTM_DELTFILTER, 0, ifindex, 0, handle(major, 0), filter_info(prio),
+                   attr(TCA_KIND, kind.encode() + b"\0"), what)
+
+
 # ---- requests ---------------------------------------------------------------------------
 
 
@@ -242,6 +376,13 @@ class Request:
     info: int = 0
     body: bytes = b""
     what: str = ""  # for error messages: "class 4850:10 on up0"
+
+    def echoed(self) -> Request:
+        """The same write with NLM_F_ECHO: the kernel sends the object as it stored it
+        back to us (its change notification, unicast, same sequence number): a read-back
+        in the same round trip."""
+        return Request(self.type, self.flags | NLM_F_ECHO, self.ifindex, self.handle,
+                       self.parent, self.info, self.body, self.what)
 
     def encode(self, seq: int) -> bytes:
         tcm = _TCMSG.pack(socket.AF_UNSPEC, self.ifindex, self.handle, self.parent, self.info)
@@ -270,10 +411,31 @@ def get_root_qdisc(ifindex: int, what: str) -> Request:
     return Request(RTM_GETQDISC, NLM_F_ECHO, ifindex, 0, TC_H_ROOT, 0, b"", what)
 
 
-def set_class(ifindex: int, major: int, minor: int, p: HtbParams, what: str) -> Request:
-    """Create or change (no NLM_F_EXCL: the kernel changes an existing class in place)."""
+def set_class(ifindex: int, major: int, minor: int, p: HtbParams, what: str,
+              parent: int = 0) -> Request:
+    """Create or change (no NLM_F_EXCL: the kernel changes an existing class in place).
+    ``parent``: the parent class's minor (0: the qdisc itself; HTB cannot move a class
+    to another parent, a change of parent is a delete and a create)."""
     return Request(RTM_NEWTCLASS, NLM_F_CREATE, ifindex, handle(major, minor),
-                   handle(major, 0), 0, htb_class_options(p), what)
+                   handle(major, parent), 0, htb_class_options(p), what)
+
+
+def set_leaf(ifindex: int, classid: int, leaf: Leaf, what: str) -> Request:
+    """The qdisc under class ``classid``: handle 0 with CREATE|REPLACE is tc's
+    ``qdisc replace parent X``: the kernel changes a leaf of the same kind in place,
+    grafts a new one (handle picked by the kernel) in place of a different kind or of
+    the class's default pfifo."""
+    return Request(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, ifindex, 0, classid, 0,
+                   leaf_options(leaf), what)
+
+
+def del_leaf(ifindex: int, classid: int, what: str) -> Request:
+    """Remove the qdisc under class ``classid``: HTB grafts its own pfifo back."""
+    return Request(RTM_DELQDISC, 0, ifindex, 0, classid, 0, b"", what)
+
+
+def get_leaf(ifindex: int, classid: int, what: str) -> Request:
+    return Request(RTM_GETQDISC, NLM_F_ECHO, ifindex, 0, classid, 0, b"", what)
 
 
 def del_class(ifindex: int, major: int, minor: int, what: str) -> Request:
@@ -315,7 +477,7 @@ class Netlink:
                                   socket.NETLINK_ROUTE)
         self.sock.settimeout(timeout)  # the kernel always answers; never wait unbounded
         # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) as root, else the capped plain ones
-        for force, plain, size in ((33, socket.SO_RCVBUF, 8 << 20),
+        for force, plain, size in ((33, socket.SO_RCVBUF, _rcvbuf()),
                                    (32, socket.SO_SNDBUF, 4 << 20)):
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, force, size)
@@ -326,6 +488,7 @@ class Netlink:
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.chunk = self.CHUNK
         self.writes = 0  # kernel writes requested (new/del)
         self.reads = 0
 
@@ -348,8 +511,8 @@ class Netlink:
         That halves the messages read back (one ``recv`` each).
         """
         replies: list[Reply] = []
-        for start in range(0, len(requests), self.CHUNK):
-            chunk = requests[start:start + self.CHUNK]
+        for start in range(0, len(requests), self.chunk):
+            chunk = requests[start:start + self.chunk]
             first = self.seq + 1
             data = bytearray()
             for req in chunk:
@@ -375,7 +538,7 @@ class Netlink:
                         continue
                     if mtype == NLMSG_ERROR:
                         reply.error, reply.extack = _parse_error(msg)
-                    elif mtype != NLMSG_DONE:
+                    elif mtype not in _NOT_OBJECTS:  # a get's answer, a write's echo
                         reply.objects.append(_parse_tc(msg))
             replies.extend(out[first + i] for i in range(len(chunk)))
         return replies
@@ -402,7 +565,16 @@ class Netlink:
                 objects.append(_parse_tc(msg))
 
     def _receive(self) -> Iterable[tuple[int, int, memoryview]]:
-        data = memoryview(self.sock.recv(1 << 20))
+        try:
+            data = memoryview(self.sock.recv(1 << 20))
+        except TimeoutError:
+            raise NetlinkLost(errno.ETIMEDOUT, "netlink: no answer from the kernel in "
+                              f"{self.sock.gettimeout()} s") from None
+        except OSError as err:
+            if err.errno != errno.ENOBUFS:
+                raise
+            raise NetlinkLost(errno.ENOBUFS, "netlink: replies lost (ENOBUFS: receive "
+                              "buffer overflowed)") from None
         pos = 0
         while pos + _NLMSG.size <= len(data):
             length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, pos)

@@ -1,8 +1,11 @@
-"""Shaping in the real Ganeti lab: Ganeti's own hooks shape an instance's tap, the
-guest's own traffic (iperf3 in the guest to a server on the other node) leaves and
-arrives at the rates its tag and the config set, a live migration moves the shaping
-(target builds, source drops), and clear + the boot command restore it. The lab's
-nodes run this machine's kernel (no cls_fw): the classifier probe picks CLASSIFY there."""
+"""Shaping in the real Ganeti lab: Ganeti's own hooks shape an instance's tap (its
+netdev mark chain and uplink class), the guest's own traffic (iperf3 in the guest to a
+server on the other node) leaves and arrives at the rates its tag and the config set, a
+live migration moves the shaping (target builds, source drops), clear + the boot command
+restore it, and a tag changed with `gnt-instance add-tags` (Ganeti runs no hook for it)
+reaches the class through `hookpack shaping apply --all`, which asks Ganeti's confd. The
+lab's nodes run this machine's kernel: the probe picks cls_bpf there; no br_netfilter
+sysctl is set."""
 
 from __future__ import annotations
 
@@ -40,7 +43,6 @@ def lab(ganeti_lab):
         original = cfg.read_text()
         if "[shaping]" not in original:
             cfg.write_text(original + SHAPING)
-        ganeti_lab.run_on(node, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"])
     yield ganeti_lab
     ganeti_lab.gnt("gnt-instance", "remove", "-f", "--shutdown-timeout=0", INST, check=False)
     for node in (N1, N2):
@@ -55,12 +57,17 @@ def _tap(lab, node) -> str | None:
 
 
 def _classes(lab, node) -> dict[str, str]:
+    """class -> its limit (ceil: in the class tree a VM class's rate is its guarantee)."""
     out = lab.run_on(node, ["tc", "class", "show", "dev", "eth1"], check=True).stdout
-    return dict(re.findall(r"class htb (\S+) root .*?rate (\S+)", out))
+    return dict(re.findall(r"class htb (\S+) (?:root|parent \S+) .*?ceil (\S+)", out))
 
 
-def _rules(lab, node) -> str:
-    return lab.run_on(node, ["iptables", "-t", "mangle", "-S"], check=True).stdout
+def _marks(lab, node) -> dict[str, dict]:
+    """hookpack's netdev table on the node, read with nft: tap -> device, mark, comment."""
+    from tests.shaping.conftest import parse_nft
+
+    out = lab.run_on(node, ["nft", "list", "table", "netdev", "hookpack"]).stdout
+    return parse_nft(out)
 
 
 def test_add_shapes_the_new_instance_on_its_primary(lab):
@@ -68,11 +75,13 @@ def test_add_shapes_the_new_instance_on_its_primary(lab):
     tap = _tap(lab, N2)
     assert tap
     assert "20Mbit" in _classes(lab, N2).values()
-    rules = _rules(lab, N2)
-    assert f"--physdev-in {tap} " in rules and f"hookpack:{INST}:0" in rules
+    marks = _marks(lab, N2)
+    assert marks[tap]["device"] == tap and marks[tap]["comment"] == f"hookpack:{INST}:0"
+    assert f"4850:{marks[tap]['mark']:x}" in _classes(lab, N2)
     tap_qdisc = lab.run_on(N2, ["tc", "qdisc", "show", "dev", tap], check=True).stdout
     assert "htb 4850:" in tap_qdisc
-    assert f"hookpack:{INST}" not in _rules(lab, N1)
+    assert " bpf " in lab.run_on(N2, ["tc", "filter", "show", "dev", "eth1"]).stdout
+    assert not any(m["comment"] == f"hookpack:{INST}:0" for m in _marks(lab, N1).values())
 
 
 def test_the_guests_traffic_runs_at_its_rates(lab, tmp_path):
@@ -101,19 +110,40 @@ def test_migrate_target_shaped_source_clean(lab):
     assert lab.instance_info(INST, ["pnode"])["pnode"] == N1
     new_tap = _tap(lab, N1)
     assert new_tap and _tap(lab, N2) is None
-    assert f"--physdev-in {new_tap} " in _rules(lab, N1)
+    assert _marks(lab, N1)[new_tap]["comment"] == f"hookpack:{INST}:0"
     assert "20Mbit" in _classes(lab, N1).values()  # the tag travelled with the hook env
-    assert f"hookpack:{INST}" not in _rules(lab, N2)
-    assert set(_classes(lab, N2)) <= {"4850:1"}  # only the default class left
+    assert _marks(lab, N2) == {}
+    assert set(_classes(lab, N2)) <= {"4850:1", "4850:2"}  # root and host classes left
 
 
 def test_clear_and_boot_apply_restore_everything(lab):
-    before_classes, before_rules = _classes(lab, N1), _rules(lab, N1)
-    assert "20Mbit" in before_classes.values() and f"hookpack:{INST}" in before_rules
+    before_classes, before_marks = _classes(lab, N1), _marks(lab, N1)
+    assert "20Mbit" in before_classes.values() and before_marks
     lab.run_on(N1, [HOOKPACK, "shaping", "clear", "--all", "--yes"], check=True)
-    assert f"hookpack:{INST}" not in _rules(lab, N1) and _classes(lab, N1) == {}
+    assert _marks(lab, N1) == {} and _classes(lab, N1) == {}
     out = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout
     assert "change(s)" in out
-    assert _classes(lab, N1) == before_classes and _rules(lab, N1) == before_rules
+    assert _classes(lab, N1) == before_classes and _marks(lab, N1) == before_marks
     again = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout
-    assert "0 change(s), 0 netlink write(s), 0 iptables-restore call(s)" in again
+    assert "0 change(s), 0 netlink write(s), 0 nf_tables transaction(s)" in again
+
+
+def test_a_tag_added_without_a_hook_reaches_the_class(lab):
+    """Ganeti runs no hook for `gnt-instance add-tags`: `apply --all` (the timer's
+    command) asks Ganeti's confd for the current tags."""
+    lab.gnt("gnt-instance", "add-tags", INST, "hookpack:egress:5mbit")
+    out = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout
+    print(out)
+    assert "5Mbit" in _classes(lab, N1).values(), out
+    assert "tags from the last hook" not in out, out
+    # a non-master node asks confd the same way (N2 holds no runtime file of INST)
+    uuid = lab.instance_info(INST, ["uuid"])["uuid"]
+    code = ("from pathlib import Path; from hookpack import confd; "
+            f"a = confd.query('/instances/{uuid}/tags', Path('/var/lib/ganeti')); "
+            "print(sorted(a.value), a.serial, a.peer)")
+    seen = lab.run_on(N2, [str(VENV / "bin" / "python"), "-c", code], check=True).stdout
+    print(f"confd from {N2}: {seen.strip()}")
+    assert "'hookpack:egress:5mbit'" in seen and "'hookpack:egress:20mbit'" in seen
+    lab.gnt("gnt-instance", "remove-tags", INST, "hookpack:egress:5mbit")
+    lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True)
+    assert "20Mbit" in _classes(lab, N1).values()

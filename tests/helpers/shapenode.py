@@ -35,8 +35,7 @@ class HookpackNode:
             f'egress_rate = "{default_rate}"\ningress_rate = "{default_rate}"\n'
             f"ipv6 = {'true' if ipv6 else 'false'}\n")
         self.config.chmod(0o600)
-        node.exec(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"])
-        node.exec(["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"])
+        # no br_netfilter sysctls: the tap marks need none (issue 16)
 
     def add_vm(self, instance: str | None, egress: str | None = None,
                ingress: str | None = None) -> FakeVM:
@@ -66,6 +65,13 @@ class HookpackNode:
 
     def class_bytes(self, dev: str = "uplink") -> dict[str, int]:
         return class_bytes(self.node.exec(["tc", "-s", "class", "show", "dev", dev]).stdout)
+
+    def marks(self) -> dict[str, dict[str, object]]:
+        """hookpack's netdev table read back with ``nft``: chain -> device, mark, comment."""
+        from tests.shaping.conftest import parse_nft
+
+        out = self.node.exec(["nft", "list", "table", "netdev", "hookpack"], check=False)
+        return parse_nft(out.stdout)
 
     def fw_filters(self, dev: str = "uplink") -> set[tuple[str, str]]:
         """(handle/mask, classid) of the fw filters on dev, read with tc (text: iproute2

@@ -32,17 +32,71 @@ with IPRoute() as ipr:
     idx = ipr.link_lookup(ifname=sys.argv[1])[0]
     for c in ipr.get_classes(idx):
         h = c.get("handle")
+        if c.get_attr("TCA_KIND") != "htb":
+            continue  # a tbf leaf's own class
         p = c.get_nested("TCA_OPTIONS", "TCA_HTB_PARMS") or {}
         st = c.get_nested("TCA_STATS2", "TCA_STATS_BASIC") or {}
+        qs = c.get_nested("TCA_STATS2", "TCA_STATS_QUEUE") or {}
         rate, ceil = p.get("rate", 0), p.get("ceil", 0)
+        # above 2^32 bytes/s the kernel sends TCA_HTB_RATE64/CEIL64 (the 32-bit field
+        # then holds 2^32-1)
+        rate = c.get_nested("TCA_OPTIONS", "TCA_HTB_RATE64") or rate
+        ceil = c.get_nested("TCA_OPTIONS", "TCA_HTB_CEIL64") or ceil
         out[f"{h >> 16:x}:{h & 0xffff:x}"] = {
             "kind": c.get_attr("TCA_KIND"), "rate": rate, "ceil": ceil,
             "burst": round(p.get("buffer", 0) * 64 * rate / 1e9),
             "cburst": round(p.get("cbuffer", 0) * 64 * ceil / 1e9),
             "quantum": p.get("quantum"), "bytes": st.get("bytes", 0),
-            "packets": st.get("packets", 0)}
+            "packets": st.get("packets", 0), "drops": qs.get("drops", 0),
+            "parent": f"{c['parent'] >> 16:x}:{c['parent'] & 0xffff:x}"}
 print(json.dumps(out))
 """
+
+
+_READ_LEAVES = """
+import json, sys
+from pyroute2 import IPRoute
+out = {}
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    for q in ipr.get_qdiscs(idx):
+        p = q.get("parent")
+        if p == 0xFFFFFFFF or p >> 16 != 0x4850:
+            continue  # roots, and a tbf leaf's own fifo
+        kind = q.get_attr("TCA_KIND")
+        opts = q.get_attr("TCA_OPTIONS")
+        row = {"kind": kind, "handle": q.get("handle")}
+        if kind == "tbf":
+            parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
+            # pyroute2 leaves TCA_TBF_RATE64 undecoded: the rate is read with tc -j
+            row["limit"] = parms.get("limit")
+        elif kind in ("bfifo", "pfifo"):
+            row["limit"] = opts.get("limit") if isinstance(opts, dict) else None
+        out[f"{p >> 16:x}:{p & 0xffff:x}"] = row
+print(json.dumps(out))
+"""
+
+
+def parse_nft(text: str) -> dict[str, dict]:
+    import re
+
+    out: dict[str, dict] = {}
+    chain = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("chain "):
+            chain = line.split()[1]
+            out[chain] = {"device": None, "mark": None, "comment": None, "rules": 0}
+        elif chain and line.startswith("type filter hook ingress"):
+            dev = re.search(r'device "?([^" ]+)"?', line)
+            out[chain]["device"] = dev.group(1) if dev else None
+        elif chain and line.startswith("meta mark set"):
+            out[chain]["rules"] += 1
+            m = re.search(r"\| (0x[0-9a-f]+)", line)
+            c = re.search(r'comment "([^"]*)"', line)
+            out[chain]["mark"] = int(m.group(1), 16) if m else None
+            out[chain]["comment"] = c.group(1) if c else None
+    return out
 
 
 class Shaper:
@@ -94,9 +148,25 @@ class Shaper:
         HTB classes as text): handle -> rate, ceil, burst, cburst, quantum, bytes, packets."""
         return json.loads(self.node.run(PYTHON, "-c", _READ_CLASSES, dev))
 
+    def leaves(self, dev: str = "up0") -> dict[str, dict]:
+        """Leaf qdiscs of the device read back with pyroute2: parent class -> kind, handle,
+        limit (bytes) and, for tbf, rate. HTB's default pfifo is not listed."""
+        return json.loads(self.node.run(PYTHON, "-c", _READ_LEAVES, dev))
+
     def rules(self, family: int = 4) -> list[str]:
+        """Lines of the old iptables classifier (none are ever written now)."""
         return [line for line in self.node.iptables_save(family).splitlines()
                 if "HOOKPACK-SHAPE" in line and line.startswith("-A")]
+
+    def marks(self) -> dict[str, dict]:
+        """hookpack's netdev table read back with the nft tool: chain -> device, mark,
+        comment (mark from ``meta mark set meta mark & M | V``)."""
+        text = self.node.run("nft", "list", "table", "netdev", "hookpack", check=False)
+        return parse_nft(text)
+
+    def filters(self, dev: str = "up0") -> list[str]:
+        return [line for line in self.node.run("tc", "filter", "show", "dev", dev).splitlines()
+                if "handle" in line]
 
     def close(self) -> None:
         self.node.close()

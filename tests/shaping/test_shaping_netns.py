@@ -1,13 +1,13 @@
 """Shaping against real kernel objects in network namespaces (root).
 
-This kernel has no cls_fw, so these tests run the CLASSIFY path (forced through
-shaping.classifier, as "auto" would choose here); the fw path is proven in the stock
-Debian kernel guest (branch shapeproof). Traffic is sent only inside the namespaces.
+Frames are marked per tap by nf_tables netdev chains; on the uplink one cls_bpf
+program maps mark -> class (this kernel has no cls_fw; the fw path runs in the stock
+Debian kernel guest, tests/shaping_guest). Objects are read back with ``nft`` and
+``tc``/pyroute2. Traffic is sent only inside the namespaces.
 """
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +25,20 @@ SAMPLES = next((p for p in (_SAMPLES, Path("/work/shared/reference/ganeti-env-sa
 pytestmark = pytest.mark.netns
 
 
+def _tc_classes(s, dev: str) -> list[dict]:
+    """``tc class show`` as text (iproute2 6.1 prints HTB classes so under -j):
+    handle and parent per class."""
+    out = []
+    for line in s.node.run("tc", "class", "show", "dev", dev).splitlines():
+        words = line.split()
+        if len(words) > 3 and words[0] == "class":
+            row = {"handle": words[2]}
+            if words[3] == "parent":
+                row["parent"] = words[4]
+            out.append(row)
+    return out
+
+
 def _setup(s, *vm_taps: str) -> None:
     for tap in vm_taps:
         s.node.add_tap(tap, vm=True)
@@ -40,27 +54,54 @@ def test_apply_creates_exactly_the_desired_objects(shaper):
     out = s.cli("apply", "--all")
     assert not out["failures"]
     classes = s.classes()
-    assert set(classes) == {"4850:1", "4850:10", "4850:11", "4850:12"}
+    assert set(classes) == {"4850:1", "4850:2", "4850:10", "4850:11", "4850:12"}
+    # root class at uplink_rate (default 10gbit), host class guaranteed uplink_rate/10
+    assert classes["4850:1"]["rate"] == classes["4850:1"]["ceil"] == 10**10 // 8
+    assert classes["4850:2"]["rate"] == 10**9 // 8 and classes["4850:2"]["ceil"] == 10**10 // 8
     for handle in ("4850:10", "4850:11", "4850:12"):
-        c = classes[handle]
-        assert c["rate"] == 10_000_000 // 8 and c["ceil"] == 10_000_000 // 8
-        assert c["burst"] == 12500 and c["cburst"] == 12500 and c["quantum"] == 1500
-    qdiscs = {q["dev"]: q for q in s.node.tc_json("qdisc", "show")}
+        c = classes[handle]  # guaranteed 1mbit, limited to the 10mbit of the config
+        assert c["rate"] == 1_000_000 // 8 and c["ceil"] == 10_000_000 // 8
+        assert c["burst"] == 1500 and c["cburst"] == 12500 and c["quantum"] == 1506
+    parents = {c["handle"]: c.get("parent") for c in _tc_classes(s, "up0")}
+    assert parents["4850:1"] is None  # the root
+    assert {parents[h] for h in ("4850:2", "4850:10", "4850:11", "4850:12")} == {"4850:1"}
+    qdiscs = {q["dev"]: q for q in s.node.tc_json("qdisc", "show") if q.get("root")}
     assert qdiscs["up0"]["kind"] == "htb" and qdiscs["up0"]["handle"] == "4850:"
-    assert qdiscs["up0"]["options"]["default"] == "0x1"
+    assert qdiscs["up0"]["options"]["default"] == "0x2"
+    # every leaf class has a bounded leaf: fq_codel where the kernel has it, else (this
+    # kernel) a segmenting tbf at 1 Tbit/s over a fifo of 10 ms at the class's ceil
+    leaves = s.leaves("up0")
+    kind = leaves["4850:2"]["kind"]
+    assert kind in ("fq_codel", "tbf")
+    assert set(leaves) == {"4850:2", "4850:10", "4850:11", "4850:12"}  # not under 4850:1
+    if kind == "tbf":
+        assert leaves["4850:2"]["limit"] == 10**10 // 8 // 100
+        for handle in ("4850:10", "4850:11", "4850:12"):
+            assert leaves[handle]["kind"] == "tbf" and leaves[handle]["limit"] == 12500
+        tc_rates = {q["parent"]: q["options"]["rate"]
+                    for q in s.node.tc_json("qdisc", "show", "dev", "up0") if q["kind"] == "tbf"}
+        assert set(tc_rates.values()) == {10**12 // 8}  # 64-bit: TCA_TBF_RATE64
+    for tap in ("tap0", "tap1", "tap5"):  # to-VM: 20mbit -> 25000 bytes
+        tap_leaf = s.leaves(tap)["4850:1"]
+        assert tap_leaf["kind"] == kind
+        assert kind == "fq_codel" or tap_leaf["limit"] == 25000
     for tap in ("tap0", "tap1", "tap5"):
         assert qdiscs[tap]["kind"] == "htb"
         tap_classes = s.classes(tap)
         assert list(tap_classes) == ["4850:1"] and tap_classes["4850:1"]["rate"] == 20_000_000 // 8
     assert qdiscs["br0"]["kind"] == "noqueue"  # the bridge is never touched
-    for family in (4, 6):
-        rules = s.rules(family)
-        assert len(rules) == 4  # jump + 3 taps
-        assert any(r.startswith("-A FORWARD ") and r.endswith("-j HOOKPACK-SHAPE") for r in rules)
-        taps = sorted(r.split("--physdev-in ")[1].split()[0] for r in rules if "physdev" in r)
-        assert taps == ["tap0", "tap1", "tap5"]
-    # the fw/u32 classifiers are not used: no filter at all on the uplink
-    assert s.node.tc_json("filter", "show", "dev", "up0") == []
+    marks = s.marks()
+    assert marks == {
+        "tap0": {"device": "tap0", "mark": 0x10, "comment": "hookpack:web1.example.test:0",
+                 "rules": 1},
+        "tap5": {"device": "tap5", "mark": 0x12, "comment": "hookpack:web1.example.test:1",
+                 "rules": 1},
+        "tap1": {"device": "tap1", "mark": 0x11, "comment": "hookpack:db1.example.test:0",
+                 "rules": 1}}
+    assert s.rules(4) == [] and s.rules(6) == []  # no iptables, no br_netfilter needed
+    # one classifier on the uplink: a cls_bpf program (no fw, no u32)
+    (line,) = s.filters()
+    assert " bpf " in line and "pref 4850" in line and "bytecode" in line, line
 
 
 def test_second_apply_makes_zero_kernel_writes(shaper):
@@ -69,12 +110,12 @@ def test_second_apply_makes_zero_kernel_writes(shaper):
     s.node.nic("a.example.test", 0, "tap0")
     s.node.nic("b.example.test", 0, "tap1")
     first = s.cli("apply", "--all")
-    assert first["writes"]["netlink"] > 0 and first["writes"]["iptables"] == 2
+    assert first["writes"]["netlink"] > 0 and first["writes"]["nf_tables"] == 1
     again = s.cli("apply", "--all")
     assert again["changes"] == []
-    assert again["writes"] == {"netlink": 0, "iptables": 0}
+    assert again["writes"] == {"netlink": 0, "nf_tables": 0}
     one = s.cli("apply", "a.example.test")
-    assert one["writes"] == {"netlink": 0, "iptables": 0}
+    assert one["writes"] == {"netlink": 0, "nf_tables": 0} and not one["whole_node"]
 
 
 def test_changing_one_instance_touches_only_its_objects(shaper):
@@ -84,20 +125,23 @@ def test_changing_one_instance_touches_only_its_objects(shaper):
     s.node.nic("b.example.test", 0, "tap1")
     s.cli("apply", "--all")
     before = s.classes()
-    rules_before = s.rules()
+    marks_before = s.marks()
     # NIC hotplug on b: a second tap
     s.node.add_tap("tap2")
     s.node.nic("b.example.test", 1, "tap2")
     out = s.cli("apply", "b.example.test")
-    # exactly: class on the uplink, qdisc + class on the new tap; one restore per family
-    assert out["writes"] == {"netlink": 3, "iptables": 2}
+    # exactly: class + leaf on the uplink, qdisc + class + leaf on the new tap; one
+    # nf_tables batch
+    assert out["writes"] == {"netlink": 5, "nf_tables": 1}
     after = s.classes()
-    for handle in ("4850:1", "4850:10", "4850:11"):  # a's and b's existing classes intact
+    for handle in ("4850:1", "4850:2", "4850:10", "4850:11"):  # existing classes intact
         counters = ("bytes", "packets")
         assert {k: v for k, v in after[handle].items() if k not in counters} == \
             {k: v for k, v in before[handle].items() if k not in counters}
     assert set(after) == set(before) | {"4850:12"}
-    assert set(rules_before) < set(s.rules())
+    marks = s.marks()
+    assert {t: marks[t] for t in marks_before} == marks_before
+    assert marks["tap2"]["mark"] == 0x12 and marks["tap2"]["device"] == "tap2"
 
 
 def test_stop_removes_the_instance_and_nothing_else(shaper):
@@ -111,21 +155,20 @@ def test_stop_removes_the_instance_and_nothing_else(shaper):
     s.node.del_link("tap0")
     out = s.cli("apply", "a.example.test")
     assert not out["failures"]
-    assert set(s.classes()) == {"4850:1", "4850:11"}
-    rules = s.rules()
-    assert not any("tap0" in r for r in rules) and any("tap1" in r for r in rules)
+    assert set(s.classes()) == {"4850:1", "4850:2", "4850:11"}
+    assert set(s.marks()) == {"tap1"}
     # a stopped instance whose tap still exists loses its to-VM qdisc too
     s.node.nic("b.example.test", 0, None)
     s.cli("apply", "b.example.test")
     assert s.node.tc_json("qdisc", "show", "dev", "tap1")[0]["kind"] != "htb"
-    assert set(s.classes()) == {"4850:1"}
+    assert set(s.classes()) == {"4850:1", "4850:2"}
 
 
 def test_instance_not_running_here_writes_nothing(shaper):
     s = shaper()
     # a secondary, or the master: no nic/ files for the instance, nothing shaped yet
     out = s.cli("apply", "gone.example.test")
-    assert out["changes"] == [] and out["writes"] == {"netlink": 0, "iptables": 0}
+    assert out["changes"] == [] and out["writes"] == {"netlink": 0, "nf_tables": 0}
     assert s.node.tc_json("qdisc", "show", "dev", "up0")[0]["kind"] == "noqueue"
     # ... and a foreign uplink qdisc is no reason to fail there
     s.node.run("tc", "qdisc", "add", "dev", "up0", "root", "handle", "7:", "pfifo")
@@ -142,9 +185,15 @@ def test_foreign_qdiscs_and_rules_survive(shaper):
         "*mangle\n:OTHER - [0:0]\n-A PREROUTING -j OTHER\n"
         "-A FORWARD -m comment --comment admin -j MARK --set-xmark 0x4000/0x4000\n"
         "-A OTHER -j RETURN\nCOMMIT\n"))
+    s.node.run("nft", "-f", "-", input=(
+        "table netdev admin {\n chain in9 { type filter hook ingress device tap9 priority 0;"
+        " counter; }\n}\n"))
     s.node.nic("a.example.test", 0, "tap0")
     s.cli("apply", "--all")
+    assert set(s.marks()) == {"tap0"}
     s.cli("clear", "--all", "--yes")
+    assert "chain in9" in s.node.run("nft", "list", "table", "netdev", "admin")
+    assert s.marks() == {}
     save = s.node.iptables_save()
     assert "-A PREROUTING -j OTHER" in save and "-A OTHER -j RETURN" in save
     assert "--comment admin" in save and "HOOKPACK" not in save
@@ -161,7 +210,7 @@ def test_foreign_root_qdisc_on_the_uplink_is_refused(shaper):
     assert code == 1
     assert "hookpack did not create" in err and "Traceback" not in err + out
     assert s.node.tc_json("qdisc", "show", "dev", "up0")[0]["handle"] == "7:"
-    assert s.rules() == []
+    assert s.marks() == {}
 
 
 def test_vanished_tap_is_skipped_with_a_note(shaper):
@@ -172,7 +221,7 @@ def test_vanished_tap_is_skipped_with_a_note(shaper):
     out = s.cli("apply", "--all")
     assert not out["failures"]
     assert any("tapgone" in n and "skipped" in n for n in out["notes"])
-    assert set(s.classes()) == {"4850:1", "4850:10"}
+    assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
 
 
 def test_forcing_fw_where_cls_fw_is_missing_fails_cleanly(shaper):
@@ -194,9 +243,12 @@ def test_auto_classifier_probe_and_doctor(shaper):
                                            text=True, check=False).stderr  # tc knows fw
     assert kernel_has_fw  # sanity: userspace knows the fw classifier
     # on this kernel (no cls_fw, no CLS_U32_MARK) the probe must say so
-    assert "cls_fw                     False" in out
-    assert "trap" in out
-    assert "classify: no usable cls_fw" in out
+    facts = dict(line.split(None, 1) for line in out.splitlines() if line[:1].isalpha()
+                 and not line.startswith("warning"))
+    assert facts["cls_fw"] == "False" and facts["cls_bpf"] == "True"
+    assert facts["nft_netdev"] == "True" and "trap" in facts["u32_mark"]
+    assert facts["classifier"].startswith("marks: nf_tables netdev ingress chain per tap; "
+                                          "mark -> class: cls_bpf (cls_bpf present")
 
 
 def _udp_blast(ns: str, dst: str, count: int, size: int = 1000) -> None:
@@ -205,7 +257,7 @@ def _udp_blast(ns: str, dst: str, count: int, size: int = 1000) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", code], check=True, timeout=60)
 
 
-def test_classify_fallback_classifies_real_traffic(shaper):
+def test_marks_classify_real_traffic(shaper):
     s = shaper()
     _setup(s, "tap0", "tap1")
     s.node.add_tap("tapx", vm=True)  # an unshaped VM: must land in the default class
@@ -218,11 +270,12 @@ def test_classify_fallback_classifies_real_traffic(shaper):
     classes = s.classes()
 
     def sent(handle: str) -> tuple[int, int]:
-        return classes[handle]["bytes"], classes[handle]["packets"]
+        """bytes sent, packets sent + dropped (the bounded leaf drops part of a blast)"""
+        return classes[handle]["bytes"], classes[handle]["packets"] + classes[handle]["drops"]
     a_bytes, a_pkts = sent("4850:10")
-    assert a_pkts >= 50 and a_bytes >= 50 * 1000
+    assert a_pkts >= 50 and a_bytes >= 10 * 1000
     assert sent("4850:11")[1] == 0  # b sent nothing
-    assert sent("4850:1")[1] >= 30  # unshaped VM (and ARP) in the default class
+    assert sent("4850:2")[1] >= 30  # unshaped VM (and ARP) in the host's (default) class
     # to-VM direction: world -> b passes tap1's own HTB class
     _udp_blast(s.node.world, "192.0.2.11", 40)
     assert s.classes("tap1")["4850:1"]["packets"] >= 40
@@ -243,22 +296,22 @@ def test_hook_tags_lower_the_rate_and_are_capped(shaper):
                     GANETI_POST_INSTANCE_TAGS="hookpack:egress:5mbit hookpack:ingress:1mbit")
     code, err = s.hook(env)
     assert code == 0 and "shaping: inst1.example.test: changed" in err, err
-    assert s.classes()["4850:10"]["rate"] == 5_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 5_000_000 // 8
     assert s.classes("tap0")["4850:1"]["rate"] == 1_000_000 // 8
     # a user raising their own limit above the maximum gets the maximum
     env["GANETI_POST_INSTANCE_TAGS"] = "hookpack:egress=900mbit"
     code, err = s.hook(env)
-    assert s.classes()["4850:10"]["rate"] == 50_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 50_000_000 // 8
     assert "capped" in err
     # the last known tags are persisted: a reconcile with no hook environment keeps them
     s.cli("clear", "--all", "--yes")
     s.cli("apply", "--all")
-    assert s.classes()["4850:10"]["rate"] == 50_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 50_000_000 // 8
     # a malformed tag is ignored (default rate), never an error
     env["GANETI_POST_INSTANCE_TAGS"] = "hookpack:egress=lots"
     code, err = s.hook(env)
     assert code == 0 and "tag ignored" in err
-    assert s.classes()["4850:10"]["rate"] == 10_000_000 // 8
+    assert s.classes()["4850:10"]["ceil"] == 10_000_000 // 8
 
 
 def test_migrate_source_drops_and_target_builds(shaper):
@@ -270,7 +323,7 @@ def test_migrate_source_drops_and_target_builds(shaper):
     src.node.nic(inst, 0, "tap3")
     src.node.nic("other.example.test", 0, "tap4")
     src.cli("apply", "--all")
-    assert len(src.classes()) == 3
+    assert len(src.classes()) == 4
     # live migration: the target's QEMU got a new tap; the source's is gone
     dst.node.add_tap("tap0")
     dst.node.nic(inst, 0, "tap0")
@@ -280,10 +333,10 @@ def test_migrate_source_drops_and_target_builds(shaper):
                          (dst, "instance-migrate-post-node2")):
         code, err = node.hook(_hook_env(sample))
         assert code == 0 and "shaping" in err and "failed" not in err, err
-    assert set(src.classes()) == {"4850:1", "4850:11"}  # only the other instance left
-    assert not any("tap3" in r for r in src.rules())
-    assert set(dst.classes()) == {"4850:1", "4850:10"}
-    assert any("tap0" in r and inst in r for r in dst.rules())
+    assert set(src.classes()) == {"4850:1", "4850:2", "4850:11"}  # the other instance's
+    assert set(src.marks()) == {"tap4"}
+    assert set(dst.classes()) == {"4850:1", "4850:2", "4850:10"}
+    assert dst.marks()["tap0"]["comment"] == f"hookpack:{inst}:0"
     assert dst.node.tc_json("qdisc", "show", "dev", "tap0")[0]["kind"] == "htb"
 
 
@@ -293,12 +346,13 @@ def test_clear_then_boot_apply_restores_everything(shaper):
     s.node.nic("a.example.test", 0, "tap0")
     s.node.nic("b.example.test", 0, "tap1")
     s.cli("apply", "--all")
-    classes, rules = s.classes(), s.rules()
+    classes, marks = s.classes(), s.marks()
     out = s.cli("clear", "--all", "--yes")
-    assert not out["failures"] and s.rules() == []
+    assert not out["failures"] and s.marks() == {}
+    assert "hookpack" not in s.node.run("nft", "list", "tables")
     assert s.node.tc_json("qdisc", "show", "dev", "up0")[0]["kind"] == "noqueue"
     s.cli("apply", "--all")
-    assert set(s.classes()) == set(classes) and s.rules() == rules
+    assert set(s.classes()) == set(classes) and s.marks() == marks
 
 
 def test_plan_writes_nothing_and_show_reports(shaper):
@@ -306,12 +360,17 @@ def test_plan_writes_nothing_and_show_reports(shaper):
     _setup(s, "tap0")
     s.node.nic("a.example.test", 0, "tap0")
     plan = s.cli("plan", "--all")
-    assert plan["changes"] and plan["writes"] == {"netlink": 0, "iptables": 0}
-    assert s.rules() == []
+    assert plan["changes"] and plan["writes"] == {"netlink": 0, "nf_tables": 0}
+    assert s.marks() == {}
     s.cli("apply", "--all")
     show = s.cli("show")
     assert show["taps"][0]["tap"] == "tap0" and show["taps"][0]["egress"] == "10mbit"
-    assert show["pending_changes"] == []
+    assert show["taps"][0]["marked"] and show["in_step"] and show["pending_changes"] == []
+    # the chain flushed by hand: show says out of step, never "in step"
+    s.node.run("nft", "flush", "chain", "netdev", "hookpack", "tap0")
+    show = s.cli("show")
+    assert not show["taps"][0]["marked"] and not show["in_step"]
+    assert any("mark 0x10" in c for c in show["pending_changes"])
 
 
 def test_cli_refuses_a_bad_instance_name(shaper):
@@ -335,11 +394,13 @@ def test_hookpack_doctor_shows_the_probe(shaper):
                            "doctor", "--config", str(s.config)], capture_output=True,
                           text=True, timeout=60, check=False)
     lines = [line for line in proc.stdout.splitlines() if "shaping" in line]
-    assert any(line.startswith("PASS shaping classifier: classify (no usable cls_fw")
-               for line in lines), proc.stdout
+    assert any(line.startswith("PASS shaping classifier: marks: nf_tables netdev ingress "
+                               "chain per tap; mark -> class: cls_bpf") for line in lines), \
+        proc.stdout
+    assert any(line.startswith("PASS shaping marks: nf_tables netdev") for line in lines)
     assert any("u32 mark match: dropped" in line for line in lines)
     assert any(line.startswith("PASS shaping uplink: up0") for line in lines)
-    assert any(line.startswith("PASS shaping br_netfilter") for line in lines)
+    assert not any("br_netfilter" in line for line in lines)  # no longer a requirement
 
 
 _MID_APPLY = """
@@ -373,37 +434,5 @@ def test_tap_vanishing_between_plan_and_apply_is_skipped(shaper):
     s.node.nic("b.example.test", 0, None)
     again = s.cli("apply", "--all")
     assert not again["failures"]
-    assert set(s.classes()) == {"4850:1", "4850:10"}
-    assert not any("tap1" in r for r in s.rules())
-
-
-def test_save_cache_follows_the_nf_tables_generation(shaper):
-    s = shaper()
-    _setup(s, "tap0", "tap1")
-    s.node.nic("a.example.test", 0, "tap0")
-    s.node.nic("b.example.test", 0, "tap1")
-    first = s.cli("apply", "--all")
-    assert first["reads"]["iptables_save"] == 2
-    # nobody else touched the ruleset: the next runs read hookpack's rules from the
-    # cache, also after hookpack's own writes (NIC hotplug)
-    again = s.cli("apply", "--all")
-    assert again["reads"]["iptables_save"] == 0 and again["writes"]["iptables"] == 0
-    s.node.add_tap("tap2")
-    s.node.nic("b.example.test", 1, "tap2")
-    hot = s.cli("apply", "b.example.test")
-    assert hot["reads"]["iptables_save"] == 0 and hot["writes"]["iptables"] == 2
-    assert any("tap2" in r for r in s.rules()) and any("tap2" in r for r in s.rules(6))
-    after = s.cli("apply", "--all")
-    assert after["reads"]["iptables_save"] == 0 and after["changes"] == []
-    # someone deletes one of hookpack's rules by hand: the generation moved, the cache is
-    # not trusted, the rule comes back
-    (line,) = [r for r in s.rules() if "tap0" in r]
-    s.node.run("iptables", "-t", "mangle", "-D", *shlex.split(line)[1:])
-    fixed = s.cli("apply", "--all")
-    assert fixed["reads"]["iptables_save"] == 2
-    assert fixed["writes"]["iptables"] == 1  # IPv4 only: IPv6 was untouched
-    assert any("tap0" in r for r in s.rules())
-    # an unrelated firewall change also moves the generation: read again, change nothing
-    s.node.run("iptables", "-t", "filter", "-A", "INPUT", "-j", "ACCEPT")
-    quiet = s.cli("apply", "--all")
-    assert quiet["reads"]["iptables_save"] == 2 and quiet["changes"] == []
+    assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
+    assert set(s.marks()) == {"tap0"}

@@ -100,15 +100,16 @@ def test_status_and_metrics_counters_match_the_kernel(shaper):
     got = _classes(doc)
     assert set(got) == {"up0 4850:10", "up0 4850:11", "tap0 4850:1", "tap1 4850:1"}
     for key, cls in got.items():
-        assert cls["rate"] == cls["ceil"] == before[key]["rate"] == before[key]["ceil"]
-        assert cls["match"] is True and cls["want_rate"] == cls["rate"]
+        assert cls["rate"] == before[key]["rate"] and cls["ceil"] == before[key]["ceil"]
+        assert cls["match"] is True and cls["want_rate"] == cls["ceil"] >= cls["rate"]
         _within(before[key], cls["counters"], after[key], key)
     a_up = got["up0 4850:10"]
     assert (a_up["instance"], a_up["tap"], a_up["direction"]) == (A, "tap0", "egress")
-    assert a_up["rate"] == 1_000_000  # 8mbit in bytes/s, as the tag asked
+    assert a_up["ceil"] == 1_000_000  # 8mbit in bytes/s, as the tag asked
     assert a_up["counters"]["overlimits"] > 0 and a_up["counters"]["drops"] > 0
     assert a_up["counters"]["packets"] + a_up["counters"]["drops"] >= 1000
-    assert got["tap1 4850:1"]["counters"]["packets"] >= 200  # world -> B
+    b_in = got["tap1 4850:1"]["counters"]  # world -> B (its bounded leaf drops part)
+    assert b_in["packets"] + b_in["drops"] >= 200
 
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     by_tap: dict[tuple[str, str], dict[str, float]] = {}

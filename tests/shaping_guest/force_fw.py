@@ -1,7 +1,7 @@
 """pytest plugin: run the shaping engineer's netns tests with the classifier forced to fw.
 
 ``tests/shaping/conftest.py``'s ``Shaper.write_config`` defaults to
-``classifier = "classify"`` (the host kernel has no cls_fw); loaded with
+``classifier = "classify"`` (= auto: cls_bpf); loaded with
 ``-p tests.shaping_guest.force_fw`` inside the stock-kernel guest, the default
 becomes ``fw``. A test that passes ``classifier=`` itself keeps its choice.
 Every CLI result of a forced Shaper that names its classifier is checked to be
@@ -32,7 +32,7 @@ def _patch(shaper_cls: Any) -> None:
     def cli_checked(self: Any, *args: str, check: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = cli(self, *args, check=check)
         if getattr(self, "hp_forced_fw", False) and isinstance(out, dict) and "classifier" in out:
-            assert str(out["classifier"]).startswith("fw"), out
+            assert "mark -> class: cls_fw " in str(out["classifier"]), out
             CHECKED["fw"] += 1
         return out
 

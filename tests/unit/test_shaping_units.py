@@ -7,7 +7,7 @@ import re
 import pytest
 
 from hookpack.errors import BadInput, ConfigError
-from hookpack.shaping import netfilter, tc
+from hookpack.shaping import legacy, nft, tc
 from hookpack.shaping.model import (
     MINOR_FIRST,
     QUANTUM_MAX,
@@ -99,35 +99,77 @@ def test_policy_store_persists_only_our_tags(tmp_path):
     assert store.load("web1.example.test") == []
 
 
-def test_rule_spec_and_save_line_round_trip():
-    r = netfilter.Rule("tap3", "web1.example.test", 1, "classify", 0x10, major=0x4850)
-    # iptables-save prints the comment quoted and the class as it was given
-    line = f"-A {r.spec()}"
-    assert netfilter.parse_rule(line) == r
-    m = netfilter.Rule("tap4", "db", 0, "mark", 0x11, mask=0xFFFF)
-    assert netfilter.parse_rule(f"-A {m.spec()}") == m
-    assert netfilter.parse_rule("-A HOOKPACK-SHAPE -j ACCEPT") is None
+def test_nft_mark_rule_round_trips_through_the_dump_parser():
+    msg = nft.new_mark_rule("tap3", 0x10, 0xFFFF, nft.comment("web1.example.test", 1))
+    raw = msg.encode(5)[tc._NLMSG.size:]  # a dump answer has the request's layout
+    table, chain, mark = nft._rule(raw)
+    assert (table, chain) == ("hookpack", "tap3")
+    assert (mark.value, mark.mask, mark.comment) == (0x10, 0xFFFF, "hookpack:web1.example.test:1")
+    assert nft.parse_comment(mark.comment) == ("web1.example.test", 1)
+    assert nft.parse_comment("admin rule") is None
+    chain_msg = nft.new_chain("tap3").encode(6)[tc._NLMSG.size:]
+    assert nft._chain(chain_msg).hooked_on("tap3")
+    assert not nft._chain(chain_msg).hooked_on("tap4")
 
 
-def test_parse_save_separates_ours_and_foreign():
+def test_nft_comment_longer_than_a_udata_field_is_refused():
+    with pytest.raises(ValueError):
+        nft.new_mark_rule("tap3", 0x10, 0xFFFF, "hookpack:" + "a" * 250 + ":0")
+
+
+def _run_cbpf(program: bytes, mark: int) -> int:
+    """A tiny classic BPF interpreter for the opcodes mark_program uses."""
+    ops = [tc._SOCK_FILTER.unpack_from(program, i) for i in range(0, len(program), 8)]
+    a, pc = 0, 0
+    while True:
+        code, jt, jf, k = ops[pc]
+        pc += 1
+        if code == 0x20:
+            assert k == tc.SKF_AD_MARK
+            a = mark
+        elif code == 0x54:
+            a &= k
+        elif code == 0x44:
+            a |= k
+        elif code == 0x15:
+            pc += jt if a == k else jf
+        elif code == 0x25:
+            pc += jt if a > k else jf
+        elif code == 0x16:
+            return a
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"opcode {code:#x}")
+
+
+def test_mark_program_maps_the_mark_to_a_class_or_no_match():
+    prog = tc.mark_program(0x4850, 0xFFFF)
+    assert _run_cbpf(prog, 0x10) == 0x48500010
+    assert _run_cbpf(prog, 0xAB0010) == 0x48500010  # bits outside the mask: someone else's
+    assert _run_cbpf(prog, 0) == 0  # unmarked: no match, the default class
+    wide = tc.mark_program(0x4850, 0xFFFFFFFF)
+    assert _run_cbpf(wide, 0x10000) == 0  # does not fit a minor: no match
+    assert _run_cbpf(wide, 0xFFFE) == 0x4850FFFE
+
+
+def test_legacy_parse_finds_only_hookpacks_old_lines():
     text = "\n".join([
         "*mangle", ":FORWARD ACCEPT [0:0]", ":HOOKPACK-SHAPE - [0:0]",
         "-A FORWARD -m comment --comment hookpack-shape -j HOOKPACK-SHAPE",
         "-A FORWARD -j MARK --set-xmark 0x1/0x1",
         '-A HOOKPACK-SHAPE -m physdev --physdev-in tap0 -m comment --comment '
         '"hookpack:a:0" -j CLASSIFY --set-class 4850:0010',
-        "-A HOOKPACK-SHAPE -j RETURN", "COMMIT"])
-    seen = netfilter.parse_save(text)
-    assert seen.chain and seen.jumps == 1 and len(seen.rules) == 1
-    assert seen.foreign == ["-A HOOKPACK-SHAPE -j RETURN"]
-
-
-def test_changes_declares_the_chain_only_when_missing():
-    r = netfilter.Rule("tap0", "a", 0, "classify", 0x10, major=0x4850)
-    fresh = netfilter.changes(netfilter.Observed(), [r], [], want_chain=True)
-    assert fresh[0] == ":HOOKPACK-SHAPE - [0:0]" and fresh[1].startswith("-I FORWARD 1 ")
-    there = netfilter.changes(netfilter.Observed(chain=True, jumps=1), [r], [], want_chain=True)
-    assert there == [f"-A {r.spec()}"]  # a ":CHAIN" line would flush the chain
+        '-A HOOKPACK-SHAPE -m physdev --physdev-in tap1 -m comment --comment '
+        '"hookpack:b:0" -j MARK --set-xmark 0x11/0xffff', "COMMIT"])
+    found = legacy.parse(text)
+    assert found.chain and len(found.jumps) == 1 and len(found.rules) == 2
+    lines = found.lines()
+    assert lines[-1] == "-X HOOKPACK-SHAPE" and len(lines) == 4
+    assert all("0x1/0x1" not in line for line in lines)
+    # a line hookpack did not write keeps the chain and its jump
+    kept = legacy.parse(text.replace("COMMIT", "-A HOOKPACK-SHAPE -j RETURN\nCOMMIT"))
+    assert kept.foreign == 1 and kept.lines() == [f"-D {r[3:]}" for r in kept.rules]
 
 
 def test_htb_class_encoding_round_trips_through_the_reply_parser():
@@ -149,13 +191,13 @@ def test_settings_need_an_uplink():
 
     raw = {k: f.default for k, f in SETTINGS.items()}
     with pytest.raises(ConfigError, match="uplink"):
-        Settings.from_config(raw, "classify")
+        Settings.from_config(raw, "bpf")
     raw["uplink"] = "eth0"
-    s = Settings.from_config(raw, "classify")
-    assert s.major == 0x4850 and s.families == (4, 6)
+    s = Settings.from_config(raw, "bpf")
+    assert s.major == 0x4850 and s.classifier == "bpf"
     raw["uplink"] = "eth0/../x"
     with pytest.raises(ConfigError):
-        Settings.from_config(raw, "classify")
+        Settings.from_config(raw, "bpf")
 
 
 def test_read_nics_validates_what_it_reads(tmp_path):
@@ -187,20 +229,3 @@ def test_fw_filter_request_layout():
     full = tc.set_fw_filter(7, 0x4850, 1, 0x10, 0x48500010, 0xFFFFFFFF, True, "f").encode(2)
     attrs = tc.parse_attrs(full, tc._NLMSG.size + tc._TCMSG.size)
     assert tc.TCA_FW_MASK not in tc.parse_attrs(attrs[tc.TCA_OPTIONS])
-
-
-def test_scoped_parse_keeps_only_the_minors_of_other_instances():
-    lines = ["-A HOOKPACK-SHAPE -m physdev --physdev-in tap0 -m comment --comment "
-             '"hookpack:a:0" -j CLASSIFY --set-class 4850:0010',
-             "-A HOOKPACK-SHAPE -m physdev --physdev-in tap1 -m comment --comment "
-             '"hookpack:b:0" -j CLASSIFY --set-class 4850:0011',
-             "-A HOOKPACK-SHAPE -m physdev --physdev-in tap2 -m comment --comment "
-             '"hookpack:c:0" -j MARK --set-xmark 0x12/0xffff',
-             "-A HOOKPACK-SHAPE -m physdev --physdev-in tap9 -m comment --comment "
-             '"hookpack:c:1" -j CLASSIFY --set-class 4850:0019']
-    seen = netfilter.parse_save("\n".join(lines),
-                                netfilter.Scope(frozenset({"a"}), frozenset({"tap9"})))
-    assert sorted(r.tap for r in seen.rules) == ["tap0", "tap9"]  # its own, and its tap's
-    assert seen.other_minors == {0x11, 0x12}
-    everything = netfilter.parse_save("\n".join(lines))
-    assert len(everything.rules) == 4 and not everything.other_minors
