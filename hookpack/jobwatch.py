@@ -27,6 +27,7 @@ never replays them.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -35,10 +36,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from hookpack.ganeti_opcodes import OPCODE_HPATH
 from hookpack.runparts import run_parts
+
+if TYPE_CHECKING:
+    from hookpack.config import Config
 
 CURSOR_NAME = "jobwatch.json"
 # Written by the luxid of the master when it starts (Ganeti's utils.DaemonPidFileName).
@@ -198,7 +203,7 @@ def ended_at(op: Mapping[str, Any], job: Mapping[str, Any]) -> float | None:
     for stamp in (op.get("end_timestamp"), job.get("end_timestamp")):
         if (isinstance(stamp, list) and len(stamp) == 2
                 and all(isinstance(x, int) for x in stamp)):
-            return stamp[0] + stamp[1] / 1e6
+            return float(stamp[0]) + float(stamp[1]) / 1e6
     return None
 
 
@@ -455,7 +460,7 @@ class Watcher:
                 self.out(f"jobwatch:   {r.name}: {r.output}")
 
 
-def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
+def run(cfg: Config, *, once: bool = False, out: Callable[[str], None] = print) -> int:
     from hookpack.roles import system_fqdn
 
     settings = cfg.core["global_hooks"]
@@ -480,7 +485,8 @@ def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
                       luxid_pidfile=cfg.path_of("kvm_dir").parent / LUXID_PIDFILE.name,
                       out=out)
 
-    def stop(signum, frame):  # finish the report under way, save, leave
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # finish the report under way, save, leave
         watcher.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
@@ -497,7 +503,7 @@ def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
             return 0
 
 
-def add_cli(sub) -> None:
+def add_cli(sub: Any) -> None:
     p = sub.add_parser("jobwatch", help="run global post hooks from Ganeti's job queue "
                        "(on every master candidate; reports only on the master)")
     p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
@@ -506,7 +512,7 @@ def add_cli(sub) -> None:
     p.set_defaults(handler=_cmd)
 
 
-def _cmd(ns) -> int:
+def _cmd(ns: argparse.Namespace) -> int:
     from hookpack.cli import load
 
     def out(line: str) -> None:
