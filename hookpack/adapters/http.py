@@ -34,11 +34,21 @@ BACKSTOP = 2.0
 
 
 class HttpError(HookpackError):
-    """A request did not get a 2xx answer in time; the message names the host only."""
+    """A request did not get a 2xx answer in time; the message names the host only.
+    ``retry_after``: the answer's Retry-After, in seconds from now, when it had one."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
+
+    @property
+    def permanent(self) -> bool:
+        """A 4xx other than 408 (timeout), 425 (too early) and 429 (too many requests):
+        the receiver refuses this request as it is, and will again."""
+        return self.status is not None and 400 <= self.status < 500 \
+            and self.status not in (408, 425, 429)
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,7 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
         # and turns every blocked call into an EOF/error at the same moment.
         sock.settimeout(max(0.001, give_up - time.monotonic()) + BACKSTOP)
         sock.sendall(_request(target, body, headers))
-        status, reply = _read_response(sock)
+        status, reply, retry_after = _read_response(sock)
     except HttpError:
         raise
     except (OSError, ValueError) as err:
@@ -127,7 +137,8 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
         sock.close()
     seconds = time.monotonic() - start
     if not 200 <= status < 300:
-        raise HttpError(f"{where}: HTTP {status} {_snippet(reply)}".rstrip(), status=status)
+        raise HttpError(f"{where}: HTTP {status} {_snippet(reply)}".rstrip(), status=status,
+                        retry_after=retry_after)
     return Response(status, reply, seconds)
 
 
@@ -231,8 +242,8 @@ def _request(target: Target, body: bytes, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """Status and the start of the body of an HTTP/1.x answer.
+def _read_response(sock: socket.socket) -> tuple[int, bytes, float | None]:
+    """Status, the start of the body and Retry-After (s) of an HTTP/1.x answer.
 
     Only the status line decides (a 2xx means the receiver took the event); the headers
     and whatever body has arrived with them are read up to MAX_RESPONSE, for the error
@@ -258,8 +269,28 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
         if not data:
             raise ConnectionResetError(0, "connection closed without an answer")
         raise ValueError(f"not an HTTP answer: {line[:40]!r}")
-    _, _, body = rest.partition(b"\r\n\r\n")
-    return int(parts[1]), body
+    head, _, body = rest.partition(b"\r\n\r\n")
+    return int(parts[1]), body, retry_after(head)
+
+
+def retry_after(head: bytes, now: float | None = None) -> float | None:
+    """Seconds from the Retry-After header (RFC 9110 10.2.3: delay-seconds or an
+    HTTP-date) among the header lines ``head``; None without a usable one."""
+    for line in head.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep or name.strip().lower() != b"retry-after":
+            continue
+        text = value.strip().decode("latin-1")
+        if text.isdigit():
+            return float(text)
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(text).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return None
+        return max(0.0, when - (time.time() if now is None else now))
+    return None
 
 
 def _describe(err: BaseException) -> str:
