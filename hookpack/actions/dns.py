@@ -34,6 +34,11 @@ SETTINGS = {
                  maximum=604800),
     "timeout": Field(float, 2.0, "Timeout of one API request, in seconds (further bounded "
                      "by the hook's deadline).", minimum=0.1, maximum=30),
+    "owner_marks": Field(str, "auto", "How hookpack marks the RRsets it owns: `comments` "
+                         "(an RRset comment; generic SQL backends), `txt` (a TXT record at "
+                         "`_hookpack.<name>`; for backends without comments, e.g. LMDB), "
+                         "`auto` (ask the server which backends it launched).",
+                         choices=("auto", "comments", "txt")),
 }
 
 # Seconds kept back from the hook's deadline so a slow API never eats the last of it.
@@ -55,6 +60,7 @@ def run(ctx: ActionContext) -> Result:
     else:  # modify, rename: from the addresses before to the addresses after
         old_ips, new_ips = instance_ips(before), instance_ips(after)
     client = make_client(settings, ctx)
+    choose_marks(client, settings, _timeout(ctx))
     plan = make_plan(client, settings, old, new, old_ips, new_ips, lambda: _timeout(ctx))
     done = plan.apply(client, lambda: _timeout(ctx))
     if plan.conflicts:
@@ -92,6 +98,24 @@ def make_client(settings: Mapping[str, Any], ctx: ActionContext) -> Client:
     ctx.redact(key)
     return Client(settings["api_url"], key, server_id=settings["server_id"],
                   timeout=float(settings["timeout"]))
+
+
+def choose_marks(client: Client, settings: Mapping[str, Any], timeout: float) -> str:
+    """Set how ``client`` marks hookpack's RRsets (``owner_marks``; auto: ask)."""
+    if settings["owner_marks"] == "auto":
+        return client.detect_marks(timeout)
+    client.marks = settings["owner_marks"]
+    return client.marks
+
+
+def marks_note(client: Client) -> str:
+    """One line on the ownership rule in use, for commands and doctor."""
+    if client.marks == "txt":
+        return ("the PowerDNS backend cannot store comments: hookpack marks the A/AAAA/PTR "
+                "records it owns with a TXT record at _hookpack.<name> "
+                "(\"hookpack:<instance>\"); records without it are never changed")
+    return ("hookpack marks the records it owns with an RRset comment (account hookpack); "
+            "records without it are never changed")
 
 
 def fqdn(name: str) -> str:
@@ -244,11 +268,14 @@ def _reconcile(plan: Plan, zone: str, name: str, rtype: str, current: RRset | No
 # --- hookpack dns ... ----------------------------------------------------------------------
 
 def add_cli(subparsers: Any) -> None:
+    from hookpack.actions import dns_sync
+
     dns = subparsers.add_parser("dns", help="PowerDNS sync").add_subparsers(metavar="ACTION")
     p = dns.add_parser("check", help="check the API key, the API and the configured zones")
     p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
                    "/etc/hookpack/hookpack.toml)")
     p.set_defaults(handler=cmd_check)
+    dns_sync.add_cli(dns)
 
 
 def cmd_check(ns: argparse.Namespace) -> int:
@@ -262,6 +289,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
     if not settings["forward_zones"] and not settings["reverse_zones"]:
         raise ActionError("dns: no forward_zones or reverse_zones configured")
     bad = 0
+    try:
+        choose_marks(client, settings, float(settings["timeout"]))
+        print(f"records: {marks_note(client)}")
+    except PowerDnsError as err:
+        print(f"backends: {err}")
+        bad += 1
     for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
         try:
             client.rrsets(fqdn(zone), fqdn(zone))
@@ -290,6 +323,12 @@ def doctor(cfg: Any, paths: Any) -> list[Any]:
         return [Check("dns", FAIL, str(err), f"put the API key in {settings['api_key_file']}, "
                       "mode 600, owned by root")]
     checks = []
+    try:
+        choose_marks(client, settings, float(settings["timeout"]))
+        checks.append(Check("dns", PASS, marks_note(client)))
+    except PowerDnsError as err:
+        checks.append(Check("dns", FAIL, f"cannot ask PowerDNS for its backends: {err}",
+                            "fix api_url/api_key_file"))
     for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
         try:
             client.rrsets(fqdn(zone), fqdn(zone))
