@@ -124,8 +124,6 @@ def _run_action(spec: registry.ActionSpec, ctx: ActionContext, deadline: Deadlin
 
 
 def _call(spec: registry.ActionSpec, ctx: ActionContext, deadline: Deadline) -> Result:
-    if deadline.expired():
-        return Result(Outcome.TIMEOUT, "not started: no time left before the deadline")
     try:
         module = importlib.import_module(spec.module)
         settings = ctx.config.section(spec.section, getattr(module, "SETTINGS", {}))
@@ -134,14 +132,23 @@ def _call(spec: registry.ActionSpec, ctx: ActionContext, deadline: Deadline) -> 
     except ImportError as err:
         return Result.failed(f"cannot load {spec.module}: {err}")
     ctx = ActionContext(**{**ctx.__dict__, "settings": settings})
+    if deadline.expired():
+        return _at_deadline(module, ctx, "not started: no time left before the deadline")
     bounded = run_bounded(lambda: module.run(ctx), deadline.remaining(), spec.name)
     if not bounded.finished:
-        return Result(Outcome.TIMEOUT, f"abandoned at the {deadline.seconds:g} s deadline")
+        return _at_deadline(module, ctx, f"abandoned at the {deadline.seconds:g} s deadline")
     if bounded.error is not None:
         return _from_error(bounded.error)
     if not isinstance(bounded.value, Result):
         return Result.failed(f"internal error: action returned {type(bounded.value).__name__}")
     return bounded.value
+
+
+def _at_deadline(module: object, ctx: ActionContext, why: str) -> Result:
+    """A timeout, unless the action says otherwise (a gate that fails closed vetoes)."""
+    decide = getattr(module, "at_deadline", None)
+    verdict = decide(ctx, why) if callable(decide) else None
+    return verdict if isinstance(verdict, Result) else Result(Outcome.TIMEOUT, why)
 
 
 def _from_error(error: BaseException) -> Result:

@@ -23,6 +23,7 @@ from hookpack.errors import HookpackError
 from hookpack.hooksinstall import default_layout, is_entry
 
 if TYPE_CHECKING:  # imported lazily: doctor runs off the hook's hot path, but keep it light
+    from hookpack.outbox import Outbox
     from hookpack.pinning.topology import Topology
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -317,12 +318,32 @@ def outbox_check(paths: Paths, now: float | None = None) -> Check:
     errors = [d.get("last_error") for d in oldest.get("deliveries", {}).values()
               if not d.get("done_ms") and d.get("last_error")]
     summary = f"{len(ids)} event(s) queued, oldest {_age(age)} old"
+    dead = _dead_letters(outbox, ids)
+    if dead:
+        return Check("outbox", WARN, f"{summary}; {len(dead)} dead-lettered deliver"
+                     f"{'y' if len(dead) == 1 else 'ies'} (refused for good): {dead[0]}",
+                     "`hookpack outbox list`; fix the receiver or the event, then "
+                     "`hookpack outbox retry ID`, or `hookpack outbox drop ID`")
     if age < OUTBOX_STALE_S:
         return Check("outbox", PASS, summary)
     last = f"; last error: {errors[0]}" if errors else ""
     return Check("outbox", WARN, summary + last,
                  "`hookpack outbox list`; fix the sink, then `hookpack outbox retry --all`; "
                  "is hookpack-outbox-flush.timer active?")
+
+
+def _dead_letters(outbox: Outbox, ids: list[str]) -> list[str]:
+    """``<id> <sink>: <last error>`` of every dead-lettered delivery."""
+    found = []
+    for event in ids:
+        try:
+            data = outbox.read(event) or {}
+        except HookpackError:
+            continue
+        found += [f"{event} {sink}: {d.get('last_error', '')}"
+                  for sink, d in sorted(data.get("deliveries", {}).items())
+                  if isinstance(d, dict) and d.get("dead_ms") and not d.get("done_ms")]
+    return found
 
 
 def _age(seconds: float) -> str:

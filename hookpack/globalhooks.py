@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 # Opcode input keys naming the target, per GANETI_OBJECT_TYPE, and the hook variable
 # holding the same name.
@@ -85,7 +87,7 @@ def _run(directory: str, names: list[str], phase: str, config: str | None) -> No
         sys.stderr.write(head + (f": {result.output}" if result.output else "") + "\n")
 
 
-def global_environment(environ, phase: str, fqdn: str) -> dict[str, str]:
+def global_environment(environ: Mapping[str, str], phase: str, fqdn: str) -> dict[str, str]:
     """The hook's GANETI_* variables plus the global hooks' additional variables."""
     env = {k: v for k, v in environ.items() if k.startswith("GANETI_")}
     from hookpack.roles import normalize_host
@@ -101,7 +103,7 @@ def global_environment(environ, phase: str, fqdn: str) -> dict[str, str]:
     return env
 
 
-def find_job_id(env) -> int | None:
+def find_job_id(env: Mapping[str, str]) -> int | None:
     """The id of the one job in this node's queue running this opcode on this target."""
     import json
 
@@ -127,7 +129,8 @@ def find_job_id(env) -> int | None:
         for op in job["ops"]:
             if not isinstance(op, dict) or op.get("status") != "running":
                 continue
-            given = op.get("input") if isinstance(op.get("input"), dict) else {}
+            raw = op.get("input")
+            given: dict[str, Any] = raw if isinstance(raw, dict) else {}
             if given.get("OP_ID") != op_code:
                 continue
             if target is not None:

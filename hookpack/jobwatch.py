@@ -1,6 +1,7 @@
 """`hookpack jobwatch`: global post hooks for what the synchronous part cannot see.
 
-Runs on the master (idle elsewhere), follows Ganeti's job queue
+Runs on every master candidate and reports only while its node is the master. It follows
+Ganeti's job queue (replicated to every master candidate)
 (`<data_dir>/queue/job-<id>` and, once archived, `queue/archive/<n>/job-<id>`) and,
 for every opcode that has a start timestamp, runs the operator's `global-post.d`
 scripts once, on the master, with GANETI_POST_STATUS:
@@ -15,10 +16,18 @@ scripts once, on the master, with GANETI_POST_STATUS:
 
 A persisted cursor (`<state_dir>/jobwatch.json`, replaced atomically after each
 report) records what was reported, so each opcode is reported once across restarts.
+
+Master failover: a watcher on a node that is not the master keeps its cursor current
+(every job it sees finished is taken as handled, nothing is run). The master reports
+only opcodes that ended within its own term: the term starts when this node's luxid
+(the daemon that runs jobs) started, the mtime of its pid file. Opcodes that ended
+before (on the old master) are history, whatever the cursor says, so an old cursor
+never replays them.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -27,12 +36,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from hookpack.ganeti_opcodes import OPCODE_HPATH
 from hookpack.runparts import run_parts
 
+if TYPE_CHECKING:
+    from hookpack.config import Config
+
 CURSOR_NAME = "jobwatch.json"
+# Written by the luxid of the master when it starts (Ganeti's utils.DaemonPidFileName).
+LUXID_PIDFILE = Path("/var/run/ganeti/ganeti-luxid.pid")
 FINAL = ("success", "error", "canceled")
 DEATH_REASON = "gnt:daemon:luxid:deathdetection"
 
@@ -55,6 +70,9 @@ class Cursor:
     done: list[list[int]] = field(default_factory=list)
     reported: dict[int, set[int]] = field(default_factory=dict)
     exists: bool = False
+    master: str = ""  # the master this node saw when the cursor was saved
+    term: float | None = None  # start of the master term (luxid pid file mtime)
+    since: float | None = None  # opcodes that ended before this are history
 
     @classmethod
     def load(cls, path: Path) -> Cursor:
@@ -66,7 +84,9 @@ class Cursor:
             raise RuntimeError(f"{path}: unreadable cursor ({err}); move it away to "
                                "start over (finished jobs are then not reported)") from None
         return cls(path, [list(r) for r in data.get("done", [])],
-                   {int(k): set(v) for k, v in data.get("reported", {}).items()}, True)
+                   {int(k): set(v) for k, v in data.get("reported", {}).items()}, True,
+                   str(data.get("master", "")), _number(data.get("term")),
+                   _number(data.get("since")))
 
     def is_done(self, job_id: int) -> bool:
         return any(lo <= job_id <= hi for lo, hi in self.done)
@@ -90,8 +110,9 @@ class Cursor:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"version": 1, "done": self.done,
-                "reported": {str(k): sorted(v) for k, v in sorted(self.reported.items())}}
+        data = {"version": 2, "done": self.done,
+                "reported": {str(k): sorted(v) for k, v in sorted(self.reported.items())},
+                "master": self.master, "term": self.term, "since": self.since}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as handle:
             json.dump(data, handle)
@@ -99,6 +120,10 @@ class Cursor:
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
         self.exists = True
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def job_files(queue: Path) -> Iterator[tuple[int, Path]]:
@@ -172,10 +197,21 @@ def process_dead(job: Mapping[str, Any], proc_root: Path = Path("/proc")) -> boo
     return None
 
 
-def decide(job_id: int, job: Mapping[str, Any], dead: Callable[[], bool | None]
-           ) -> tuple[list[Report], list[int], bool]:
+def ended_at(op: Mapping[str, Any], job: Mapping[str, Any]) -> float | None:
+    """When the opcode ended (Ganeti's ``end_timestamp``: [seconds, microseconds]), or
+    the job's end when the opcode has none; None when neither is recorded."""
+    for stamp in (op.get("end_timestamp"), job.get("end_timestamp")):
+        if (isinstance(stamp, list) and len(stamp) == 2
+                and all(isinstance(x, int) for x in stamp)):
+            return float(stamp[0]) + float(stamp[1]) / 1e6
+    return None
+
+
+def decide(job_id: int, job: Mapping[str, Any], dead: Callable[[], bool | None],
+           since: float | None = None) -> tuple[list[Report], list[int], bool]:
     """What to report for ``job`` now: (reports, opcode indices settled without a
-    report, whether the job is fully handled)."""
+    report, whether the job is fully handled). An opcode that ended before ``since``
+    (before this node's master term) is settled without a report."""
     ops = job["ops"]
     started = [i for i, op in enumerate(ops) if op.get("start_timestamp")]
     reports: list[Report] = []
@@ -195,6 +231,11 @@ def decide(job_id: int, job: Mapping[str, Any], dead: Callable[[], bool | None]
             status = "disappeared" if i == started[-1] else "success"
         elif gone and status not in FINAL:
             status = "disappeared"
+        if status in FINAL or by_luxid:
+            end = ended_at(op, job)
+            if since is not None and end is not None and end < since:
+                silent.append(i)  # ended before this master's term: history
+                continue
         if status == "success":
             if hpath is None:
                 reports.append(Report(job_id, i, op_code, "success", op["status"], None))
@@ -209,9 +250,19 @@ def decide(job_id: int, job: Mapping[str, Any], dead: Callable[[], bool | None]
     return reports, silent, handled
 
 
+def settled_elsewhere(job: Mapping[str, Any]) -> tuple[list[int], bool]:
+    """On a node that is not the master: the opcodes of ``job`` that have a final status
+    and whether the whole job is finalized (taken as handled, nothing reported)."""
+    ops = job["ops"]
+    done = [i for i, op in enumerate(ops)
+            if isinstance(op, dict) and op.get("start_timestamp") and op.get("status") in FINAL]
+    return done, finalized(job)
+
+
 class Watcher:
     def __init__(self, *, data_dir: Path, hooks_dir: Path, state_dir: Path, fqdn: str,
                  script_timeout: float, proc_root: Path = Path("/proc"),
+                 luxid_pidfile: Path = LUXID_PIDFILE,
                  out: Callable[[str], None] = print) -> None:
         self.data_dir = data_dir
         self.queue = data_dir / "queue"
@@ -220,8 +271,11 @@ class Watcher:
         self.fqdn = fqdn
         self.script_timeout = script_timeout
         self.proc_root = proc_root
+        self.luxid_pidfile = luxid_pidfile
         self.out = out
         self.stopping = False
+        self.in_term = False  # the previous cycle of this process reported as master
+        self.waiting_said = False
 
     def ssconf(self, name: str) -> str:
         try:
@@ -229,35 +283,109 @@ class Watcher:
         except OSError:
             return ""
 
-    def is_master(self) -> bool:
+    def _is_me(self, master: str) -> bool:
         from hookpack.roles import normalize_host
 
-        master = self.ssconf("master_node")
         return bool(master) and normalize_host(master) == normalize_host(self.fqdn)
+
+    def is_master(self) -> bool:
+        return self._is_me(self.ssconf("master_node"))
+
+    def term_start(self) -> float | None:
+        """When this node's luxid started (its pid file's mtime), if it runs now."""
+        try:
+            pid = int(self.luxid_pidfile.read_text().split()[0])
+            started = self.luxid_pidfile.stat().st_mtime
+        except (OSError, ValueError, IndexError):
+            return None
+        return started if (self.proc_root / str(pid)).exists() else None
 
     def cycle(self) -> list[Report]:
         """One look at the queue; returns what was reported."""
-        if not self.is_master():
+        master = self.ssconf("master_node")
+        if not master:
+            return []  # not (yet) a node of a cluster
+        if not self._is_me(master):
+            self._follow(master)
             return []
-        if not self.cursor.exists:
-            self._baseline()
+        if not self._enter_term():
             return []
         done: list[Report] = []
         for job_id, path in sorted(job_files(self.queue)):
-            if self.stopping:
+            if self.stopping or not self.is_master():
                 break
             if self.cursor.is_done(job_id):
                 continue
             done += self._job(job_id, path)
         return done
 
-    def _baseline(self) -> None:
+    def _follow(self, master: str) -> None:
+        """Not the master: take every job seen finished as handled, report nothing."""
+        if self.in_term or self.cursor.master != master:
+            self.out(f"jobwatch: {master} is the master: following the queue without "
+                     "reporting")
+        self.in_term = False
+        self.waiting_said = False
+        finished: list[int] = []
+        settled: list[tuple[int, int]] = []
+        for job_id, path in job_files(self.queue):
+            if self.stopping:
+                return
+            if self.cursor.is_done(job_id):
+                continue
+            job = read_job(path)
+            if job is None:
+                continue
+            ops, whole = settled_elsewhere(job)
+            if whole:
+                finished.append(job_id)
+            else:
+                settled += [(job_id, i) for i in ops if not self.cursor.is_reported(job_id, i)]
+        if self.ssconf("master_node") != master:
+            return  # a failover during the look: the next cycle decides afresh
+        for job_id, index in settled:
+            self.cursor.mark(job_id, index)
+        for job_id in finished:
+            self.cursor.finish(job_id)
+        if finished or settled or self.cursor.master != master or not self.cursor.exists:
+            self.cursor.master = master
+            self.cursor.save()
+
+    def _enter_term(self) -> bool:
+        """Whether this node may report now; on entering a master term, sets the point
+        before which finished opcodes are history (``cursor.since``)."""
+        term = self.term_start()
+        if self.in_term:  # seen master without a break: a luxid restart changes nothing
+            if term is not None and term != self.cursor.term:
+                self.cursor.term = term
+                self.cursor.save()
+            return True
+        if term is None:
+            if not self.waiting_said:
+                self.out(f"jobwatch: this node is the master but its luxid is not running "
+                         f"({self.luxid_pidfile}); waiting for it")
+                self.waiting_said = True
+            return False
+        if not self.cursor.exists:
+            self._baseline(term)
+        elif not (self._is_me(self.cursor.master) and term == self.cursor.term):
+            self.cursor.term = self.cursor.since = term
+            self.out("jobwatch: master since luxid started at "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S%z', time.localtime(term))}: "
+                     "opcodes that ended before are not reported")
+        # else: the same term as when the cursor was saved (a restart of the watcher)
+        self.cursor.master = self.ssconf("master_node")
+        self.cursor.save()
+        self.in_term = True
+        return True
+
+    def _baseline(self, term: float) -> None:
         # First start: jobs that finished before the watcher existed are history.
         for job_id, path in job_files(self.queue):
             job = read_job(path)
             if job is not None and finalized(job):
                 self.cursor.finish(job_id)
-        self.cursor.save()
+        self.cursor.term = self.cursor.since = term
         self.out(f"jobwatch: first start: {sum(hi - lo + 1 for lo, hi in self.cursor.done)} "
                  "finished job(s) taken as already reported")
 
@@ -274,7 +402,7 @@ class Watcher:
                     return False
             return verdict
 
-        reports, silent, handled = decide(job_id, job, dead)
+        reports, silent, handled = decide(job_id, job, dead, self.cursor.since)
         out = []
         changed = False
         for index in silent:
@@ -332,7 +460,7 @@ class Watcher:
                 self.out(f"jobwatch:   {r.name}: {r.output}")
 
 
-def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
+def run(cfg: Config, *, once: bool = False, out: Callable[[str], None] = print) -> int:
     from hookpack.roles import system_fqdn
 
     settings = cfg.core["global_hooks"]
@@ -352,9 +480,13 @@ def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
                       hooks_dir=cfg.path_of("hooks_dir"), state_dir=cfg.path_of("state_dir"),
                       fqdn=cfg.core["node"]["fqdn"] or system_fqdn(),
                       script_timeout=settings["script_timeout"],
-                      proc_root=cfg.path_of("proc_root"), out=out)
+                      proc_root=cfg.path_of("proc_root"),
+                      # Ganeti's run dir holds kvm-hypervisor/ and the daemons' pid files
+                      luxid_pidfile=cfg.path_of("kvm_dir").parent / LUXID_PIDFILE.name,
+                      out=out)
 
-    def stop(signum, frame):  # finish the report under way, save, leave
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # finish the report under way, save, leave
         watcher.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
@@ -371,16 +503,16 @@ def run(cfg, *, once: bool = False, out: Callable[[str], None] = print) -> int:
             return 0
 
 
-def add_cli(sub) -> None:
+def add_cli(sub: Any) -> None:
     p = sub.add_parser("jobwatch", help="run global post hooks from Ganeti's job queue "
-                       "(on the master)")
+                       "(on every master candidate; reports only on the master)")
     p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
                    "/etc/hookpack/hookpack.toml)")
     p.add_argument("--once", action="store_true", help="one look at the queue, then exit")
     p.set_defaults(handler=_cmd)
 
 
-def _cmd(ns) -> int:
+def _cmd(ns: argparse.Namespace) -> int:
     from hookpack.cli import load
 
     def out(line: str) -> None:

@@ -113,6 +113,7 @@ def outbox_samples(paths: Paths, now_ms: int | None = None) -> list[Sample]:
     now = clock() if now_ms is None else now_ms
     oldest = max(0.0, (now - int(ids[0][:13])) / 1000) if ids else 0.0
     pending: dict[str, int] = {}
+    dead: dict[str, int] = {}
     unreadable = 0
     for event in ids:
         try:
@@ -121,8 +122,10 @@ def outbox_samples(paths: Paths, now_ms: int | None = None) -> list[Sample]:
             unreadable += 1
             continue
         for sink, delivery in (data or {}).get("deliveries", {}).items():
-            if isinstance(delivery, dict) and not delivery.get("done_ms"):
-                pending[sink] = pending.get(sink, 0) + 1
+            if not isinstance(delivery, dict) or delivery.get("done_ms"):
+                continue
+            bucket = dead if delivery.get("dead_ms") else pending
+            bucket[sink] = bucket.get(sink, 0) + 1
     samples = [
         Sample("hookpack_outbox_events", len(ids), {}, "Events waiting in the outbox."),
         Sample("hookpack_outbox_oldest_event_age_seconds", oldest, {},
@@ -133,6 +136,10 @@ def outbox_samples(paths: Paths, now_ms: int | None = None) -> list[Sample]:
     samples += [Sample("hookpack_outbox_pending_deliveries", count, {"sink": sink},
                        "Deliveries not yet done, per sink.")
                 for sink, count in sorted(pending.items())]
+    samples += [Sample("hookpack_outbox_dead_letters", count, {"sink": sink},
+                       "Deliveries the receiver refused for good (a permanent 4xx), kept "
+                       "until retried or dropped, per sink.")
+                for sink, count in sorted(dead.items())]
     return samples
 
 

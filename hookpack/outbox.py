@@ -1,11 +1,15 @@
 """A durable outbox: one JSON file per event, written atomically, locked while in use.
 
 An event survives a crash from the moment ``create`` returns: the file is written to a
-temporary name, fsynced, renamed into place and the directory fsynced. Each event
-holds one delivery per sink with its own state (attempts, next attempt, last error);
-the file goes away once every delivery succeeded. At-least-once: a delivery is
-marked done only after the receiver said 2xx, so a crash in between means one more
-send, with the same idempotency key.
+temporary name, fsynced, renamed into place and the directory fsynced. Every later
+state change (a delivery marked done, an attempt counted, the file removed once every
+delivery is done) is made durable the same way (file and directory fsynced), so a
+"delivered" mark survives a crash. Each event holds one delivery per sink with its own
+state (attempts, next attempt, last error); a delivery the receiver refused for good
+(a permanent 4xx) is dead-lettered: never retried, and the event file is kept until
+an operator retries or drops it. At-least-once: a delivery is marked done only after
+the receiver said 2xx, so a crash in between means one more send, with the same
+idempotency key.
 
 Whoever delivers an event holds its lock (``<run_dir>/outbox/<id>.lock``, flock): the
 hook holds it from creating the event to recording its one attempt, ``hookpack outbox
@@ -66,7 +70,19 @@ class Held:
         self.exists = False
 
     def pending(self) -> dict[str, dict[str, Any]]:
-        return {name: d for name, d in self.data["deliveries"].items() if not d.get("done_ms")}
+        """Deliveries still to be tried (neither done nor dead-lettered)."""
+        return {name: d for name, d in self.data["deliveries"].items()
+                if not d.get("done_ms") and not d.get("dead_ms")}
+
+    def dead(self) -> dict[str, dict[str, Any]]:
+        return {name: d for name, d in self.data["deliveries"].items() if d.get("dead_ms")}
+
+    def settle(self) -> None:
+        """Remove the event once every delivery is done, else save its state."""
+        if all(d.get("done_ms") for d in self.data["deliveries"].values()):
+            self.remove()
+        else:
+            self.save()
 
 
 class Outbox:
@@ -99,12 +115,9 @@ class Outbox:
 
     # -- writing ------------------------------------------------------------------
     def write(self, event: str, data: Mapping[str, Any], *, new: bool = False) -> None:
-        """Atomically replace (or create) the event file: tmp, fsync, rename.
-
-        A new event also fsyncs the directory, so its name survives a crash. A state
-        update does not: losing the rename loses only an attempt count (the event is
-        retried a little sooner), and it saves ~5 ms on the hook's path.
-        """
+        """Atomically and durably replace (or create) the event file: tmp, fsync,
+        rename, fsync of the directory (so the rename, e.g. a "delivered" mark, survives
+        a crash: a lost mark would send the event again)."""
         final = self.dir / f"{event}.json"
         tmp = self.dir / f".tmp-{event}-{os.getpid()}"
         blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -118,8 +131,7 @@ class Outbox:
             finally:
                 os.close(fd)
             os.rename(tmp, final)
-            if new:
-                self._sync_dir()
+            self._sync_dir()
         except OSError as err:
             # A full or read-only spool: a clear error, and no torn temporary file left.
             with contextlib.suppress(OSError):
@@ -128,10 +140,13 @@ class Outbox:
                               f"{err.strerror or err}") from None
 
     def remove(self, event: str) -> None:
-        # No directory fsync: if a crash undoes the unlink, the event is sent once more
-        # (at least once, same idempotency key), which is the promise anyway.
-        with contextlib.suppress(FileNotFoundError):
+        """Remove the event file durably (an unlink a crash undid would send it again)."""
+        try:
             os.unlink(self.dir / f"{event}.json")
+        except FileNotFoundError:
+            return
+        with contextlib.suppress(OSError):
+            self._sync_dir()
 
     def _sync_dir(self) -> None:
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -215,15 +230,40 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** min(max(0, attempts - 1), 30)))
 
 
-def record_attempt(delivery: dict[str, Any], error: str | None, *, at_ms: int,
+RETRY_AFTER_MAX = 86400.0  # a receiver's Retry-After is honoured up to a day
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a delivery attempt failed; ``permanent``: the receiver refused it for good
+    (dead-letter it); ``retry_after``: the receiver's Retry-After, s."""
+
+    reason: str
+    permanent: bool = False
+    retry_after: float | None = None
+
+
+def record_attempt(delivery: dict[str, Any], failure: Failure | None, *, at_ms: int,
                    base: float, cap: float) -> None:
-    """Update one delivery's state after an attempt (``error`` None: delivered)."""
+    """Update one delivery's state after an attempt (``failure`` None: delivered)."""
     delivery["attempts"] = int(delivery.get("attempts", 0)) + 1
     delivery["last_attempt_ms"] = at_ms
-    if error is None:
+    if failure is None:
         delivery["done_ms"] = at_ms
         delivery["last_error"] = ""
         return
-    delivery["last_error"] = error[:300]
-    delivery["next_attempt_ms"] = at_ms + int(
-        1000 * backoff_seconds(delivery["attempts"], base, cap))
+    delivery["last_error"] = failure.reason[:300]
+    if failure.permanent:
+        delivery["dead_ms"] = at_ms  # never retried unless an operator says so
+        return
+    if failure.retry_after is not None:
+        delay = min(max(0.0, failure.retry_after), RETRY_AFTER_MAX)
+    else:
+        delay = backoff_seconds(delivery["attempts"], base, cap)
+    delivery["next_attempt_ms"] = at_ms + int(1000 * delay)
+
+
+def revive(delivery: dict[str, Any]) -> None:
+    """An operator's retry: a dead-lettered delivery is tried again."""
+    delivery.pop("dead_ms", None)
+    delivery["next_attempt_ms"] = 0

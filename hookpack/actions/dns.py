@@ -35,6 +35,11 @@ SETTINGS = {
                  maximum=604800),
     "timeout": Field(float, 2.0, "Timeout of one API request, in seconds (further bounded "
                      "by the hook's deadline).", minimum=0.1, maximum=30),
+    "owner_marks": Field(str, "auto", "How hookpack marks the RRsets it owns: `comments` "
+                         "(an RRset comment; generic SQL backends), `txt` (a TXT record at "
+                         "`_hookpack.<name>`; for backends without comments, e.g. LMDB), "
+                         "`auto` (ask the server which backends it launched).",
+                         choices=("auto", "comments", "txt")),
 }
 
 # Seconds kept back from the hook's deadline so a slow API never eats the last of it.
@@ -56,6 +61,7 @@ def run(ctx: ActionContext) -> Result:
     else:  # modify, rename: from the addresses before to the addresses after
         old_ips, new_ips = instance_ips(before), instance_ips(after)
     client = make_client(settings, ctx)
+    choose_marks(client, settings, _timeout(ctx))
     plan = make_plan(client, settings, old, new, old_ips, new_ips, lambda: _timeout(ctx))
     done = plan.apply(client, lambda: _timeout(ctx))
     if plan.conflicts:
@@ -93,6 +99,24 @@ def make_client(settings: Mapping[str, Any], ctx: ActionContext) -> Client:
     ctx.redact(key)
     return Client(settings["api_url"], key, server_id=settings["server_id"],
                   timeout=float(settings["timeout"]))
+
+
+def choose_marks(client: Client, settings: Mapping[str, Any], timeout: float) -> str:
+    """Set how ``client`` marks hookpack's RRsets (``owner_marks``; auto: ask)."""
+    if settings["owner_marks"] == "auto":
+        return client.detect_marks(timeout)
+    client.marks = settings["owner_marks"]
+    return client.marks
+
+
+def marks_note(client: Client) -> str:
+    """One line on the ownership rule in use, for commands and doctor."""
+    if client.marks == "txt":
+        return ("the PowerDNS backend cannot store comments: hookpack marks the A/AAAA/PTR "
+                "records it owns with a TXT record at _hookpack.<name> "
+                "(\"hookpack:<instance>\"); records without it are never changed")
+    return ("hookpack marks the records it owns with an RRset comment (account hookpack); "
+            "records without it are never changed")
 
 
 def fqdn(name: str) -> str:
@@ -245,12 +269,15 @@ def _reconcile(plan: Plan, zone: str, name: str, rtype: str, current: RRset | No
 # --- hookpack dns ... ----------------------------------------------------------------------
 
 def add_cli(subparsers: Any) -> None:
+    from hookpack.actions import dns_sync
+
     dns = subparsers.add_parser("dns", help="PowerDNS sync").add_subparsers(metavar="ACTION")
     p = dns.add_parser("check", help="check the API key, the API and the configured zones")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
     p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
                    "/etc/hookpack/hookpack.toml)")
     p.set_defaults(handler=cmd_check)
+    dns_sync.add_cli(dns)
 
 
 def cmd_check(ns: argparse.Namespace) -> int:
@@ -264,6 +291,11 @@ def cmd_check(ns: argparse.Namespace) -> int:
     if not settings["forward_zones"] and not settings["reverse_zones"]:
         raise ActionError("dns: no forward_zones or reverse_zones configured")
     zones: list[dict[str, Any]] = []
+    try:
+        choose_marks(client, settings, float(settings["timeout"]))
+        records, backend_error = marks_note(client), None
+    except PowerDnsError as err:
+        records, backend_error = None, str(err)
     for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
         try:
             client.rrsets(fqdn(zone), fqdn(zone))
@@ -272,11 +304,13 @@ def cmd_check(ns: argparse.Namespace) -> int:
         else:
             zones.append({"zone": fqdn(zone), "ok": True, "error": None})
     if getattr(ns, "json", False):
-        print(json.dumps({"zones": zones}, sort_keys=True))
+        print(json.dumps({"zones": zones, "records": records, "backends_error": backend_error},
+                         sort_keys=True))
     else:
+        print(f"records: {records}" if backend_error is None else f"backends: {backend_error}")
         for z in zones:
             print(f"zone {z['zone']}: {z['error'] or 'ok'}")
-    return 0 if all(z["ok"] for z in zones) else 1
+    return 0 if backend_error is None and all(z["ok"] for z in zones) else 1
 
 
 # --- hookpack doctor ---------------------------------------------------------------------
@@ -296,6 +330,12 @@ def doctor(cfg: Any, paths: Any) -> list[Any]:
         return [Check("dns", FAIL, str(err), f"put the API key in {settings['api_key_file']}, "
                       "mode 600, owned by root")]
     checks = []
+    try:
+        choose_marks(client, settings, float(settings["timeout"]))
+        checks.append(Check("dns", PASS, marks_note(client)))
+    except PowerDnsError as err:
+        checks.append(Check("dns", FAIL, f"cannot ask PowerDNS for its backends: {err}",
+                            "fix api_url/api_key_file"))
     for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
         try:
             client.rrsets(fqdn(zone), fqdn(zone))

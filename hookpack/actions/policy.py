@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from hookpack.action import ActionContext
 from hookpack.config import Field
@@ -15,18 +16,24 @@ SETTINGS = {
     "dns_check": Field(bool, False, "Veto when PowerDNS already has the name pointing at an "
                        "address the instance will not use (or as a CNAME). Uses the [dns] "
                        "section's API URL, key file, forward zones and timeout."),
-    "dns_fail_closed": Field(bool, False, "When PowerDNS cannot be asked (unreachable, "
-                             "timeout, bad key), veto instead of allowing with a warning."),
+    "dns_fail_closed": Field(bool, False, "When the DNS check does not complete (PowerDNS "
+                             "unreachable, timeout, name resolution, bad key, an unexpected "
+                             "error, the hook's deadline), veto instead of allowing with a "
+                             "warning."),
     "netbox_require_known": Field(bool, False, "Veto when NetBox has no virtual machine of "
                                   "that name. Uses the [netbox] section's URL, token file "
                                   "and timeout."),
-    "netbox_fail_closed": Field(bool, False, "When NetBox cannot be asked, veto instead of "
-                                "allowing with a warning."),
+    "netbox_fail_closed": Field(bool, False, "When the NetBox check does not complete "
+                                "(as for dns_fail_closed), veto instead of allowing with a "
+                                "warning."),
 }
 
 # Seconds kept back from the hook's deadline: the gate must decide (and fail open or
-# closed as configured) before the dispatcher's watchdog decides for it.
+# closed as configured) before the dispatcher's watchdog decides for it. Requests time
+# out DEADLINE_MARGIN before it; a check still running BOUND_MARGIN before it (a
+# request not honouring its timeout) is given up.
 DEADLINE_MARGIN = 0.5
+BOUND_MARGIN = 0.25
 
 
 def run(ctx: ActionContext) -> Result:
@@ -55,13 +62,13 @@ def run(ctx: ActionContext) -> Result:
         except HookpackError as err:
             return Result.veto(str(err))
     if ctx.settings["dns_check"]:
-        verdict = _external("DNS", ctx.settings["dns_fail_closed"], name, warnings,
+        verdict = _external(ctx, "DNS", ctx.settings["dns_fail_closed"], name, warnings,
                             lambda: _dns_conflict(ctx, name))
         if verdict:
             return verdict
     if ctx.settings["netbox_require_known"]:
-        verdict = _external("NetBox", ctx.settings["netbox_fail_closed"], name, warnings,
-                            lambda: _netbox_unknown(ctx, name))
+        verdict = _external(ctx, "NetBox", ctx.settings["netbox_fail_closed"], name,
+                            warnings, lambda: _netbox_unknown(ctx, name))
         if verdict:
             return verdict
     if warnings:
@@ -69,18 +76,48 @@ def run(ctx: ActionContext) -> Result:
     return Result.nochange(f"name {name!r} allowed")
 
 
-def _external(what: str, fail_closed: bool, name: str, warnings: list[str],
-              check: object) -> Result | None:
-    """Run one external check: a veto message, or None; unreachable per fail_closed."""
-    try:
-        problem = check()  # type: ignore[operator]
-    except HookpackError as err:
-        if fail_closed:
-            return Result.veto(f"cannot check {what} for {name!r}, refusing "
-                               f"(fail closed): {err}")
-        warnings.append(f"{what} not checked (fail open): {err}")
+def _external(ctx: ActionContext, what: str, fail_closed: bool, name: str,
+              warnings: list[str], check: Callable[[], str]) -> Result | None:
+    """Run one external check: a veto, or None to go on.
+
+    Only a check that completes and finds nothing wrong lets the name through. Every
+    other ending (the service's errors, name resolution, a timeout, an unexpected
+    exception, the hook's deadline coming first) is "not checked": a veto when
+    ``fail_closed``, else a warning. The check runs in a thread given up at the
+    deadline minus BOUND_MARGIN, so the gate decides even when a request does not
+    honour its own timeout.
+    """
+    from hookpack.deadline import run_bounded
+
+    budget = ctx.deadline.remaining() - BOUND_MARGIN
+    bounded = run_bounded(check, budget, f"policy-{what.lower()}")
+    if not bounded.finished:
+        why = f"{what} check not finished {max(budget, 0):.1f} s before the hook's deadline"
+    elif isinstance(bounded.error, HookpackError):
+        why = str(bounded.error)
+    elif bounded.error is not None:
+        why = f"unexpected error: {type(bounded.error).__name__}: {bounded.error}"
+    elif not isinstance(bounded.value, str):
+        why = f"unexpected result: {type(bounded.value).__name__}"
+    else:
+        return Result.veto(bounded.value) if bounded.value else None
+    if fail_closed:
+        return Result.veto(f"cannot check {what} for {name!r}, refusing (fail closed): {why}")
+    warnings.append(f"{what} not checked (fail open): {why}")
+    return None
+
+
+def at_deadline(ctx: ActionContext, why: str) -> Result | None:
+    """What the dispatcher reports when this action did not end by the hook's deadline
+    (not started, or abandoned): a veto when a check that fails closed is on."""
+    closed = [what for what, on, fail_closed in (
+        ("DNS", "dns_check", "dns_fail_closed"),
+        ("NetBox", "netbox_require_known", "netbox_fail_closed"))
+        if ctx.settings.get(on) and ctx.settings.get(fail_closed)]
+    if not closed or _new_name(ctx) == "":
         return None
-    return Result.veto(problem) if problem else None
+    return Result.veto(f"cannot check {' and '.join(closed)} for {_new_name(ctx)!r}, "
+                       f"refusing (fail closed): {why}")
 
 
 def _check_timeout(ctx: ActionContext, configured: float) -> float:

@@ -5,7 +5,11 @@ receiver that trickles one byte per second keeps `http.client` reading for ever
 within its per-recv timeout. A hook holds Ganeti's job locks while it waits, so here
 the name is resolved in a helper thread that is abandoned at the limit, and a timer
 shuts the socket down at the limit, which wakes any blocked connect, send or recv at
-once. Only the standard library, imported when a request is made (hot path).
+once. The timer holds its own duplicate of the socket's descriptor: `ssl` wraps a
+socket by detaching it (the original object's descriptor becomes -1, so shutting
+that down does nothing), and shutdown(2) acts on the connection, whichever
+descriptor names it, so the duplicate ends the TLS handshake and the TLS reads too.
+Only the standard library, imported when a request is made (hot path).
 
 HTTPS is required unless the host is explicitly listed as allowed for plain HTTP
 (tests use loopback). Error messages name the host only, never the path or query
@@ -25,14 +29,26 @@ from urllib.parse import urlsplit
 from hookpack.errors import ConfigError, HookpackError
 
 MAX_RESPONSE = 64 * 1024
+# Per-call socket timeout beyond the limit: only a backstop, the killer ends calls first.
+BACKSTOP = 2.0
 
 
 class HttpError(HookpackError):
-    """A request did not get a 2xx answer in time; the message names the host only."""
+    """A request did not get a 2xx answer in time; the message names the host only.
+    ``retry_after``: the answer's Retry-After, in seconds from now, when it had one."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
+
+    @property
+    def permanent(self) -> bool:
+        """A 4xx other than 408 (timeout), 425 (too early) and 429 (too many requests):
+        the receiver refuses this request as it is, and will again."""
+        return self.status is not None and 400 <= self.status < 500 \
+            and self.status not in (408, 425, 429)
 
 
 @dataclass(frozen=True)
@@ -101,17 +117,15 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
     where = target.masked
     addresses = _resolve(target, give_up)
     sock = _connect(target, addresses, give_up)
-    killer = threading.Timer(max(0.0, give_up - time.monotonic()), _shutdown, (sock,))
-    killer.daemon = True
-    killer.start()
+    killer = _Killer(sock, give_up)
     try:
         if target.scheme == "https":
             sock = _wrap_tls(sock, target, ca_file, give_up)
         # The killer timer, not the socket timeout, ends a late exchange: it fires first
         # and turns every blocked call into an EOF/error at the same moment.
-        sock.settimeout(max(0.001, give_up - time.monotonic()) + 0.5)
+        sock.settimeout(max(0.001, give_up - time.monotonic()) + BACKSTOP)
         sock.sendall(_request(target, body, headers))
-        status, reply = _read_response(sock)
+        status, reply, retry_after = _read_response(sock)
     except HttpError:
         raise
     except (OSError, ValueError) as err:
@@ -123,7 +137,8 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
         sock.close()
     seconds = time.monotonic() - start
     if not 200 <= status < 300:
-        raise HttpError(f"{where}: HTTP {status} {_snippet(reply)}".rstrip(), status=status)
+        raise HttpError(f"{where}: HTTP {status} {_snippet(reply)}".rstrip(), status=status,
+                        retry_after=retry_after)
     return Response(status, reply, seconds)
 
 
@@ -177,7 +192,7 @@ def _wrap_tls(sock: socket.socket, target: Target, ca_file: str,
     import ssl
 
     context = ssl.create_default_context(cafile=ca_file or None)
-    sock.settimeout(max(0.001, give_up - time.monotonic()))
+    sock.settimeout(max(0.001, give_up - time.monotonic()) + BACKSTOP)  # killer first
     try:
         return context.wrap_socket(sock, server_hostname=target.host)
     except ssl.SSLCertVerificationError as err:
@@ -186,10 +201,30 @@ def _wrap_tls(sock: socket.socket, target: Target, ca_file: str,
                         f"{err.verify_message}") from None
 
 
-def _shutdown(sock: socket.socket) -> None:
-    # Already closed or never connected: then nothing is blocked on it.
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+class _Killer:
+    """Shuts the connection down at ``give_up``, through its own duplicate descriptor
+    (which TLS wrapping does not detach); ``cancel`` stops it and closes the duplicate."""
+
+    def __init__(self, sock: socket.socket, give_up: float) -> None:
+        self._lock = threading.Lock()
+        self._dup: socket.socket | None = sock.dup()
+        self._timer = threading.Timer(max(0.0, give_up - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._dup is not None:
+                # Already closed by the peer: then nothing is blocked on it.
+                with contextlib.suppress(OSError):
+                    self._dup.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:  # never shut down a descriptor number reused meanwhile
+            if self._dup is not None:
+                self._dup.close()
+                self._dup = None
 
 
 def _request(target: Target, body: bytes, headers: Mapping[str, str]) -> bytes:
@@ -207,8 +242,8 @@ def _request(target: Target, body: bytes, headers: Mapping[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """Status and the start of the body of an HTTP/1.x answer.
+def _read_response(sock: socket.socket) -> tuple[int, bytes, float | None]:
+    """Status, the start of the body and Retry-After (s) of an HTTP/1.x answer.
 
     Only the status line decides (a 2xx means the receiver took the event); the headers
     and whatever body has arrived with them are read up to MAX_RESPONSE, for the error
@@ -234,8 +269,28 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
         if not data:
             raise ConnectionResetError(0, "connection closed without an answer")
         raise ValueError(f"not an HTTP answer: {line[:40]!r}")
-    _, _, body = rest.partition(b"\r\n\r\n")
-    return int(parts[1]), body
+    head, _, body = rest.partition(b"\r\n\r\n")
+    return int(parts[1]), body, retry_after(head)
+
+
+def retry_after(head: bytes, now: float | None = None) -> float | None:
+    """Seconds from the Retry-After header (RFC 9110 10.2.3: delay-seconds or an
+    HTTP-date) among the header lines ``head``; None without a usable one."""
+    for line in head.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep or name.strip().lower() != b"retry-after":
+            continue
+        text = value.strip().decode("latin-1")
+        if text.isdigit():
+            return float(text)
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(text).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return None
+        return max(0.0, when - (time.time() if now is None else now))
+    return None
 
 
 def _describe(err: BaseException) -> str:

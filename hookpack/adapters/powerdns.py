@@ -19,7 +19,25 @@ from hookpack.errors import ActionError
 # Who owns an RRset: PowerDNS keeps comments per RRset (name, type). hookpack marks
 # every RRset it writes with one comment: account "hookpack", content
 # "hookpack:<instance name>". RRsets without that mark are never changed or deleted.
+#
+# Backends that cannot store comments (LMDB: the API answers 422 "Hosting backend does
+# not support editing comments."; the PowerDNS docs list comments for the generic SQL
+# backends only) get the mark as a TXT record instead, at "_hookpack.<name>" (a
+# metadata label as in RFC 8552, so the name's own records, TXT included, are not
+# touched): "hookpack:<instance name>" marks the A, AAAA and PTR RRsets at <name> as
+# hookpack's.
 OWNER_ACCOUNT = "hookpack"
+MARKER_LABEL = "_hookpack"
+MANAGED_TYPES = ("A", "AAAA", "PTR")
+COMMENT_BACKENDS = frozenset({"gsqlite3", "gmysql", "gpgsql", "godbc"})
+
+
+def marker_name(name: str) -> str:
+    return f"{MARKER_LABEL}.{name}"
+
+
+def marker_content(instance: str) -> str:
+    return f'"{owner_mark(instance)}"'
 
 
 def owner_mark(instance: str) -> str:
@@ -63,13 +81,15 @@ class Change:
     ttl: int = 0
     owner: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, comments: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {"name": self.name, "type": self.type,
                                 "changetype": self.changetype}
         if self.changetype == "REPLACE":
             body["ttl"] = self.ttl
             body["records"] = [{"content": c, "disabled": False} for c in self.contents]
-            body["comments"] = [{"content": owner_mark(self.owner), "account": OWNER_ACCOUNT}]
+            if comments:
+                body["comments"] = [{"content": owner_mark(self.owner),
+                                     "account": OWNER_ACCOUNT}]
         return body
 
     def describe(self) -> str:
@@ -78,11 +98,32 @@ class Change:
         return f"set {self.type} {self.name.rstrip('.')} -> {', '.join(self.contents)}"
 
 
+def _with_marks(rrsets: list[RRset], markers: list[RRset]) -> list[RRset]:
+    """``rrsets`` with the owner each ``_hookpack.<name>`` TXT in ``markers`` names, as
+    the comment a comment-storing backend would hold; the markers themselves left out."""
+    owners: dict[str, str] = {}
+    prefix = MARKER_LABEL + "."
+    for marker in markers:
+        if marker.type == "TXT" and marker.name.lower().startswith(prefix):
+            for content in marker.contents:
+                text = content.strip('"')
+                if text.startswith("hookpack:"):
+                    owners[marker.name[len(prefix):].lower()] = text.removeprefix("hookpack:")
+    out = []
+    for r in rrsets:
+        if r.type == "TXT" and r.name.lower().startswith(prefix):
+            continue
+        owner = owners.get(r.name.lower()) if r.type in MANAGED_TYPES else None
+        comments = ({"account": OWNER_ACCOUNT, "content": owner_mark(owner)},) if owner else ()
+        out.append(RRset(r.name, r.type, r.ttl, r.contents, comments))
+    return out
+
+
 class Client:
     """A tiny client for /api/v1/servers/<server_id>/zones."""
 
     def __init__(self, url: str, api_key: str, *, server_id: str = "localhost",
-                 timeout: float = 2.0) -> None:
+                 timeout: float = 2.0, marks: str = "comments") -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise PowerDnsError(f"PowerDNS API URL {url!r} is not an http(s) URL")
@@ -93,6 +134,24 @@ class Client:
         self.api_key = api_key
         self.server_id = server_id
         self.timeout = timeout
+        self.marks = marks  # "comments" or "txt": how hookpack marks its RRsets
+
+    def backends(self, timeout: float | None = None) -> list[str]:
+        """The backends the server launched (its `launch` setting), e.g. ["lmdb"]."""
+        sid = urllib.parse.quote(self.server_id, safe="")
+        _, payload = self.request("GET", f"{self.prefix}/api/v1/servers/{sid}/config",
+                                  timeout=timeout)
+        for item in payload if isinstance(payload, list) else []:
+            if isinstance(item, dict) and item.get("name") == "launch":
+                return [b.strip().split(":")[0] for b in str(item.get("value", "")).split(",")
+                        if b.strip()]
+        return []
+
+    def detect_marks(self, timeout: float | None = None) -> str:
+        """"comments" when every launched backend stores comments, else "txt"."""
+        launched = self.backends(timeout)
+        self.marks = "comments" if launched and set(launched) <= COMMENT_BACKENDS else "txt"
+        return self.marks
 
     def _zone_path(self, zone: str) -> str:
         quoted = urllib.parse.quote(zone.replace("/", "=2F"), safe=".=-")
@@ -137,15 +196,26 @@ class Client:
         return response.status, payload
 
     def rrsets(self, zone: str, name: str, timeout: float | None = None) -> list[RRset]:
-        """The RRsets of ``zone`` at ``name`` (all types)."""
-        query = urllib.parse.urlencode({"rrset_name": name})
-        _, payload = self.request("GET", f"{self._zone_path(zone)}?{query}", timeout=timeout)
+        """The RRsets of ``zone`` at ``name`` (all types), with hookpack's mark."""
+        found = self._get(zone, name, timeout)
+        if self.marks != "txt":
+            return found
+        return _with_marks(found, self._get(zone, marker_name(name), timeout))
+
+    def zone_rrsets(self, zone: str, timeout: float | None = None) -> list[RRset]:
+        """Every RRset of ``zone``, with hookpack's mark."""
+        found = self._get(zone, None, timeout)
+        return _with_marks(found, found) if self.marks == "txt" else found
+
+    def _get(self, zone: str, name: str | None, timeout: float | None) -> list[RRset]:
+        query = f"?{urllib.parse.urlencode({'rrset_name': name})}" if name else ""
+        _, payload = self.request("GET", f"{self._zone_path(zone)}{query}", timeout=timeout)
         if not isinstance(payload, dict):
             raise PowerDnsError(f"PowerDNS API: zone {zone}: unexpected answer")
         found = []
         for item in payload.get("rrsets", []):
             # Older servers ignore rrset_name and return the whole zone: filter here.
-            if item.get("name", "").lower() != name.lower():
+            if name is not None and item.get("name", "").lower() != name.lower():
                 continue
             found.append(RRset(
                 name=item["name"], type=item["type"], ttl=int(item.get("ttl", 0)),
@@ -154,9 +224,32 @@ class Client:
         return found
 
     def patch(self, zone: str, changes: Iterable[Change], timeout: float | None = None) -> None:
-        body = {"rrsets": [c.to_json() for c in changes]}
+        changes = list(changes)
+        body = {"rrsets": [c.to_json(self.marks != "txt") for c in changes]}
+        if self.marks == "txt":
+            body["rrsets"] += [m.to_json(False) for m in self._marker_changes(zone, changes,
+                                                                              timeout)]
         if body["rrsets"]:
             self.request("PATCH", self._zone_path(zone), body, timeout=timeout)
+
+    def _marker_changes(self, zone: str, changes: list[Change],
+                        timeout: float | None) -> list[Change]:
+        """The TXT marks going with ``changes``: set where hookpack writes a name, removed
+        where the last of its RRsets at a name goes."""
+        marks: list[Change] = []
+        for name in dict.fromkeys(c.name for c in changes):
+            here = [c for c in changes if c.name == name]
+            written = [c for c in here if c.changetype == "REPLACE"]
+            if written:
+                marks.append(Change(zone, marker_name(name), "TXT", "REPLACE",
+                                    (marker_content(written[0].owner),), written[0].ttl))
+                continue
+            deleted = {c.type for c in here}
+            left = [r for r in self._get(zone, name, timeout)
+                    if r.type in MANAGED_TYPES and r.type not in deleted]
+            if not left:
+                marks.append(Change(zone, marker_name(name), "TXT", "DELETE"))
+        return marks
 
     def create_zone(self, zone: str, nameservers: Iterable[str] = (),
                     timeout: float | None = None) -> None:

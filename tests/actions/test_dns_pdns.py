@@ -192,7 +192,7 @@ def test_wrong_api_key_is_a_clean_failure_without_the_key(zones, dns_hooks, tmp_
 def _foreign(zone: str, name: str, rtype: str, content: str) -> Change:
     """An RRset as an operator would write it: no hookpack comment."""
     class Foreign(Change):
-        def to_json(self):
+        def to_json(self, comments=True):
             return {"name": self.name, "type": self.type, "changetype": "REPLACE",
                     "ttl": 300, "records": [{"content": content, "disabled": False}]}
     return Foreign(zone, name, rtype, "REPLACE")
@@ -210,14 +210,17 @@ def test_cli_dns_check_reads_each_configured_zone(zones, dns_hooks, tmp_path):
     r = subprocess.run([sys.executable, "-m", "hookpack", "dns", "check", "--config",
                         str(config)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [f"zone {FWD}: ok", f"zone {REV4}: ok", f"zone {REV6}: ok"]
+    assert r.stdout.splitlines() == [
+        "records: hookpack marks the records it owns with an RRset comment (account "
+        "hookpack); records without it are never changed",
+        f"zone {FWD}: ok", f"zone {REV4}: ok", f"zone {REV6}: ok"]
     config.write_text(config.read_text().replace('forward_zones = ["example.test"]',
                                                  'forward_zones = ["missing.test"]'))
     r = subprocess.run([sys.executable, "-m", "hookpack", "dns", "check", "--config",
                         str(config)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
-    assert r.stdout.splitlines()[0].startswith("zone missing.test.: PowerDNS API GET ")
-    assert "HTTP 404" in r.stdout.splitlines()[0]
+    assert r.stdout.splitlines()[1].startswith("zone missing.test.: PowerDNS API GET ")
+    assert "HTTP 404" in r.stdout.splitlines()[1]
 
 
 def test_doctor_reports_each_zone(zones, dns_hooks, tmp_path):
@@ -228,7 +231,9 @@ def test_doctor_reports_each_zone(zones, dns_hooks, tmp_path):
     r = subprocess.run([sys.executable, "-m", "hookpack", "doctor", "--config", str(config)],
                        capture_output=True, text=True, timeout=60)
     lines = [line for line in r.stdout.splitlines() if " dns: " in line]
-    assert lines[0].startswith("FAIL dns: zone missing.test.: PowerDNS API GET ")
-    assert lines[1:] == [f"PASS dns: zone {REV4} readable at 127.0.0.1",
+    assert lines[0] == ("PASS dns: hookpack marks the records it owns with an RRset comment "
+                        "(account hookpack); records without it are never changed")
+    assert lines[1].startswith("FAIL dns: zone missing.test.: PowerDNS API GET ")
+    assert lines[2:] == [f"PASS dns: zone {REV4} readable at 127.0.0.1",
                          f"PASS dns: zone {REV6} readable at 127.0.0.1"]
     assert r.returncode == 1

@@ -8,6 +8,8 @@ the same namespace.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,46 @@ def test_allowed_add_appears_in_powerdns_and_remove_removes_it(dns_lab):
     assert _rrsets(lab, server, REVZONE, _ptr(OK_IP)) == {}
     # The record hookpack did not create is still there.
     assert _rrsets(lab, server, ZONE, TAKEN_NAME + ".") == {"A": {FOREIGN_IP}}
+
+
+SYNC_NAME, SYNC_IP = instance_name(9), instance_ip(9)
+HOOKPACK = "/opt/hookpack-lab/venv/bin/hookpack"
+
+
+def test_dns_sync_catches_up_after_a_failed_post_hook(dns_lab):
+    """PowerDNS frozen (SIGSTOP) during the add: the instance is added (a post hook cannot
+    stop it), its dns post hook fails; `hookpack dns sync` on the master, reading the
+    instances from the real Ganeti, then brings PowerDNS in step, once."""
+    lab, server = dns_lab
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        r = _add(lab, SYNC_NAME, SYNC_IP)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    # Ganeti only logs post hooks' results: the dispatcher's run record has the failure
+    stats = json.loads(lab.node_file(MASTER, "/var/lib/hookpack/runs/dns.json").read_text())
+    last = stats["last"][0]
+    assert (last["instance"], last["hpath"], last["outcome"]) == (
+        SYNC_NAME, "instance-add", "failed"), last
+    assert "PowerDNS API at " in last["message"], last
+    assert _rrsets(lab, server, ZONE, SYNC_NAME + ".") == {}
+    try:
+        dry = lab.run_on(MASTER, [HOOKPACK, "dns", "sync", "--all", "--dry-run"], timeout=120)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert f"would   set A {SYNC_NAME} -> {SYNC_IP}" in dry.stdout, dry.stdout
+        assert _rrsets(lab, server, ZONE, SYNC_NAME + ".") == {}
+        done = lab.run_on(MASTER, [HOOKPACK, "dns", "sync", "--all"], timeout=120)
+        assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: TAKEN_NAME's conflict
+        assert f"changed set A {SYNC_NAME} -> {SYNC_IP}" in done.stdout, done.stdout
+        assert _rrsets(lab, server, ZONE, SYNC_NAME + ".") == {"A": {SYNC_IP}}
+        assert _rrsets(lab, server, REVZONE, _ptr(SYNC_IP)) == {"PTR": {SYNC_NAME + "."}}
+        again = lab.run_on(MASTER, [HOOKPACK, "dns", "sync", SYNC_NAME], timeout=120)
+        assert again.returncode == 0 and "changed 0 RRset(s), 0 conflict(s)" in again.stdout, \
+            again.stdout + again.stderr
+        print(done.stdout)
+    finally:
+        lab.gnt("gnt-instance", "remove", "-f", "--shutdown-timeout=0", SYNC_NAME,
+                check=False)
+    assert _rrsets(lab, server, ZONE, SYNC_NAME + ".") == {}

@@ -38,18 +38,21 @@ if os.path.exists({SLOW!r}):
 
 
 class Watcher:
-    """`hookpack jobwatch` started on the master in the background, stopped by pid."""
+    """`hookpack jobwatch` started on a node in the background, stopped by pid."""
 
-    def __init__(self, lab, log: Path) -> None:
-        self.lab, self.log, self.proc = lab, log, None
+    def __init__(self, lab, log: Path, node: str = MASTER) -> None:
+        self.lab, self.log, self.node, self.proc = lab, log, node, None
 
     def start(self) -> None:
-        argv = self.lab.master.nsenter([str(VENV / "bin/hookpack"), "jobwatch", "--config",
+        argv = self.lab.node(self.node).nsenter([str(VENV / "bin/hookpack"), "jobwatch", "--config",
                                         "/etc/hookpack/hookpack.toml"])
         # nsenter execs hookpack: the pid is the watcher's
         self.proc = subprocess.Popen(argv, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         wait_for(lambda: "jobwatch: watching" in self.log.read_text(), 30, "watcher start")
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -107,6 +110,7 @@ def lab(ganeti_lab, tmp_path_factory):
 
 
 def reports(lab, node: str = MASTER) -> list[dict[str, Any]]:
+    """The operator script's runs on ``node`` (both parts)."""
     try:
         text = lab.node_file(node, REPORTS).read_text()
     except FileNotFoundError:
@@ -114,26 +118,29 @@ def reports(lab, node: str = MASTER) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def watcher_reports(lab, job_id: str) -> list[dict[str, str]]:
+def watcher_reports(lab, job_id: str, node: str = MASTER) -> list[dict[str, str]]:
     # Only the watcher sets GANETI_OP_STATUS (hookpack's addition).
-    return [r["env"] for r in reports(lab) if r["env"].get("GANETI_JOB_ID") == job_id
+    return [r["env"] for r in reports(lab, node) if r["env"].get("GANETI_JOB_ID") == job_id
             and "GANETI_OP_STATUS" in r["env"]]
 
 
-def submit(lab, *argv: str) -> str:
-    done = lab.gnt(*argv[:2], "--submit", *argv[2:])  # options before arguments
+def submit(lab, *argv: str, on: str = MASTER) -> str:
+    # options before arguments; on the node that is the master now
+    done = lab.run_on(on, [*argv[:2], "--submit", *argv[2:]], check=True)
     out = (done.stdout + done.stderr).strip()  # "JobID: <id>"
     match = re.search(r"(\d+)\s*$", out)
     assert match, out
     return match.group(1)
 
 
-def job_status(lab, job_id: str) -> str:
-    return lab.gnt("gnt-job", "list", "--no-headers", "-o", "status", job_id).stdout.strip()
+def job_status(lab, job_id: str, on: str = MASTER) -> str:
+    return lab.run_on(on, ["gnt-job", "list", "--no-headers", "-o", "status", job_id],
+                      check=True).stdout.strip()
 
 
-def wait_job(lab, job_id: str, timeout: float = 120) -> str:
-    return wait_for(lambda: (s := job_status(lab, job_id)) in ("success", "error", "canceled")
+def wait_job(lab, job_id: str, timeout: float = 120, on: str = MASTER) -> str:
+    return wait_for(lambda: (s := job_status(lab, job_id, on)) in ("success", "error",
+                                                                  "canceled")
                     and s, timeout, f"job {job_id}")
 
 
@@ -250,3 +257,56 @@ def test_a_killed_job_process_is_reported_disappeared(lab):
     assert wait_job(lab, job, timeout=90) == "error"
     time.sleep(5)  # two more watcher cycles
     assert len(watcher_reports(lab, job)) == 1
+
+
+NODE2 = "node2.example.test"
+
+
+def master_failover(lab, to: str) -> float:
+    """`gnt-cluster master-failover`, run on the node that becomes the master."""
+    t0 = time.monotonic()
+    lab.run_on(to, ["gnt-cluster", "master-failover"], check=True, timeout=180)
+    wait_for(lambda: lab.node_file(to, "/var/lib/ganeti/ssconf_master_node").read_text()
+             .strip() == to, 30, f"ssconf naming {to} master")
+    return time.monotonic() - t0
+
+
+def test_master_failover_both_ways_reports_each_job_once_on_its_master(lab, tmp_path):
+    """Watchers on both master candidates; a job, a failover, a job, a failover back, a
+    job: each job is reported once, by the node that was master when it ended."""
+    second = Watcher(lab, tmp_path / "jobwatch-node2.log", node=NODE2)
+    lab.node_file(NODE2, CURSOR).unlink(missing_ok=True)
+    master = MASTER
+    try:
+        second.start()
+        before = submit(lab, "gnt-debug", "delay", "--no-master", "0.1")
+        wait_for(lambda: watcher_reports(lab, before), 60, f"node1's report of {before}")
+        wait_for(lambda: any("following the queue" in line for line in second.lines()), 30,
+                 "node2 following the queue")
+        print(f"failover to node2: {master_failover(lab, NODE2):.1f} s")
+        master = NODE2
+        between = submit(lab, "gnt-debug", "delay", "--no-master", "0.1", on=NODE2)
+        wait_for(lambda: watcher_reports(lab, between, NODE2), 60,
+                 f"node2's report of {between}")
+        print(f"failover back to node1: {master_failover(lab, MASTER):.1f} s")
+        master = MASTER
+        after = submit(lab, "gnt-debug", "delay", "--no-master", "0.1")
+        wait_for(lambda: watcher_reports(lab, after), 60, f"node1's report of {after}")
+        time.sleep(5)  # two more cycles of both watchers: nothing more comes
+        counts = {(job, node): len(watcher_reports(lab, job, node))
+                  for job in (before, between, after) for node in (MASTER, NODE2)}
+        assert counts == {(before, MASTER): 1, (before, NODE2): 0,
+                          (between, MASTER): 0, (between, NODE2): 1,
+                          (after, MASTER): 1, (after, NODE2): 0}
+        (env,) = watcher_reports(lab, between, NODE2)
+        assert env["GANETI_MASTER"] == NODE2 and env["GANETI_IS_MASTER"] == "master"
+        log1 = lab.global_watcher.log.read_text()
+        assert f"{NODE2} is the master: following the queue without reporting" in log1
+        assert "master since luxid started at" in log1
+        assert "master since luxid started at" in second.log.read_text()
+    finally:
+        if master != MASTER:
+            master_failover(lab, MASTER)
+        second.stop()
+        print(second.log.read_text())
+        lab.node_file(NODE2, CURSOR).unlink(missing_ok=True)

@@ -24,11 +24,16 @@ PDNS_SERVER = "/usr/sbin/pdns_server"
 SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 
 
-def available() -> str:
+LMDB_BACKEND = Path("/usr/lib/x86_64-linux-gnu/pdns/liblmdbbackend.so")
+
+
+def available(backend: str = "gsqlite3") -> str:
     """Why pdns cannot run here, or '' when it can."""
     if not Path(PDNS_SERVER).exists():
         return "pdns-server is not installed (apt-get install pdns-server)"
-    if not SCHEMA.exists():
+    if backend == "lmdb" and not LMDB_BACKEND.exists():
+        return "pdns-backend-lmdb is not installed (scripts/apt-packages.txt)"
+    if backend != "lmdb" and not SCHEMA.exists():
         return "pdns-backend-sqlite3 is not installed"
     return ""
 
@@ -70,13 +75,17 @@ class Pdns:
 
 
 def write_config(directory: Path, address: str, api_port: int, dns_port: int,
-                 api_key: str) -> None:
-    db = directory / "pdns.sqlite3"
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.executescript(SCHEMA.read_text())
-        conn.commit()
+                 api_key: str, backend: str = "gsqlite3") -> None:
+    if backend == "lmdb":  # pdns-backend-lmdb: no comments (ownership by TXT records)
+        storage = ["launch=lmdb", f"lmdb-filename={directory / 'pdns.lmdb'}"]
+    else:
+        db = directory / "pdns.sqlite3"
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            conn.executescript(SCHEMA.read_text())
+            conn.commit()
+        storage = ["launch=gsqlite3", f"gsqlite3-database={db}"]
     (directory / "pdns.conf").write_text("\n".join([
-        "launch=gsqlite3", f"gsqlite3-database={db}",
+        *storage,
         "api=yes", f"api-key={api_key}",
         "webserver=yes", f"webserver-address={address}", f"webserver-port={api_port}",
         "webserver-allow-from=0.0.0.0/0,::/0",
@@ -89,13 +98,13 @@ def write_config(directory: Path, address: str, api_port: int, dns_port: int,
 @contextlib.contextmanager
 def running_pdns(directory: Path, *, address: str = "127.0.0.1",
                  wrap: Sequence[str] = (), api_port: int | None = None,
-                 dns_port: int | None = None, api_key: str = "test-api-key-123"
-                 ) -> Iterator[Pdns]:
+                 dns_port: int | None = None, api_key: str = "test-api-key-123",
+                 backend: str = "gsqlite3") -> Iterator[Pdns]:
     """Start pdns_server (optionally under ``wrap``, e.g. ip netns exec NS) and wait for it."""
     directory.mkdir(parents=True, exist_ok=True)
     server = Pdns(directory, address, api_port or free_port(), dns_port or free_port(),
                   api_key)
-    write_config(directory, address, server.api_port, server.dns_port, api_key)
+    write_config(directory, address, server.api_port, server.dns_port, api_key, backend)
     log = (directory / "pdns.log").open("wb")
     server.process = subprocess.Popen(
         [*wrap, PDNS_SERVER, f"--config-dir={directory}"], stdout=log,

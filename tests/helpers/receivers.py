@@ -3,7 +3,8 @@
 Real HTTP servers (threaded http.server on 127.0.0.1, ephemeral ports), not mocks of
 the client. Each one validates what it gets (method, path, headers, JSON shape; the
 webhook also the HMAC), answers 400 to anything malformed, and can be switched to
-answer 500, to hang, to record a request and then hang (the sender times out although
+answer 500, 404 (a permanent refusal), 429 with Retry-After, to hang, to record a
+request and then hang (the sender times out although
 the receiver got it: the case that makes duplicates), or to refuse connections
 (server closed, port free). Like a real consumer, each keeps `applied`, the events
 it acted on, deduplicated by the X-Hookpack-Idempotency-Key header.
@@ -30,9 +31,11 @@ class Receiver:
         self.host = host
         self.journal = journal  # also append each valid request here (JSON lines)
         self.mode = "ok"
+        self.retry_after = "1"  # the Retry-After header of mode "throttle"
         self.received: list[tuple[str, Any]] = []  # every valid request: (key, body)
         self.applied: dict[str, Any] = {}  # what a deduplicating consumer acted on
         self.invalid: list[str] = []
+        self.refused = 0  # valid requests answered 404 (reject) or 429 (throttle)
         self.release = threading.Event()
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -90,6 +93,16 @@ class Receiver:
         if self.mode == "error":
             self._reply(req, 500, b"internal error")
             return
+        if self.mode == "reject":  # a permanent refusal (e.g. a removed channel/hook)
+            with self._lock:
+                self.refused += 1
+            self._reply(req, 404, b"no_such_hook")
+            return
+        if self.mode == "throttle":
+            with self._lock:
+                self.refused += 1
+            self._reply(req, 429, b"rate_limited", headers={"Retry-After": self.retry_after})
+            return
         key = req.headers["X-Hookpack-Idempotency-Key"]
         body = json.loads(raw)
         with self._lock:
@@ -110,9 +123,11 @@ class Receiver:
 
     @staticmethod
     def _reply(req: BaseHTTPRequestHandler, status: int, body: bytes,
-               ctype: str = "application/json") -> None:
+               ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
         req.send_response(status)
         req.send_header("Content-Type", ctype)
+        for name, value in (headers or {}).items():
+            req.send_header(name, value)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
         req.wfile.write(body)

@@ -25,6 +25,7 @@ def site(tmp_path):
     (data / "ssconf_cluster_name").write_text("cluster1.example.test\n")
     hooks = tmp_path / "hooks"
     (hooks / "global-post.d").mkdir(parents=True)
+    luxid_running(tmp_path)
     reports = tmp_path / "reports.jsonl"
     script = hooks / "global-post.d" / "10-report"
     script.write_text(f"#!{sys.executable}\nimport json, os\n"
@@ -34,10 +35,23 @@ def site(tmp_path):
     return tmp_path
 
 
+LUXID_PID = 1  # a pid in the test's proc root: the luxid "runs" while proc/1 exists
+
+
+def luxid_running(site: Path, started: float | None = None) -> None:
+    """This node's luxid runs, started at ``started`` (its pid file's mtime)."""
+    (site / "proc" / str(LUXID_PID)).mkdir(parents=True, exist_ok=True)
+    pidfile = site / "run" / "ganeti-luxid.pid"
+    pidfile.parent.mkdir(exist_ok=True)
+    pidfile.write_text(f"{LUXID_PID}\n")
+    if started is not None:
+        os.utime(pidfile, (started, started))
+
+
 def watcher(site: Path, fqdn: str = MASTER, lines: list | None = None) -> Watcher:
     return Watcher(data_dir=site / "ganeti", hooks_dir=site / "hooks",
                    state_dir=site / "state", fqdn=fqdn, script_timeout=10,
-                   proc_root=site / "proc",
+                   proc_root=site / "proc", luxid_pidfile=site / "run" / "ganeti-luxid.pid",
                    out=(lines.append if lines is not None else lambda line: None))
 
 
@@ -239,13 +253,16 @@ def test_only_the_master_reports(site):
     w = watcher(site, fqdn="node2.example.test")
     write_job(site, 80, [op("OP_TEST_DELAY", "error")])
     w.cycle()
-    assert reports(site) == [] and not (site / "state" / CURSOR_NAME).exists()
+    assert reports(site) == []
+    cursor = json.loads((site / "state" / CURSOR_NAME).read_text())
+    assert cursor["done"] == [[80, 80]] and cursor["master"] == MASTER
 
 
 def test_cli_once_and_the_lock(site, write_config):
     config = write_config(f'[node]\nfqdn = "{MASTER}"\n')
-    text = config.read_text()
-    for key, where in (("hooks_dir", "hooks"), ("ganeti_data_dir", "ganeti")):
+    text = config.read_text().replace("[paths]\n", f'[paths]\nproc_root = "{site}/proc"\n')
+    for key, where in (("hooks_dir", "hooks"), ("ganeti_data_dir", "ganeti"),
+                       ("kvm_dir", "run/kvm-hypervisor")):
         text = text.replace(f'{key} = "{site / key}"', f'{key} = "{site / where}"')
     config.write_text(text)
     write_job(site, 90, [op("OP_TEST_DELAY", "error")])
@@ -262,3 +279,150 @@ def test_cli_once_and_the_lock(site, write_config):
     second = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert "job 91 op 0 OP_TEST_DELAY: error: 10-report: exit 0" in second.stdout
     assert summary(site) == [("91", "OP_TEST_DELAY", "error", "NOT_APPLICABLE")]
+
+
+# -- master failover: a watcher on every master candidate --------------------------------
+NODE2 = "node2.example.test"
+
+
+def ended(op_: dict, at: float) -> dict:
+    return dict(op_, end_timestamp=[int(at), int(at % 1 * 1e6)])
+
+
+class Candidate:
+    """A watcher on one master candidate: its own cursor and luxid, the shared queue
+    (Ganeti replicates the job files to every candidate)."""
+
+    def __init__(self, site: Path, name: str, index: int) -> None:
+        self.site, self.name = site, name
+        self.pidfile = site / f"run{index}" / "ganeti-luxid.pid"
+        self.lines: list[str] = []
+        self.restart()
+
+    def restart(self) -> None:
+        self.w = Watcher(data_dir=self.site / "ganeti", hooks_dir=self.site / "hooks",
+                         state_dir=self.site / f"state-{self.name}", fqdn=self.name,
+                         script_timeout=10, proc_root=self.site / "proc",
+                         luxid_pidfile=self.pidfile, out=self.lines.append)
+
+    def luxid(self, started: float | None) -> None:
+        """Start (at ``started``) or stop (None) this node's luxid."""
+        if started is None:
+            self.pidfile.unlink(missing_ok=True)
+            return
+        self.pidfile.parent.mkdir(exist_ok=True)
+        self.pidfile.write_text(f"{LUXID_PID}\n")
+        os.utime(self.pidfile, (started, started))
+
+    def cycle(self) -> list[int]:
+        return [r.job_id for r in self.w.cycle()]
+
+
+def failover(site: Path, new: Candidate, old: Candidate, at: float) -> None:
+    """What `gnt-cluster master-failover` does, in its order: ssconf names the new master,
+    the old master's daemons stop, then the new master's luxid starts."""
+    (site / "ganeti" / "ssconf_master_node").write_text(new.name + "\n")
+    old.luxid(None)
+    new.luxid(at)
+
+
+def test_failover_both_ways_reports_each_job_once_on_the_master_of_its_end(site):
+    t0 = 1_700_000_000.0
+    n1, n2 = Candidate(site, MASTER, 1), Candidate(site, NODE2, 2)
+    n1.luxid(t0)
+    write_job(site, 1, [ended(op("OP_TEST_DELAY", "error"), t0 - 50)])  # history
+    assert (n1.cycle(), n2.cycle()) == ([], [])
+    write_job(site, 2, [ended(op("OP_TEST_DELAY", "error"), t0 + 10)])
+    assert (n1.cycle(), n2.cycle()) == ([2], [])  # node2 follows without reporting
+    # a job ends on the old master just before the failover; nobody looks in between
+    write_job(site, 3, [ended(op("OP_TEST_DELAY", "error"), t0 + 20)])
+    (site / "ganeti" / "ssconf_master_node").write_text(NODE2 + "\n")
+    assert (n1.cycle(), n2.cycle()) == ([], [])  # node2's luxid has not started yet
+    assert any("luxid is not running" in line for line in n2.lines)
+    failover(site, n2, n1, t0 + 30)
+    write_job(site, 4, [ended(op("OP_TEST_DELAY", "error"), t0 + 40)])
+    write_job(site, 5, [op("OP_TEST_DELAY", "success"), op("OP_TEST_DELAY", "running")],
+              pid=LUXID_PID)  # a job running across the failover, its first op before
+    job5 = site / "ganeti" / "queue" / "job-5"
+    data = json.loads(job5.read_text())
+    data["ops"][0] = ended(data["ops"][0], t0 + 25)
+    job5.write_text(json.dumps(data))
+    assert (n2.cycle(), n1.cycle()) == ([4], [])
+    write_job(site, 5, [ended(op("OP_TEST_DELAY", "success"), t0 + 25),
+                        ended(op("OP_TEST_DELAY", "error"), t0 + 45)])
+    assert (n2.cycle(), n1.cycle(), n2.cycle()) == ([5], [], [])
+    # and back: node1 becomes master again
+    failover(site, n1, n2, t0 + 60)
+    write_job(site, 6, [ended(op("OP_TEST_DELAY", "error"), t0 + 55)])  # node2's, late
+    write_job(site, 7, [ended(op("OP_TEST_DELAY", "error"), t0 + 70)])
+    assert (n1.cycle(), n2.cycle(), n1.cycle()) == ([7], [], [])
+    assert [r["GANETI_JOB_ID"] for r in reports(site)] == ["2", "4", "5", "7"]
+    assert [r["GANETI_OP_CODE"] for r in reports(site) if r["GANETI_JOB_ID"] == "5"] == [
+        "OP_TEST_DELAY"]  # only its second opcode: the first ended before node2's term
+    assert reports(site)[2]["GANETI_MASTER"] == NODE2
+
+
+def test_a_watcher_restart_in_the_same_term_reports_what_ended_meanwhile(site):
+    t0 = 1_700_000_000.0
+    n1 = Candidate(site, MASTER, 1)
+    n1.luxid(t0)
+    assert n1.cycle() == []
+    write_job(site, 1, [ended(op("OP_TEST_DELAY", "error"), t0 + 10)])
+    n1.restart()
+    assert n1.cycle() == [1]
+    # luxid restarted while the watcher was down: a new term (possibly after a failover
+    # away and back), so what ended before it is not reported
+    write_job(site, 2, [ended(op("OP_TEST_DELAY", "error"), t0 + 20)])
+    n1.luxid(t0 + 30)
+    n1.restart()
+    write_job(site, 3, [ended(op("OP_TEST_DELAY", "error"), t0 + 40)])
+    assert n1.cycle() == [3]
+    assert any("master since luxid started" in line for line in n1.lines)
+    # a luxid restart seen by a running watcher changes nothing
+    write_job(site, 4, [ended(op("OP_TEST_DELAY", "error"), t0 + 45)])
+    n1.luxid(t0 + 50)
+    assert n1.cycle() == [4]
+
+
+def test_an_old_cursor_never_replays_history(site):
+    """A node down for a week comes back and is made master: its cursor is a week old
+    (the format before failover support: no master, no term)."""
+    now = 1_700_600_000.0
+    week_ago = now - 7 * 86400
+    state = site / f"state-{NODE2}"
+    state.mkdir()
+    (state / CURSOR_NAME).write_text(json.dumps({"version": 1, "done": [[1, 5]],
+                                                 "reported": {}}))
+    for job_id in range(6, 40):
+        write_job(site, job_id, [ended(op("OP_TEST_DELAY", "error"), week_ago + job_id)],
+                  archived=job_id < 30)
+    (site / "ganeti" / "ssconf_master_node").write_text(NODE2 + "\n")
+    n2 = Candidate(site, NODE2, 2)
+    n2.luxid(now)
+    write_job(site, 40, [ended(op("OP_TEST_DELAY", "error"), now + 5)])
+    assert n2.cycle() == [40]
+    assert n2.cycle() == []
+    cursor = json.loads((state / CURSOR_NAME).read_text())
+    assert cursor["done"] == [[1, 40]] and cursor["since"] == now
+
+
+def test_a_failover_during_a_followers_look_is_left_to_the_next_cycle(site, monkeypatch):
+    t0 = 1_700_000_000.0
+    n1, n2 = Candidate(site, MASTER, 1), Candidate(site, NODE2, 2)
+    n1.luxid(t0)
+    n2.cycle()
+    real = n2.w.ssconf
+    calls = []
+
+    def failover_midway(name: str) -> str:
+        calls.append(name)
+        if len(calls) == 2:  # after the look at the queue: node2 became master
+            failover(site, n2, n1, t0 + 30)
+            write_job(site, 9, [ended(op("OP_TEST_DELAY", "error"), t0 + 40)])
+        return real(name)
+
+    write_job(site, 8, [ended(op("OP_TEST_DELAY", "error"), t0 + 5)])
+    monkeypatch.setattr(n2.w, "ssconf", failover_midway)
+    assert n2.cycle() == []
+    monkeypatch.setattr(n2.w, "ssconf", real)
+    assert n2.cycle() == [9]  # 8 ended before node2's term: not its to report

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext
 from hookpack.config import Field
 from hookpack.env import Phase
+from hookpack.errors import ActionError, HookpackError
 from hookpack.result import Result
 
 if TYPE_CHECKING:  # argparse stays off the hook's hot path
     import argparse
 
     from hookpack.actions.announce.events import Move, Starts
+    from hookpack.outbox import Outbox
 
 _TEXT = "Ganeti $kind of $instance: $source → $target ($duration)"
 
@@ -80,7 +82,7 @@ def run(ctx: ActionContext) -> Result:
 def _announce(ctx: ActionContext, move: Move, starts: Starts, expired: list[str]) -> Result:
     from hookpack.actions.announce import delivery
     from hookpack.actions.announce.events import build_event
-    from hookpack.outbox import Outbox, event_id, now_ms
+    from hookpack.outbox import Failure, Outbox, event_id, now_ms
 
     settings = ctx.settings
     names = delivery.configured_sinks(settings)
@@ -97,14 +99,24 @@ def _announce(ctx: ActionContext, move: Move, starts: Starts, expired: list[str]
     secrets = delivery.Secrets(settings, ctx.redact)
     # Keep a margin before the hook's hard deadline for writing the state back.
     cap = min(float(settings["attempt_timeout"]), max(0.0, ctx.deadline.remaining() - 0.5))
-    with outbox.create(ident, {"id": ident, "key": event["key"], "created_ms": event["end_ms"],
-                               "subject": move.instance, "event": event,
-                               "deliveries": deliveries}) as held:
-        starts.forget(move, ctx.env.hpath)  # only once the event is on disk
-        outcomes = (delivery.attempt_all(held, names, settings, secrets, cap) if cap > 0
-                    else {name: "not attempted (attempt_timeout = 0)" for name in names})
-    sent = [name for name, error in outcomes.items() if error is None]
-    queued = {name: error for name, error in outcomes.items() if error is not None}
+    data = {"id": ident, "key": event["key"], "created_ms": event["end_ms"],
+            "subject": move.instance, "event": event, "deliveries": deliveries}
+    try:
+        with outbox.create(ident, data) as held:
+            starts.forget(move, ctx.env.hpath)  # only once the event is on disk
+            outcomes = (delivery.attempt_all(held, names, settings, secrets, cap) if cap > 0
+                        else {name: Failure("not attempted (attempt_timeout = 0)")
+                              for name in names})
+    except ActionError as err:
+        if held_nothing(outbox, ident):
+            log_unqueued(ctx, data)
+            return Result.failed(f"{move.kind} {move.source} → {move.target}: cannot queue "
+                                 f"the event ({err}); not sent: its whole content is logged "
+                                 "as `hookpack announce: unqueued event`, replay it with "
+                                 "`hookpack outbox replay`")
+        raise
+    sent = [name for name, failure in outcomes.items() if failure is None]
+    queued = {name: failure for name, failure in outcomes.items() if failure is not None}
     what = f"{move.kind} {move.source} → {move.target}"
     if start is None:
         what += " (start unknown: no pre-phase record)"
@@ -114,8 +126,37 @@ def _announce(ctx: ActionContext, move: Move, starts: Starts, expired: list[str]
         return Result.changed(f"{what}: delivered to {', '.join(sent)}", changes)
     first = next(iter(queued.values()))
     done = f"delivered to {', '.join(sent)}; " if sent else ""
-    return Result.changed(f"{what}: {done}{', '.join(queued)}: {first}; queued, "
+    dead = [name for name, failure in queued.items() if failure.permanent]
+    state = (f"dead-lettered for {', '.join(dead)} (refused for good; `hookpack outbox "
+             "list`)" if dead else "queued") if len(dead) == len(queued) else "queued"
+    return Result.changed(f"{what}: {done}{', '.join(queued)}: {first.reason}; {state}, "
                           f"{outbox.count()} pending", changes)
+
+
+def held_nothing(outbox: Outbox, ident: str) -> bool:
+    """Whether the event never reached the disk (then only the log can keep it)."""
+    try:
+        return outbox.read(ident) is None
+    except HookpackError:
+        return True
+
+
+def log_unqueued(ctx: ActionContext, data: dict[str, Any]) -> None:
+    """The whole event on one line (stderr, and syslog when configured), never cut:
+    `hookpack outbox replay '<json>'` queues it again. It holds no secret (sinks add
+    URLs and credentials only when they send)."""
+    import json
+    import sys
+
+    line = ("hookpack announce: unqueued event (replay with `hookpack outbox replay`): "
+            + json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":")))
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if ctx.config.core["log"].get("syslog"):
+        import syslog
+
+        syslog.openlog("hookpack", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_ERR, line)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

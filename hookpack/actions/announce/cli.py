@@ -32,6 +32,12 @@ def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     _ids(p)
     add_yes_arg(p)
     p.set_defaults(handler=cmd_drop)
+    p = outbox.add_parser("replay", help="queue an event the hook could not write (its "
+                          "JSON from the `unqueued event` log line)")
+    p.add_argument("event", metavar="JSON", help="the event's JSON, or - to read it from "
+                   "stdin")
+    _config(p)
+    p.set_defaults(handler=cmd_replay)
 
 
 def _config(p: argparse.ArgumentParser) -> None:
@@ -86,7 +92,7 @@ def _when(ms: int) -> str:
 
 def cmd_list(ns: argparse.Namespace) -> int:
     outbox, _, _, _ = _setup(ns)
-    rows = 0
+    rows = dead_rows = 0
     for event in outbox.ids():
         try:
             data = outbox.read(event)
@@ -99,19 +105,26 @@ def cmd_list(ns: argparse.Namespace) -> int:
         for name, d in sorted(data["deliveries"].items()):
             if d.get("done_ms"):
                 continue
-            rows += 1
+            dead = bool(d.get("dead_ms"))
+            rows += 0 if dead else 1
+            dead_rows += 1 if dead else 0
             row = {"id": event, "sink": name, "instance": data.get("subject", ""),
                    "kind": data.get("event", {}).get("kind", ""),
-                   "attempts": d.get("attempts", 0), "next_attempt": _when(
-                       int(d.get("next_attempt_ms", 0))), "last_error": d.get("last_error", "")}
+                   "state": "dead-lettered" if dead else "pending",
+                   "attempts": d.get("attempts", 0), "next_attempt": "never" if dead else
+                   _when(int(d.get("next_attempt_ms", 0))),
+                   "last_error": d.get("last_error", "")}
             if ns.json:
                 print(json.dumps(row, sort_keys=True))
             else:
                 print(f"{event}  {name:8} {row['instance']}  {row['kind']}  "
+                      f"{'DEAD-LETTERED' + '  ' if dead else ''}"
                       f"attempts {row['attempts']}  next {row['next_attempt']}  "
                       f"{row['last_error'] or '-'}")
     if not ns.json:
-        print(f"{rows} pending deliver{'y' if rows == 1 else 'ies'}")
+        print(f"{rows} pending deliver{'y' if rows == 1 else 'ies'}"
+              + (f", {dead_rows} dead-lettered (refused for good: fix, then `hookpack outbox "
+                 "retry ID`, or `drop ID`)" if dead_rows else ""))
     return 0
 
 
@@ -132,17 +145,22 @@ def cmd_flush(ns: argparse.Namespace, only: set[str] | None = None, force: bool 
     if ns.json:
         print(json.dumps({"delivered": list(report.delivered), "failed": list(report.failed),
                           "busy": list(report.busy), "deferred": report.deferred,
-                          "pending": pending, "cleaned": cleaned}, sort_keys=True))
-        return 1 if report.failed else 0
+                          "dead": list(report.dead), "pending": pending,
+                          "cleaned": cleaned}, sort_keys=True))
+        return 1 if report.failed or report.dead else 0
     for line in report.delivered:
         print(f"delivered {line}")
     for line in report.failed:
         print(f"failed    {line}")
+    for line in report.dead:
+        print(f"dead      {line} (refused for good: kept, not retried)")
     for event in report.busy:
         print(f"busy      {event} (another hookpack run is delivering it)")
+    dead = f"{len(report.dead)} dead-lettered, " if report.dead else ""
     print(f"outbox: {len(report.delivered)} delivered, {len(report.failed)} failed, "
-          f"{report.deferred} deferred, {pending} event{'s' if pending != 1 else ''} pending")
-    return 1 if report.failed else 0
+          f"{report.deferred} deferred, {dead}"
+          f"{pending} event{'s' if pending != 1 else ''} pending")
+    return 1 if report.failed or report.dead else 0
 
 
 def cmd_retry(ns: argparse.Namespace) -> int:
@@ -173,4 +191,32 @@ def cmd_drop(ns: argparse.Namespace) -> int:
                          sort_keys=True))
     else:
         print(f"outbox: {len(dropped)} dropped, {outbox.count()} pending")
+    return 0
+
+
+def cmd_replay(ns: argparse.Namespace) -> int:
+    from hookpack.outbox import check_id
+
+    outbox, _, _, _ = _setup(ns)
+    text = sys.stdin.read() if ns.event == "-" else ns.event
+    try:
+        data = json.loads(text)
+        ident = check_id(str(data["id"]))
+        deliveries = data["deliveries"]
+        if not isinstance(deliveries, dict) or not deliveries or not isinstance(
+                data.get("key"), str):
+            raise ValueError("no deliveries or no key")
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadInput(f"not an event from an `unqueued event` log line: {err}") from None
+    if outbox.read(ident) is not None:
+        print(f"outbox: {ident} is queued already")
+        return 0
+    for delivery in deliveries.values():  # as new: the same key, so receivers dedupe
+        for key in ("done_ms", "dead_ms", "last_attempt_ms"):
+            delivery.pop(key, None)
+        delivery.update(attempts=0, next_attempt_ms=0, last_error="")
+    with outbox.create(ident, data):
+        pass
+    print(f"queued    {ident} ({', '.join(sorted(deliveries))}); `hookpack outbox flush` "
+          "sends it")
     return 0

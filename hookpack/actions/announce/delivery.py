@@ -20,7 +20,7 @@ from typing import Any
 
 from hookpack.config import read_secret
 from hookpack.errors import BadInput, HookpackError
-from hookpack.outbox import Held, Outbox, now_ms, record_attempt
+from hookpack.outbox import Failure, Held, Outbox, now_ms, record_attempt, revive
 
 SINK_NAMES = ("slack", "grafana", "webhook")
 IDEMPOTENCY_HEADER = "X-Hookpack-Idempotency-Key"
@@ -64,8 +64,9 @@ class Secrets:
 
 
 def attempt(event_key: str, sink_name: str, payload: Mapping[str, Any],
-            settings: Mapping[str, Any], secrets: Secrets, timeout: float) -> str | None:
-    """One POST of one delivery. None when delivered, else a one-line reason."""
+            settings: Mapping[str, Any], secrets: Secrets, timeout: float) -> Failure | None:
+    """One POST of one delivery. None when delivered, else why (permanent when the
+    receiver refused it with a 4xx other than 408/425/429)."""
     from hookpack.adapters import http
     from hookpack.sinks import dumps
 
@@ -76,27 +77,29 @@ def attempt(event_key: str, sink_name: str, payload: Mapping[str, Any],
         http.post(url, body, headers, timeout=timeout,
                   allow_insecure_hosts=settings["allow_insecure_hosts"],
                   ca_file=settings["ca_file"])
+    except http.HttpError as err:
+        return Failure(secrets.clean(str(err)), err.permanent, err.retry_after)
     except HookpackError as err:
-        return secrets.clean(str(err))
+        return Failure(secrets.clean(str(err)))
     except Exception as err:  # a bug must not lose the event: it stays queued
-        return secrets.clean(f"internal error: {type(err).__name__}: {err}")
+        return Failure(secrets.clean(f"internal error: {type(err).__name__}: {err}"))
     return None
 
 
 def attempt_all(held: Held, names: list[str], settings: Mapping[str, Any], secrets: Secrets,
-                timeout: float) -> dict[str, str | None]:
+                timeout: float) -> dict[str, Failure | None]:
     """Try ``names`` in parallel within ``timeout`` s in all; record each outcome."""
     # Read every secret before the threads start: file errors become clean reasons.
-    outcomes: dict[str, str | None] = {}
+    outcomes: dict[str, Failure | None] = {}
     for name in names:
         try:
             for key in sink(name).SECRETS:
                 if settings[key]:
                     secrets(key)
         except HookpackError as err:
-            outcomes[name] = secrets.clean(str(err))
+            outcomes[name] = Failure(secrets.clean(str(err)))
     todo = [n for n in names if n not in outcomes]
-    results: dict[str, str | None] = {}
+    results: dict[str, Failure | None] = {}
     give_up = time.monotonic() + timeout
     deliveries = held.data["deliveries"]
 
@@ -112,15 +115,13 @@ def attempt_all(held: Held, names: list[str], settings: Mapping[str, Any], secre
         # The adapter bounds each request; the small grace only covers scheduling.
         thread.join(max(0.0, give_up - time.monotonic()) + 0.2)
     for name in todo:
-        outcomes[name] = results.get(name, f"no answer within {timeout:g} s")
+        outcomes[name] = results[name] if name in results else Failure(
+            f"no answer within {timeout:g} s")
     at = now_ms()
-    for name, error in outcomes.items():
-        record_attempt(deliveries[name], error, at_ms=at, base=_jittered(settings),
+    for name, failure in outcomes.items():
+        record_attempt(deliveries[name], failure, at_ms=at, base=_jittered(settings),
                        cap=settings["backoff_max"])
-    if all(d.get("done_ms") for d in deliveries.values()):
-        held.remove()
-    else:
-        held.save()
+    held.settle()
     return outcomes
 
 
@@ -135,6 +136,7 @@ def _jittered(settings: Mapping[str, Any]) -> float:
 class FlushReport:
     delivered: list[str] = field(default_factory=list)  # "<id> <sink>"
     failed: list[str] = field(default_factory=list)  # "<id> <sink>: reason"
+    dead: list[str] = field(default_factory=list)  # "<id> <sink>: reason" (refused for good)
     busy: list[str] = field(default_factory=list)
     deferred: int = 0  # due but skipped: its sink already failed in this run
 
@@ -142,7 +144,9 @@ class FlushReport:
 def flush(outbox: Outbox, settings: Mapping[str, Any], secrets: Secrets, *,
           timeout: float, only: set[str] | None = None, force: bool = False,
           clock: Callable[[], int] = now_ms) -> FlushReport:
-    """Deliver what is due (``force``: everything), oldest event first."""
+    """Deliver what is due (``force``: everything), oldest event first. Dead-lettered
+    deliveries are left alone, except those of the events named in ``only`` (an
+    operator's `hookpack outbox retry`), which are tried again."""
     report = FlushReport()
     broken: set[str] = set()
     for event in outbox.ids():
@@ -150,7 +154,7 @@ def flush(outbox: Outbox, settings: Mapping[str, Any], secrets: Secrets, *,
             continue
         try:
             _flush_one(outbox, event, report, broken, settings, secrets, timeout=timeout,
-                       force=force, clock=clock)
+                       force=force, clock=clock, only=only)
         except BadInput as err:  # one unreadable file must not stop the others
             report.failed.append(f"{event}: {err}")
     return report
@@ -158,12 +162,15 @@ def flush(outbox: Outbox, settings: Mapping[str, Any], secrets: Secrets, *,
 
 def _flush_one(outbox: Outbox, event: str, report: FlushReport, broken: set[str],
                settings: Mapping[str, Any], secrets: Secrets, *, timeout: float, force: bool,
-               clock: Callable[[], int]) -> None:
+               clock: Callable[[], int], only: set[str] | None = None) -> None:
     with outbox.claim(event) as held:
         if held is None:
             if outbox.read(event) is not None:
                 report.busy.append(event)
             return
+        if only is not None:
+            for delivery in held.dead().values():
+                revive(delivery)
         due = [name for name, d in held.pending().items()
                if force or int(d.get("next_attempt_ms", 0)) <= clock()]
         if not due:
@@ -172,31 +179,31 @@ def _flush_one(outbox: Outbox, event: str, report: FlushReport, broken: set[str]
             if name in broken:
                 report.deferred += 1
                 continue
-            error = _attempt_queued(held, name, settings, secrets, timeout)
-            record_attempt(held.data["deliveries"][name], error, at_ms=clock(),
+            failure = _attempt_queued(held, name, settings, secrets, timeout)
+            record_attempt(held.data["deliveries"][name], failure, at_ms=clock(),
                            base=_jittered(settings), cap=settings["backoff_max"])
-            if error is None:
+            if failure is None:
                 report.delivered.append(f"{event} {name}")
+            elif failure.permanent:  # the receiver refused this event, not every event
+                report.dead.append(f"{event} {name}: {failure.reason}")
             else:
                 broken.add(name)
-                report.failed.append(f"{event} {name}: {error}")
-        if held.pending():
-            held.save()
-        else:
-            held.remove()
+                report.failed.append(f"{event} {name}: {failure.reason}")
+        held.settle()
 
 
 def _attempt_queued(held: Held, name: str, settings: Mapping[str, Any], secrets: Secrets,
-                    timeout: float) -> str | None:
+                    timeout: float) -> Failure | None:
     if name not in SINK_NAMES:
-        return f"unknown sink {name!r}"
+        return Failure(f"unknown sink {name!r}")
     try:
         for key in sink(name).SECRETS:
             if settings[key]:
                 secrets(key)
         if not sink(name).configured(settings):
-            return f"sink {name} is no longer configured; `hookpack outbox drop` to discard"
+            return Failure(f"sink {name} is no longer configured; `hookpack outbox drop` "
+                           "to discard")
     except HookpackError as err:
-        return secrets.clean(str(err))
+        return Failure(secrets.clean(str(err)))
     return attempt(held.data["key"], name, held.data["deliveries"][name]["payload"],
                    settings, secrets, timeout)
