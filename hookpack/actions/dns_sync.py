@@ -10,6 +10,7 @@ gone. Records without hookpack's mark are never changed (a conflict is reported)
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,7 @@ def add_cli(dns: Any) -> None:
     p.add_argument("--all", action="store_true", help="every instance, and remove hookpack's "
                    "records of instances that are gone")
     p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
     p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
                    "/etc/hookpack/hookpack.toml)")
     p.set_defaults(handler=cmd_sync)
@@ -144,24 +146,30 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
     timeout = float(settings["timeout"])
     choose_marks(client, settings, timeout)
-    print(f"dns sync: {marks_note(client)}")
-    if only and only not in instances:
-        print(f"dns sync: {only} is not an instance of this cluster: its records go")
+    as_json = getattr(ns, "json", False)
+    if not as_json:
+        print(f"dns sync: {marks_note(client)}")
+        if only and only not in instances:
+            print(f"dns sync: {only} is not an instance of this cluster: its records go")
     plan = sync_plan(client, settings, instances, only, timeout)
     return report(plan, client, dry_run=ns.dry_run, timeout=timeout,
-                  scope=only or f"{len(instances)} instance(s)")
+                  scope=only or f"{len(instances)} instance(s)", as_json=as_json)
 
 
-def report(plan: Plan, client: Client, *, dry_run: bool, timeout: float, scope: str) -> int:
+def report(plan: Plan, client: Client, *, dry_run: bool, timeout: float, scope: str,
+           as_json: bool = False) -> int:
     changes = [c for zone in plan.changes.values() for c in zone]
-    if dry_run:
-        for change in changes:
-            print(f"would   {change.describe()}")
-        done: list[str] = []
-    else:
-        done = plan.apply(client, lambda: timeout)
-        for line in done:
-            print(f"changed {line}")
+    done: list[str] = [] if dry_run else plan.apply(client, lambda: timeout)
+    if as_json:
+        print(json.dumps({"scope": scope, "dry_run": dry_run, "records": marks_note(client),
+                          "would_change" if dry_run else "changed":
+                          [c.describe() for c in changes] if dry_run else done,
+                          "conflicts": list(plan.conflicts)}, sort_keys=True))
+        return 1 if plan.conflicts else 0
+    for change in changes if dry_run else ():
+        print(f"would   {change.describe()}")
+    for line in done:
+        print(f"changed {line}")
     for conflict in plan.conflicts:
         print(f"conflict {conflict}")
     verb = "would change" if dry_run else "changed"

@@ -37,6 +37,7 @@ def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ign
     p.add_argument("event", metavar="JSON", help="the event's JSON, or - to read it from "
                    "stdin")
     _config(p)
+    _json(p)
     p.set_defaults(handler=cmd_replay)
 
 
@@ -209,7 +210,8 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError) as err:
         raise BadInput(f"not an event from an `unqueued event` log line: {err}") from None
     if outbox.read(ident) is not None:
-        print(f"outbox: {ident} is queued already")
+        print(json.dumps({"id": ident, "queued": False, "already": True}) if ns.json
+              else f"outbox: {ident} is queued already")
         return 0
     for delivery in deliveries.values():  # as new: the same key, so receivers dedupe
         for key in ("done_ms", "dead_ms", "last_attempt_ms"):
@@ -217,6 +219,10 @@ def cmd_replay(ns: argparse.Namespace) -> int:
         delivery.update(attempts=0, next_attempt_ms=0, last_error="")
     with outbox.create(ident, data):
         pass
-    print(f"queued    {ident} ({', '.join(sorted(deliveries))}); `hookpack outbox flush` "
-          "sends it")
+    if ns.json:
+        print(json.dumps({"id": ident, "queued": True, "already": False,
+                          "sinks": sorted(deliveries)}))
+    else:
+        print(f"queued    {ident} ({', '.join(sorted(deliveries))}); `hookpack outbox flush` "
+              "sends it")
     return 0
