@@ -112,9 +112,16 @@ def hooks_installed(paths: Paths) -> Iterable[Check]:
 
 
 def _bad_interpreter(entry: Path) -> bool:
-    first = entry.read_text(errors="replace").splitlines()[0]
-    interpreter = first[2:].split()[0] if first.startswith("#!") and first[2:].split() else ""
+    interpreter = entry_python(entry)
     return not (interpreter and os.access(interpreter, os.X_OK))
+
+
+def entry_python(entry: Path) -> str:
+    """The interpreter an entry runs: `hp_python='...'` (hookpack/entryscript.py)."""
+    for line in entry.read_text(errors="replace").splitlines()[:40]:
+        if line.startswith("hp_python='") and line.endswith("'"):
+            return line[len("hp_python='"):-1].replace("'\\''", "'")
+    return ""
 
 
 def config_checks(cfg: Config) -> Iterable[Check]:
