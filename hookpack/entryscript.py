@@ -155,10 +155,13 @@ if cd -P "${{hp_python%/*}}" 2>/dev/null; then
     cd / || exit 0
 fi
 if [ -z "${{hp_py:-}}" ] || [ ! -x "$hp_py" ]; then
-    hp_not_run "interpreter $hp_python is missing or not executable; reinstall hookpack (hookpack doctor)"
+    hp_not_run "interpreter $hp_python is missing or not executable; reinstall hookpack \
+(hookpack doctor)"
 fi
 hp_mark="@hookpack-result-$$:"
-hp_out=$("$hp_py" -I -c "$hp_boot" "$hp_mark" "$hp_kind" "$hp_config_arg" "$0" 2>&1)
+# The subshell waits for Python itself (the `exit` after it), so a shell note such as
+# "Segmentation fault" lands in the captured output too, not on the entry's stderr.
+hp_out=$(exec 2>&1; "$hp_py" -I -c "$hp_boot" "$hp_mark" "$hp_kind" "$hp_config_arg" "$0"; exit $?)
 hp_rc=$?
 case $hp_out in
 *"$hp_mark"*)
