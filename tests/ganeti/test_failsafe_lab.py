@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from tests.ganeti.scenario import MASTER
 from vmtestbed.ganeti import hookpack_install
 from vmtestbed.ganeti.lab import Lab
+
+from tests.ganeti.scenario import MASTER
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
