@@ -78,7 +78,9 @@ EXPECTED = {  # a line each broken state leaves in the master's log
     "hookpack not importable": "hookpack: actions did not run for instance-add/pre: cannot "
                                "import hookpack: ModuleNotFoundError: No module named "
                                "'hookpack'; the operation goes on",
-    "dependency not importable": "No module named 'pynetbox'",
+    "dependency not importable": "failed: cannot import a dependency: ModuleNotFoundError: No "
+                                 "module named 'pynetbox'; reinstall hookpack with its "
+                                 "dependencies (instance-add/post",
     "config invalid": f"hookpack: actions did not run for instance-add/pre: {CONFIG}: not "
                       "valid TOML: ",
 }
