@@ -41,7 +41,7 @@ def node(tmp_path_factory):
     (ganeti / "ssconf_master_node").write_text(socket.getfqdn() + "\n")
     (ganeti / "ssconf_release_version").write_text("3.0.2\n")
     variables = {
-        "hookpack_venv": str(root / "opt/venv"),
+        "hookpack_home": str(root / "opt/hookpack"),
         "hookpack_bin_link": str(root / "bin/hookpack"),
         "hookpack_hooks_dir": str(hooks),
         "hookpack_config_dir": str(root / "etc"),
@@ -97,7 +97,11 @@ def test_install_then_idempotent_then_check_mode(node):
 
     hooks = Path(variables["hookpack_hooks_dir"])
     entry = hooks / "instance-start-post.d" / "50-hookpack"
-    assert entry.read_text().startswith(f"#!{variables['hookpack_venv']}/bin/python")
+    home = Path(variables["hookpack_home"])
+    assert f"hp_python='{home}/current/venv/bin/python'" in entry.read_text()
+    [build] = (home / "versions").iterdir()
+    assert os.readlink(home / "current") == f"versions/{build.name}"
+    assert (build / ".hookpack-complete").exists()
     secret = Path(variables["hookpack_config_dir"]) / "secrets" / "webhook"
     assert secret.stat().st_mode & 0o777 == 0o600
     assert "doctor" in first.stdout and "PASS hooks" in first.stdout
@@ -136,7 +140,7 @@ def test_absent_removes_what_the_role_created_and_nothing_else(node):
     result = play(root, "-e", "hookpack_state=absent")
     assert result.returncode == 0, result.stdout[-4000:]
     assert _tree(Path(variables["hookpack_hooks_dir"])) == before
-    for path in ("hookpack_venv", "hookpack_bin_link", "hookpack_config_dir"):
+    for path in ("hookpack_home", "hookpack_bin_link", "hookpack_config_dir"):
         assert not Path(variables[path]).exists(), path
     assert not list(Path(variables["hookpack_systemd_dir"]).glob("hookpack-*"))
     again = play(root, "-e", "hookpack_state=absent")
