@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hookpack.roles import system_fqdn
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -40,6 +42,7 @@ def node(tmp_path_factory):
     ganeti.mkdir()
     (ganeti / "ssconf_master_node").write_text(socket.getfqdn() + "\n")
     (ganeti / "ssconf_release_version").write_text("3.0.2\n")
+    (ganeti / "ssconf_node_list").write_text(system_fqdn() + "\n")  # doctor: node-name
     variables = {
         "hookpack_home": str(root / "opt/hookpack"),
         "hookpack_bin_link": str(root / "bin/hookpack"),
