@@ -61,17 +61,19 @@ def read_facts(config: str | None) -> EntryFacts:
     from hookpack.errors import ConfigError
 
     path = config or DEFAULT_CONFIG
+    unknown = EntryFacts(config=path, config_arg=config or "", state="unknown")
     try:
-        mtime_ns = os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        mtime_ns = None
-    except OSError:
-        return EntryFacts(config=path, config_arg=config or "", state="unknown")
-    try:
+        before = _settled_stat(path)
         cfg = load_config(Path(path), required=bool(config))
+        after = _stat_key(path)
     except ConfigError:
         return EntryFacts(config=path, config_arg=config or "", state="unknown",
                           fail_closed=_raw_fail_closed(path))
+    except OSError:
+        return unknown
+    if before != after:  # written while we read it: trust nothing
+        return unknown
+    mtime_ns = before[0] if before else None
     log = cfg.core["log"]
     return EntryFacts(
         config=path, config_arg=config or "",
@@ -83,6 +85,28 @@ def read_facts(config: str | None) -> EntryFacts:
                           if cfg.section_enabled(s.section, s.enabled_by_default)),
         node=confirmed_node_name(cfg.core["node"]["fqdn"],
                                  Path(cfg.core["paths"]["ganeti_data_dir"])))
+
+
+def _stat_key(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+def _settled_stat(path: str, tick_ns: int = 50_000_000) -> tuple[int, int, int] | None:
+    """The config's (mtime, size, inode), once the clock is past its mtime by more than
+    a filesystem timestamp tick: any later write then gets a later mtime, so an entry
+    whose mtime equals the config's really saw this content."""
+    key = _stat_key(path)
+    if key is not None:
+        import time
+
+        wait_ns = key[0] + tick_ns - time.time_ns()
+        if wait_ns > 0:
+            time.sleep(wait_ns / 1e9)
+    return key
 
 
 def confirmed_node_name(configured: str, data_dir: Path) -> str:
