@@ -12,6 +12,9 @@ hookpack cases (the shell entry decides, from facts baked in at install):
   - an enabled action whose node role does not match (master-only policy, other node),
   - a whole pre directory (00-hookpack-global + 50-hookpack), nothing to do,
   - the config changed since install: facts not trusted, Python's quick gate decides.
+What the fail-safe shell costs when there is work (the record action on): the shell
+entry against the former entry (`#!<venv python> -I` + `from hookpack.hook import main`),
+same config, same action.
 Target (issue #21): a directory with nothing to do costs about a shell start.
 """
 
@@ -61,7 +64,8 @@ def wheel_venv(work: Path) -> str:
 
 def _run_checked(root: Path, environ: dict[str, str]) -> None:
     results = run_hooks(root, "instance-add", "pre", environ)
-    if not results or any(r.status != "success" or r.output for r in results):
+    if not results or any(r.status != "success" or (
+            r.output and not r.output.startswith("hookpack record: ")) for r in results):
         raise SystemExit(f"{root}: unexpected result {results}")
 
 
@@ -96,11 +100,13 @@ def main() -> None:
     (work / "ganeti/ssconf_node_list").write_text("node1.example.test\nnode2.example.test\n")
     node2 = f'[node]\nfqdn = "node2.example.test"\n[paths]\nganeti_data_dir = "{work}/ganeti"\n'
     policy = '[policy]\nenabled = true\nname_pattern = "x"\n'
+    record = f'[record]\nenabled = true\npath = "{work}/record.jsonl"\n'
     cases = {  # label: (config, entries dirs or None for the default layout, touch config)
         "registered, all disabled": (node2, [ENTRY_NAME], False),
         "enabled, role does not match": (node2 + policy, [ENTRY_NAME], False),
         "whole pre directory, nothing": (node2, [GLOBAL_PRE_ENTRY, ENTRY_NAME], False),
         "config changed since install": (node2 + policy, [ENTRY_NAME], True),
+        "record on: shell entry": (node2 + record, [ENTRY_NAME], False),
     }
     roots = {"baseline sh exit 0": _entry_dir(work / "sh", "#!/bin/sh\nexit 0\n"),
              "baseline python -I pass": _entry_dir(work / "py", f"#!{python} -I\npass\n")}
@@ -114,6 +120,11 @@ def main() -> None:
         if touch:
             os.utime(config)
         roots[label] = root / "hooks"
+    former = ("#!{python} -I\nimport sys\n\nfrom hookpack.hook import main\n\n"
+              "sys.exit(main({config!r}))\n")
+    config = roots["record on: shell entry"].parent / "hookpack.toml"
+    roots["record on: former python entry"] = _entry_dir(
+        work / "former", former.format(python=python, config=str(config)))
     results = interleaved_medians({label: (lambda r=root: _run_checked(r, pre_env))
                                    for label, root in roots.items()})
     python_ms, sh_ms = results["baseline python -I pass"], results["baseline sh exit 0"]
