@@ -108,17 +108,19 @@ def report(times: dict[tuple[str, bool], list[float]], rounds: int) -> None:
     print(f"\nganeti ops cost, median of {rounds} rounds per mode, interleaved; commit {commit}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'operation':10} {'without':>9} {'with':>9} {'added':>9} {'%':>7}")
+    print(f"{'operation':10} {'without':>9} {'with':>9} {'added':>9} {'%':>7}   "
+          "spread without / with (max - min)")
     for label, _, _ in OPS:
         off = statistics.median(times[(label, False)])
         on = statistics.median(times[(label, True)])
+        spread = [max(times[(label, m)]) - min(times[(label, m)]) for m in (False, True)]
         print(f"{label:10} {off:8.2f}s {on:8.2f}s {1000 * (on - off):+7.0f}ms "
-              f"{100 * (on - off) / off:+6.1f}%")
+              f"{100 * (on - off) / off:+6.1f}%   {spread[0]:.2f}s / {spread[1]:.2f}s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with LabLock(wait=1800, who="bench/ganeti_ops_cost.py"):
         lab = Lab()
