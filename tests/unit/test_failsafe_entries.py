@@ -273,3 +273,25 @@ def test_global_entry_starts_python_only_with_global_scripts(setup, sample, coun
     (root / "global-pre.d" / "10-site").chmod(0o755)
     result = _entry(run_hooks(root, "instance-start", "pre", environ), GLOBAL_PRE_ENTRY)
     assert starts() == 1 and "10-site: exit 0: site-hook ran" in result.output
+
+
+def test_the_line_goes_to_syslog_through_logger(setup, sample, tmp_path):
+    """No syslog daemon here: a stand-in `logger` first on PATH records how the entry
+    calls it (the entry is run directly, with the hook environment plus that PATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "logger").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/logger.args\n')
+    (bin_dir / "logger").chmod(0o755)
+    root = setup(NODE1 + POLICY, python=str(tmp_path / "gone" / "bin" / "python"))
+    config = tmp_path / "hookpack.toml"
+    config.write_text(config.read_text().replace("syslog = false", "syslog = true\n"
+                                                 'syslog_facility = "local3"'))
+    install(root, python=str(tmp_path / "gone" / "bin" / "python"), config=str(config))
+    entry = root / "instance-add-pre.d" / ENTRY_NAME
+    environ = {**_pre_add_env(sample), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run([str(entry)], env=environ, cwd="/", capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0
+    args = (tmp_path / "logger.args").read_text().splitlines()
+    assert args == ["-t", "hookpack", "-p", "local3.err", "--", proc.stderr.strip()]
+    assert proc.stderr.startswith("hookpack: actions did not run for instance-add/pre: ")
