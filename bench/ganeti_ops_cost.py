@@ -87,7 +87,7 @@ def measure(lab: Lab, rounds: int) -> dict[tuple[str, bool], list[float]]:
     for node in lab.nodes:
         lab.run_on(node, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"])
     lab.add_instance(INDEX, MASTER)
-    lab.wait_guest(INST, instance_ip(INDEX))
+    lab.wait_guest(INST, instance_ip(INDEX), timeout=300)
     for r in range(rounds):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
             set_hooks(lab, on)
@@ -96,7 +96,7 @@ def measure(lab: Lab, rounds: int) -> dict[tuple[str, bool], list[float]]:
                 lab.gnt(*argv)
                 times[(label, on)].append(time.monotonic() - start)
                 if boots:
-                    lab.wait_guest(INST, instance_ip(INDEX))
+                    lab.wait_guest(INST, instance_ip(INDEX), timeout=300)
             print(f"round {r + 1}/{rounds} hooks {'on ' if on else 'off'}: " + ", ".join(
                 f"{label} {times[(label, on)][-1]:.2f} s" for label, _, _ in OPS), flush=True)
     return times
