@@ -156,6 +156,9 @@ def _from_error(error: BaseException) -> Result:
         return Result.veto(str(error))
     if isinstance(error, HookpackError):
         return Result.failed(str(error))
+    if isinstance(error, ImportError):  # a dependency missing from the install
+        return Result.failed(f"cannot import a dependency: {type(error).__name__}: {error}; "
+                             "reinstall hookpack with its dependencies")
     if os.environ.get("HOOKPACK_DEBUG"):
         traceback.print_exception(error)
     return Result.failed(f"internal error: {type(error).__name__}: {error}")

@@ -43,7 +43,8 @@ class Check:
 
 def run_checks(cfg: Config) -> list[Check]:
     paths = Paths.from_config(cfg)
-    checks = [ganeti_version(paths), kvm_dir_check(paths), *hooks_installed(paths),
+    checks = [ganeti_version(paths), node_name_check(cfg, paths), kvm_dir_check(paths),
+              *hooks_installed(paths), entry_facts_check(cfg, paths),
               *config_checks(cfg), *secret_checks(cfg), *qmp_checks(paths), numa_check(cfg, paths),
               outbox_check(paths)]
     for spec in registry.ACTIONS:
@@ -75,6 +76,57 @@ def ganeti_version(paths: Paths) -> Check:
     if major_minor < (3, 0):
         return Check("ganeti", WARN, f"Ganeti {version}: hookpack is built and tested for 3.0")
     return Check("ganeti", PASS, f"Ganeti {version}")
+
+
+def node_name_check(cfg: Config, paths: Paths) -> Check:
+    """Ganeti names nodes; hookpack finds its roles by comparing this node's name with
+    those names (roles.py). A name Ganeti does not know means no action ever runs here."""
+    from hookpack.roles import normalize_host, system_fqdn
+
+    configured = cfg.core["node"]["fqdn"]
+    name = configured or system_fqdn()
+    how = "node.fqdn" if configured else "the system's FQDN (node.fqdn is empty)"
+    node_list = paths.ganeti_data_dir / "ssconf_node_list"
+    try:
+        nodes = node_list.read_text().split()
+    except FileNotFoundError:
+        return Check("node-name", FAIL, f"{node_list} not found: cannot tell whether "
+                     f"{name!r} is a node of the cluster",
+                     "join the node to the cluster, or set paths.ganeti_data_dir")
+    except (OSError, UnicodeDecodeError) as err:
+        return Check("node-name", FAIL, f"cannot read {node_list}: {err}",
+                     "run hookpack doctor as root")
+    if normalize_host(name) in {normalize_host(n) for n in nodes}:
+        return Check("node-name", PASS, f"{name} ({how}) is a node of the cluster")
+    return Check("node-name", FAIL, f"{name!r} ({how}) is not a node of the cluster "
+                 f"({', '.join(nodes[:5]) or 'no nodes'}{', ...' if len(nodes) > 5 else ''}):"
+                 " hookpack finds no role for this node and runs no action that needs one",
+                 "set node.fqdn to this node's name as `gnt-node list` shows it")
+
+
+def entry_facts_check(cfg: Config, paths: Paths) -> Check:
+    """The entries decide without Python only while the config's mtime equals theirs."""
+    from hookpack.hooksinstall import ENTRY_NAME
+
+    entries = [e for e in sorted(paths.hooks_dir.glob(f"*.d/{ENTRY_NAME}")) if is_entry(e)]
+    if not entries or cfg.path is None:
+        return Check("hook-facts", PASS, "no config file or no entries: nothing to compare")
+    fix = (f"run `hookpack hooks install --root {paths.hooks_dir} --entry-config {cfg.path}`")
+    named = entry_setting(entries[0], "hp_config")
+    if named != str(cfg.path):
+        return Check("hook-facts", WARN, f"the hook entries read {named or 'another file'}, "
+                     f"not {cfg.path}", fix)
+    try:
+        config_mtime = os.stat(cfg.path).st_mtime_ns
+        stale = [e for e in entries if os.stat(e).st_mtime_ns != config_mtime]
+    except OSError as err:
+        return Check("hook-facts", WARN, f"cannot compare the entries with the config: {err}")
+    if stale:
+        return Check("hook-facts", WARN, f"{cfg.path} changed after the hook entries were "
+                     f"installed ({len(stale)} of {len(entries)}, e.g. "
+                     f"{stale[0].parent.name}/{stale[0].name}): every hook run starts Python "
+                     "to decide what to do (correct, but slower)", fix)
+    return Check("hook-facts", PASS, "the entries' facts match the config")
 
 
 def hooks_installed(paths: Paths) -> Iterable[Check]:
@@ -113,9 +165,25 @@ def hooks_installed(paths: Paths) -> Iterable[Check]:
 
 
 def _bad_interpreter(entry: Path) -> bool:
-    first = entry.read_text(errors="replace").splitlines()[0]
-    interpreter = first[2:].split()[0] if first.startswith("#!") and first[2:].split() else ""
+    interpreter = entry_python(entry)
     return not (interpreter and os.access(interpreter, os.X_OK))
+
+
+def entry_python(entry: Path) -> str:
+    """The interpreter an entry runs (hookpack/entryscript.py)."""
+    return entry_setting(entry, "hp_python")
+
+
+def entry_setting(entry: Path, name: str) -> str:
+    """A quoted setting of an entry script: `name='...'` near its top."""
+    try:
+        lines = entry.read_text(errors="replace").splitlines()[:40]
+    except OSError:
+        return ""
+    for line in lines:
+        if line.startswith(f"{name}='") and line.endswith("'"):
+            return line[len(name) + 2:-1].replace("'\\''", "'")
+    return ""
 
 
 def config_checks(cfg: Config) -> Iterable[Check]:

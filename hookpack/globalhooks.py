@@ -28,28 +28,41 @@ TARGET_KEYS = {
 }
 
 
+def entry(config: str | None = None) -> str:
+    """For the entry script (hookpack/entryscript.py): "0", or "notrun <why>"."""
+    why = _main(config)
+    return f"notrun {why}" if why else "0"
+
+
 def main(config: str | None = None) -> int:
+    why = _main(config)
+    if why:
+        phase = os.environ.get("GANETI_HOOKS_PHASE", "").strip().lower()
+        sys.stderr.write(f"hookpack global-{phase}: {why}; global hooks not run\n")
+    return 0
+
+
+def _main(config: str | None) -> str:
+    """Run the global scripts of this phase; why they could not run, or ""."""
     phase = os.environ.get("GANETI_HOOKS_PHASE", "").strip().lower()
     if phase not in ("pre", "post"):
-        return 0
+        return ""
     # The entry is <hooks dir>/<hpath>-<phase>.d/NN-hookpack-global.
     hooks_dir = os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[0])))
     directory = os.path.join(hooks_dir, f"global-{phase}.d")
     try:
         names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
     except OSError:
-        return 0
+        return ""
     if not names:
-        return 0
+        return ""
     try:
-        _run(directory, names, phase, config)
+        return _run(directory, names, phase, config)
     except Exception as err:  # Ganeti must never see a traceback, nor a failure
-        sys.stderr.write(f"hookpack global-{phase}: internal error: "
-                         f"{type(err).__name__}: {err}\n")
-    return 0
+        return f"internal error: {type(err).__name__}: {err}"
 
 
-def _run(directory: str, names: list[str], phase: str, config: str | None) -> None:
+def _run(directory: str, names: list[str], phase: str, config: str | None) -> str:
     import time
     from pathlib import Path
 
@@ -62,11 +75,10 @@ def _run(directory: str, names: list[str], phase: str, config: str | None) -> No
         path, required = config_path(config)
         cfg = load_config(path, required=required)
     except HookpackError as err:
-        sys.stderr.write(f"hookpack global-{phase}: {err}; global hooks not run\n")
-        return
+        return str(err)
     settings = cfg.core["global_hooks"]
     if not settings["enabled"]:
-        return
+        return ""
     deadline = started + max(0.1, cfg.deadline - 0.5)
     fqdn = cfg.core["node"]["fqdn"]
     if not fqdn:
@@ -85,6 +97,7 @@ def _run(directory: str, names: list[str], phase: str, config: str | None) -> No
         else:
             head += f"exit {result.exit_code}"
         sys.stderr.write(head + (f": {result.output}" if result.output else "") + "\n")
+    return ""
 
 
 def global_environment(environ: Mapping[str, str], phase: str, fqdn: str) -> dict[str, str]:

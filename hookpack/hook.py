@@ -1,7 +1,10 @@
-"""The entry point Ganeti runs (through hooks.d/<hpath>-<phase>.d/50-hookpack).
+"""The hook run: what the entry scripts (hooks.d/<hpath>-<phase>.d/50-hookpack) call.
 
 Kept tiny: a hook run with nothing to do must cost a few milliseconds, so this
-module decides that from the registry before importing anything else.
+module decides that from the registry before importing anything else. The entry
+(hookpack/entryscript.py) calls `entry`, which answers with the exit code, or with
+"notrun <why>" when hookpack could not run at all (the entry reports that in one line
+and applies hook.pre_fail_closed); `main` is the same for `hookpack hook`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,31 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hookpack.registry import ActionSpec
 
+NOT_RUN = "notrun "
+
+
+def entry(config: str | None = None, actions: tuple[ActionSpec, ...] | None = None) -> str:
+    """The exit code as text, or "notrun <why>". The caller ends the process at once
+    (os._exit): an abandoned action thread must not hold it."""
+    code, why, _ = _run(config, actions)
+    return NOT_RUN + why if why else str(code)
+
 
 def main(config: str | None = None, actions: tuple[ActionSpec, ...] | None = None) -> int:
     """Run the hook; ``actions`` replaces the registry (tests)."""
+    code, why, abandoned = _run(config, actions)
+    if why:
+        sys.stderr.write(f"hookpack: no action ran: {why}\n")
+    if abandoned:
+        # An action thread is still blocked somewhere; leave without waiting for it.
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(config: str | None,
+         actions: tuple[ActionSpec, ...] | None) -> tuple[int, str, bool]:
+    """(exit code, why no action could run or "", an action thread was abandoned)."""
     from hookpack import registry
 
     # Files and directories hookpack creates (state, run stats, spool, locks, parents
@@ -29,24 +54,26 @@ def main(config: str | None = None, actions: tuple[ActionSpec, ...] | None = Non
     phase = os.environ.get("GANETI_HOOKS_PHASE", "")
     specs = registry.candidates(hpath, phase, actions)
     if not specs:
-        return 0
+        return 0, "", False
     try:
         from hookpack.quickgate import anything_to_do
 
         if not anything_to_do(specs, os.environ, config):
-            return 0
+            return 0, "", False
+        from hookpack.config import config_path, load_config
+        from hookpack.errors import ConfigError
+
+        path, required = config_path(config)
+        try:
+            load_config(path, required=required)
+        except ConfigError as err:
+            return 0, str(err), False
         from hookpack.dispatch import dispatch
 
         run = dispatch(os.environ, config=config, actions=actions)
     except Exception as err:  # the last guard: Ganeti must never see a traceback
-        sys.stderr.write(f"hookpack: internal error, no action ran: {type(err).__name__}: "
-                         f"{err}\n")
-        return 0
-    if run.abandoned:
-        # An action thread is still blocked somewhere; leave without waiting for it.
-        sys.stderr.flush()
-        os._exit(run.exit_code)
-    return run.exit_code
+        return 0, f"internal error: {type(err).__name__}: {err}", False
+    return run.exit_code, "", run.abandoned
 
 
 if __name__ == "__main__":

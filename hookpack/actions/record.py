@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from hookpack import __version__
 from hookpack.action import ActionContext
 from hookpack.config import Field
 from hookpack.result import Result
@@ -28,6 +29,7 @@ def run(ctx: ActionContext) -> Result:
         "opcode": env.opcode,
         "instance": env.instance.name if env.instance else None,
         "roles": sorted(role.value for role in ctx.roles),
+        "version": __version__,  # which install ran (upgrades switch whole versions)
     }
     if ctx.settings["include_env"]:
         environment = {f"GANETI_{k}": v for k, v in env.pre.values.items()}

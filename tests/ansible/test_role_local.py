@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hookpack.roles import system_fqdn
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -40,8 +42,9 @@ def node(tmp_path_factory):
     ganeti.mkdir()
     (ganeti / "ssconf_master_node").write_text(socket.getfqdn() + "\n")
     (ganeti / "ssconf_release_version").write_text("3.0.2\n")
+    (ganeti / "ssconf_node_list").write_text(system_fqdn() + "\n")  # doctor: node-name
     variables = {
-        "hookpack_venv": str(root / "opt/venv"),
+        "hookpack_home": str(root / "opt/hookpack"),
         "hookpack_bin_link": str(root / "bin/hookpack"),
         "hookpack_hooks_dir": str(hooks),
         "hookpack_config_dir": str(root / "etc"),
@@ -97,7 +100,11 @@ def test_install_then_idempotent_then_check_mode(node):
 
     hooks = Path(variables["hookpack_hooks_dir"])
     entry = hooks / "instance-start-post.d" / "50-hookpack"
-    assert entry.read_text().startswith(f"#!{variables['hookpack_venv']}/bin/python")
+    home = Path(variables["hookpack_home"])
+    assert f"hp_python='{home}/current/venv/bin/python'" in entry.read_text()
+    [build] = (home / "versions").iterdir()
+    assert os.readlink(home / "current") == f"versions/{build.name}"
+    assert (build / ".hookpack-complete").exists()
     secret = Path(variables["hookpack_config_dir"]) / "secrets" / "webhook"
     assert secret.stat().st_mode & 0o777 == 0o600
     assert "doctor" in first.stdout and "PASS hooks" in first.stdout
@@ -131,12 +138,58 @@ def test_units_pass_systemd_analyze_verify(node):
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
+def test_role_upgrade_while_hooks_run_in_a_loop(node, tmp_path):
+    """The role's install tasks switch builds atomically: hooks looping during the
+    upgrade all succeed, each on the old or the new build (record carries the version)."""
+    import threading
+
+    from hookpack.emulator import run_hooks
+    from tests.conftest import SAMPLES, load_sample
+    from tests.unit.test_atomic_upgrade import _wheel
+
+    root, variables, _ = node
+    new = _wheel(tmp_path, "0.1.1.dev9")
+    records = Path(variables["hookpack_config"]["record"]["path"])
+    records.unlink(missing_ok=True)
+    environ, _ = load_sample(SAMPLES / "instance-start-post-node1.env")
+    hooks = Path(variables["hookpack_hooks_dir"])
+    results, stop = [], threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            results.extend(r for r in run_hooks(hooks, "instance-start", "post", environ)
+                           if r.name.endswith("50-hookpack"))
+
+    runner = threading.Thread(target=loop)
+    runner.start()
+    try:
+        upgrade = play(root, "-e", f"hookpack_wheel={new}")
+        switched = len(results)
+        while len(results) < switched + 10:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        runner.join()
+    assert upgrade.returncode == 0, upgrade.stdout[-4000:]
+    failed = [r for r in results if r.status != "success"
+              or not r.output.startswith("hookpack record: ")]
+    versions = [json.loads(line)["version"] for line in records.read_text().splitlines()]
+    print(f"{len(results)} runs during the role's upgrade, {len(failed)} failed; versions: "
+          f"{ {v: versions.count(v) for v in sorted(set(versions))} }")
+    assert failed == [] and len(versions) == len(results)
+    assert set(versions) == {"0.1.0", "0.1.1.dev9"}
+    assert versions == sorted(versions, key=lambda v: v != "0.1.0")
+    home = Path(variables["hookpack_home"])
+    assert os.readlink(home / "current").startswith("versions/0.1.1.dev9-")
+    assert len(list((home / "versions").iterdir())) == 2  # the previous build is kept
+
+
 def test_absent_removes_what_the_role_created_and_nothing_else(node):
     root, variables, before = node
     result = play(root, "-e", "hookpack_state=absent")
     assert result.returncode == 0, result.stdout[-4000:]
     assert _tree(Path(variables["hookpack_hooks_dir"])) == before
-    for path in ("hookpack_venv", "hookpack_bin_link", "hookpack_config_dir"):
+    for path in ("hookpack_home", "hookpack_bin_link", "hookpack_config_dir"):
         assert not Path(variables[path]).exists(), path
     assert not list(Path(variables["hookpack_systemd_dir"]).glob("hookpack-*"))
     again = play(root, "-e", "hookpack_state=absent")

@@ -141,8 +141,11 @@ def test_rollout_converges_and_check_mode_is_quiet(rollout: Rollout, before):
     venv = ar.LAB_PATHS["hookpack_venv"]
     for node in node_names(lab):
         entry = lab.node_file(node, "/etc/ganeti/hooks/instance-add-post.d/50-hookpack")
-        assert entry.read_text().startswith(f"#!{venv}/bin/python"), node
-        assert repr(f"{ar.LAB_PATHS['hookpack_config_dir']}/hookpack.toml") in entry.read_text()
+        text = entry.read_text()
+        assert f"hp_python='{venv}/bin/python'" in text, node
+        assert f"hp_config_arg='{ar.LAB_PATHS['hookpack_config_dir']}/hookpack.toml'" in text
+        home = lab.node_file(node, ar.LAB_PATHS["hookpack_home"])
+        assert os.readlink(home / "current").startswith("versions/"), node
         doctor = lab.run_on(node, [f"{venv}/bin/hookpack", "doctor", "--config",
                                    f"{ar.LAB_PATHS['hookpack_config_dir']}/hookpack.toml"])
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr

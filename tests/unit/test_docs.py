@@ -20,12 +20,13 @@ GUIDE = REPO / "docs/operator-guide.md"
 # Text in the quoted lines that comes from outside hookpack (Python's tomllib, the
 # kernel's extack, strerror): not checked.
 EXTERNAL = ("Expected ']' at the end of a table declaration", "No such file or directory",
-            "TC classifier not found", "connection refused")
+            "TC classifier not found", "connection refused", "No module named")
 # Parts of a quoted line that vary from run to run: paths, names, numbers, quoted values,
 # config keys, the key lists of "unknown key(s)", backends, interfaces.
 _VARIABLE = re.compile(
     r"(?<![\w])/[^\s():;,'`]+|[\w.-]+\.example\.test\b|[\w-]+\.qmp\b|\b\d+(?:\.\d+)?\b"
     r"|'[^']*'|\"[^\"]*\"|\b[a-z_]+\.[a-z_]+\b|(?<=key\(s\) )[\w, ]+|(?<=allowed: )[\w, ]+"
+    r"|\b[a-z]+(?:-[a-z]+)+/(?:pre|post)\b"  # <hpath>/<phase>
     r"|\biptables-\w+-restore\b|\b(?:nf_tables|legacy)\b|\b(?:tap|eth)\d+\b|http:\S*")
 # The dispatcher's frame around an action's message (hookpack/log.py).
 _ACTION_LINE = re.compile(r"^hookpack [\w-]+: \S+: (?:changed|nochange|skipped|failed|timeout"

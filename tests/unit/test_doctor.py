@@ -13,6 +13,7 @@ from hookpack.config import load_config
 from hookpack.doctor import FAIL, PASS, WARN, numa_check, outbox_check, run_checks
 from hookpack.hooksinstall import install
 from hookpack.outbox import Outbox, event_id, now_ms
+from hookpack.roles import system_fqdn
 from tests.helpers.fakehost import write_sysfs
 
 
@@ -27,20 +28,24 @@ def test_fresh_node_fails_with_what_to_do(tmp_path, write_config):
     assert checks["hooks"].fix.startswith("run `hookpack hooks install --root ")
 
 
-def _ready(tmp_path):
+def _ready(tmp_path, config=None):
     (tmp_path / "ganeti_data_dir").mkdir()
     (tmp_path / "ganeti_data_dir/ssconf_release_version").write_text("3.0.2\n")
+    (tmp_path / "ganeti_data_dir/ssconf_node_list").write_text(
+        f"node0.example.test\n{system_fqdn()}\n")
     (tmp_path / "kvm_dir").mkdir()
-    install(tmp_path / "hooks_dir", python=sys.executable)
+    install(tmp_path / "hooks_dir", python=sys.executable,
+            config=str(config) if config else None)
 
 
 def test_ready_node_passes(tmp_path, write_config):
     config = write_config()
-    _ready(tmp_path)
+    _ready(tmp_path, config)
     checks = _doctor(config)
     assert {name: c.status for name, c in checks.items()} == {
-        "ganeti": PASS, "paths": PASS, "hooks": PASS, "hook-names": PASS, "config-mode": PASS,
-        "config": PASS, "secrets": PASS, "qmp": PASS, "numa": PASS, "outbox": PASS}
+        "ganeti": PASS, "node-name": PASS, "paths": PASS, "hooks": PASS, "hook-facts": PASS,
+        "hook-names": PASS, "config-mode": PASS, "config": PASS, "secrets": PASS, "qmp": PASS,
+        "numa": PASS, "outbox": PASS}
     assert checks["ganeti"].message == "Ganeti 3.0.2"
     assert checks["qmp"].message.startswith("no running instance")
 
@@ -242,3 +247,38 @@ def test_doctor_json_lists_every_check(tmp_path, write_config):
                            str(config)], capture_output=True, text=True)
     names = {c["name"] for c in json.loads(proc.stdout)}
     assert {"ganeti", "paths", "hooks", "config", "secrets", "qmp", "numa", "outbox"} <= names
+
+
+def test_node_name_ganeti_does_not_know_fails_and_says_what_to_set(tmp_path, write_config):
+    config = write_config('[node]\nfqdn = "node3.example.test"\n')
+    _ready(tmp_path, config)
+    check = _doctor(config)["node-name"]
+    assert check.status == FAIL
+    assert check.message.startswith("'node3.example.test' (node.fqdn) is not a node of the "
+                                    f"cluster (node0.example.test, {system_fqdn()}): ")
+    assert check.fix == "set node.fqdn to this node's name as `gnt-node list` shows it"
+    config.write_text(config.read_text().replace("node3.example.test", "NODE0.example.test."))
+    check = _doctor(config)["node-name"]
+    assert check.status == PASS, check.line()
+    assert check.message == "NODE0.example.test. (node.fqdn) is a node of the cluster"
+
+
+def test_node_name_without_ssconf_fails(tmp_path, write_config):
+    check = _doctor(write_config())["node-name"]
+    assert check.status == FAIL and "ssconf_node_list not found" in check.message
+
+
+def test_config_changed_after_install_warns_until_reinstalled(tmp_path, write_config):
+    config = write_config()
+    _ready(tmp_path, config)
+    config.write_text(config.read_text() + "[record]\nenabled = true\n")
+    check = _doctor(config)["hook-facts"]
+    assert check.status == WARN and "changed after the hook entries were installed" in \
+        check.message
+    assert check.fix == (f"run `hookpack hooks install --root {tmp_path / 'hooks_dir'} "
+                         f"--entry-config {config}`")
+    install(tmp_path / "hooks_dir", python=sys.executable, config=str(config))
+    assert _doctor(config)["hook-facts"].status == PASS
+    install(tmp_path / "hooks_dir", python=sys.executable)  # entries read another file
+    check = _doctor(config)["hook-facts"]
+    assert check.status == WARN and check.message.endswith(f", not {config}")

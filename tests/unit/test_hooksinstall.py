@@ -13,6 +13,7 @@ from hookpack.hooksinstall import (
     PORTABLE_PYTHON,
     default_layout,
     install,
+    portable_facts,
     render_entry,
     uninstall,
 )
@@ -26,10 +27,10 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def test_repo_hooks_d_matches_the_registry():
-    """hooks.d/ is generated: `hookpack hooks install --root hooks.d --python /usr/bin/python3`
-    (then drop .hookpack-created-dirs)."""
+    """hooks.d/ is generated: `install(Path("hooks.d"), python=PORTABLE_PYTHON,
+    facts=portable_facts())` (then drop .hookpack-created-dirs)."""
     hooks_d = REPO / "hooks.d"
-    expected = {f"{d}/{entry}": render_entry(PORTABLE_PYTHON, None, entry)
+    expected = {f"{d}/{entry}": render_entry(PORTABLE_PYTHON, None, entry, d, portable_facts())
                 for entry, dirs in default_layout().items() for d in dirs}
     assert _tree(hooks_d) == expected
     assert all(os.access(hooks_d / name, os.X_OK) for name in expected)
@@ -45,7 +46,7 @@ def test_install_is_a_reconcile(tmp_path):
     (root / "disk-grow-post.d" / ENTRY_NAME).chmod(0o644)
     assert install(root, python="/py", config="/c.toml") == [
         f"wrote disk-grow-post.d/{ENTRY_NAME}"]
-    assert "main('/c.toml')" in (root / "disk-grow-post.d" / ENTRY_NAME).read_text()
+    assert "hp_config_arg='/c.toml'" in (root / "disk-grow-post.d" / ENTRY_NAME).read_text()
 
 
 def test_dry_run_says_what_install_would_do_and_does_nothing(tmp_path):
@@ -98,7 +99,7 @@ def test_global_entries_sort_first_in_pre_and_last_in_post_of_every_opcode_hpath
         assert post[-1] == GLOBAL_POST_ENTRY and GLOBAL_PRE_ENTRY not in post
         assert ENTRY_NAME in pre and ENTRY_NAME in post
     text = (root / "disk-grow-pre.d" / GLOBAL_PRE_ENTRY).read_text()
-    assert "from hookpack.globalhooks import main" in text and "main('/c.toml')" in text
+    assert "hp_kind=global" in text and "hp_config_arg='/c.toml'" in text
     assert not (root / "global-pre.d").exists()  # the operator's, never hookpack's
 
 

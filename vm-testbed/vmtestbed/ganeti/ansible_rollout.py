@@ -50,7 +50,8 @@ WHEELHOUSE = WORK / "wheelhouse"   # its dependencies' wheels
 REMOTE_TMP = "/run/ansible-tmp"    # on the nodes: their private tmpfs /run
 
 LAB_PATHS = {
-    "hookpack_venv": "/var/lib/hookpack/opt/venv",
+    "hookpack_home": "/var/lib/hookpack/opt/hookpack",
+    "hookpack_venv": "/var/lib/hookpack/opt/hookpack/current/venv",  # the role's layout
     "hookpack_bin_link": "/var/lib/hookpack/bin/hookpack",
     "hookpack_systemd_dir": "/var/lib/hookpack/systemd",
     "hookpack_config_dir": "/etc/hookpack/ansible",
