@@ -119,6 +119,8 @@ def _ready_node(write_config, tmp_path):
     config = write_config()
     (tmp_path / "ganeti_data_dir").mkdir()
     (tmp_path / "ganeti_data_dir" / "ssconf_release_version").write_text("3.0.2\n")
+    from hookpack.roles import system_fqdn  # a node of the cluster, as doctor checks
+    (tmp_path / "ganeti_data_dir" / "ssconf_node_list").write_text(f"{system_fqdn()}\n")
     proc = _hookpack("hooks", "install", "--root", str(tmp_path / "hooks_dir"), "--json")
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["changes"], proc.stdout
