@@ -9,20 +9,22 @@ start included), median of the same number of runs (--runs), in this run.
     seed      the seed blog post's per-tap loop (`tc class add` + `tc filter add ... fw`
               + `iptables -A PREROUTING ... MARK` per tap), as one shell script: the
               seed's own objects (no leaf qdiscs, no to-VM side, IPv4 only).
-    batch     one shell script: `tc -batch` + `iptables-restore --noflush` +
-              `ip6tables-restore --noflush` creating exactly the objects hookpack
-              creates (uplink qdisc, root, host and tap classes with their leaves, a
-              qdisc + class + leaf per tap, CLASSIFY rules in both families).
+    batch     one shell script: `tc -batch` + `nft -f` creating exactly the objects
+              hookpack creates (uplink qdisc, root, host and tap classes with their
+              bfifo leaves, the one cls_bpf mark -> class filter, a qdisc + class +
+              leaf per tap; table netdev hookpack with an ingress chain and mark rule
+              per tap).
     hookpack  `hookpack shaping apply --all` (Python start and imports included); its
               own in-process figure (observe + plan + apply + read back) beside it,
               labelled.
   one instance's hook, N-1 taps shaped (a NIC hotplugged)
     seed      the per-tap loop for the one tap;
-    batch     `tc -batch` + the two restores for the one tap's objects;
+    batch     `tc -batch` + `nft -f` for the one tap's objects;
     hookpack  `hookpack hook` with a post instance-modify environment, as Ganeti runs it.
   re-apply with nothing to do
     batch     the reads a script needs to know nothing changed (`tc qdisc show`,
-              `tc class show dev up0`, `iptables-save -t mangle`, `ip6tables-save`);
+              `tc class show dev up0`, `tc filter show dev up0`,
+              `nft list table netdev hookpack`);
     hookpack  `hookpack shaping apply --all`: kernel writes must be 0.
   floor       `ip netns exec ... python3 -c pass`.
 
@@ -63,6 +65,7 @@ def reset(node: Node, taps: list[str]) -> None:
                    input="\n".join(lines) + "\n", capture_output=True, text=True, check=False)
     for tool in ("iptables", "ip6tables"):
         node.run(f"{tool}-restore", input="*mangle\nCOMMIT\n")
+    node.run("nft", "delete", "table", "netdev", "hookpack", check=False)
     for d in (node.base / "state", node.base / "run"):
         subprocess.run(["rm", "-rf", str(d / "shaping"), str(d / "shaping-mangle.json")],
                        check=False)
@@ -114,48 +117,56 @@ def _leaf(dev: str, parent: str, ceil: int) -> str:
     return f"qdisc add dev {dev} parent {parent} bfifo limit {max(3028, ceil // 800)}"
 
 
+def bpf_bytecode() -> str:
+    """hookpack's mark -> class program, as `tc ... bpf bytecode` takes it."""
+    from hookpack.shaping import tc
+
+    ops = tc.mark_program(int(MAJOR, 16), 0xFFFF)
+    words = [tc._SOCK_FILTER.unpack_from(ops, i) for i in range(0, len(ops), 8)]
+    return f"{len(words)}," + ",".join(" ".join(str(x) for x in w) for w in words)
+
+
 def batch_lines(taps: list[str], first_minor: int, instances: dict[str, str],
                 with_base: bool) -> tuple[list[str], list[str]]:
-    """tc -batch lines and iptables-restore lines for exactly hookpack's objects
-    (leaf bfifo: this kernel has no fq_codel; 10 ms at the class's ceil)."""
+    """tc -batch lines and nft lines for exactly hookpack's objects (leaf bfifo, as the
+    benchmark's hookpack config asks: 10 ms at the class's ceil)."""
     up, host = 10**10, 10**9
     tc_lines: list[str] = []
+    nft: list[str] = []
     if with_base:
         tc_lines += [f"qdisc add dev up0 root handle {MAJOR}: htb default 2 r2q 833333",
                      _class("up0", f"{MAJOR}:", "1", up, up, 0),
                      _class("up0", f"{MAJOR}:1", "2", host, up, 0),
-                     _leaf("up0", f"{MAJOR}:2", up)]
-    rules = ["*mangle"]
-    if with_base:
-        rules += [":HOOKPACK-SHAPE - [0:0]",
-                  "-I FORWARD 1 -m comment --comment hookpack-shape -j HOOKPACK-SHAPE"]
+                     _leaf("up0", f"{MAJOR}:2", up),
+                     f"filter add dev up0 parent {MAJOR}: prio 4850 handle 1 protocol all "
+                     f"bpf bytecode \"{bpf_bytecode()}\""]
+        nft.append("add table netdev hookpack")
     for i, tap in enumerate(taps):
         minor = f"{i + first_minor:x}"
         tc_lines += [
-            _class("up0", f"{MAJOR}:1", minor, 10**6, EGRESS_BITS, 1),
+            _class("up0", f"{MAJOR}:1", minor, 10**6, EGRESS_BITS, 0),
             _leaf("up0", f"{MAJOR}:{minor}", EGRESS_BITS),
             f"qdisc add dev {tap} root handle {MAJOR}: htb default 1 r2q 1666",
             _class(tap, f"{MAJOR}:", "1", INGRESS_BITS, INGRESS_BITS, 0),
             _leaf(tap, f"{MAJOR}:1", INGRESS_BITS)]
-        rules.append(f"-A HOOKPACK-SHAPE -m physdev --physdev-in {tap} -m comment --comment "
-                     f'"hookpack:{instances[tap]}" -j CLASSIFY --set-class {MAJOR}:{minor}')
-    rules.append("COMMIT")
-    return tc_lines, rules
+        nft += [f'add chain netdev hookpack {tap} {{ type filter hook ingress device "{tap}" '
+                "priority -150; policy accept; }",
+                f"add rule netdev hookpack {tap} meta mark set meta mark & 0xffff0000 | "
+                f'0x{minor} comment "hookpack:{instances[tap]}"']
+    return tc_lines, nft
 
 
-def batch_script(base: Path, tag: str, tc_lines: list[str], rules: list[str]) -> Path:
-    tc_file, nf_file = base / f"{tag}.tc", base / f"{tag}.rules"
+def batch_script(base: Path, tag: str, tc_lines: list[str], nft: list[str]) -> Path:
+    tc_file, nf_file = base / f"{tag}.tc", base / f"{tag}.nft"
     tc_file.write_text("\n".join(tc_lines) + "\n")
-    nf_file.write_text("\n".join(rules) + "\n")
+    nf_file.write_text("\n".join(nft) + "\n")
     script = base / f"{tag}.sh"
-    script.write_text(f"#!/bin/sh\nset -e\ntc -batch {tc_file}\n"
-                      f"iptables-restore --noflush -w 5 < {nf_file}\n"
-                      f"ip6tables-restore --noflush -w 5 < {nf_file}\n")
+    script.write_text(f"#!/bin/sh\nset -e\ntc -batch {tc_file}\nnft -f {nf_file}\n")
     return script
 
 
 READS = ("#!/bin/sh\nset -e\ntc qdisc show >/dev/null\ntc class show dev up0 >/dev/null\n"
-         "iptables-save -t mangle >/dev/null\nip6tables-save -t mangle >/dev/null\n")
+         "tc filter show dev up0 >/dev/null\nnft list table netdev hookpack >/dev/null\n")
 
 
 # ---- the runs ---------------------------------------------------------------------------
@@ -231,7 +242,7 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> dict[str, objec
     config.write_text(
         f'[log]\nsyslog = false\n[node]\nfqdn = "node1.example.test"\n[paths]\n'
         f'kvm_dir = "{node.kvm_dir}"\nstate_dir = "{base}/state"\nrun_dir = "{base}/run"\n'
-        f'[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "classify"\n'
+        f'[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "auto"\n'
         f'leaf_qdisc = "bfifo"\negress_rate = "10mbit"\ningress_rate = "20mbit"\n')
     config.chmod(0o600)
     res: dict[str, object] = {}

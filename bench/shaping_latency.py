@@ -5,7 +5,8 @@ veth "tap"), shaped by `hookpack shaping apply --all` to 10 Mbit/s VM -> world. 
 runs an iperf3 TCP upload to the world (filling its class) and, once the upload runs,
 pings the world every 50 ms. Measured for each leaf qdisc in the same run, same
 duration: ``default`` (HTB's own pfifo of txqueuelen packets) and the bounded leaf
-``auto`` picks on this kernel (fq_codel, or bfifo where the kernel lacks it).
+``auto`` picks on this kernel (fq_codel, or the segmenting tbf where the kernel lacks
+it); ``idle`` (no upload) gives the path's own RTT.
 
 Prints one line per mode (RTT p50/p95/max, loss, the upload's rate) and a JSON line
 (``RESULT {...}``), appended to bench/results/shaping_latency.jsonl. Target (#16): p95 <=
@@ -72,12 +73,16 @@ def leaf_of(node: Node) -> str:
 
 
 def one_mode(node: Node, base: Path, vm: str, leaf: str, seconds: int) -> dict:
-    config = configure(node, base, leaf)
+    """``leaf`` a leaf_qdisc setting, or "idle": the bounded leaf with no upload (the
+    path's own RTT, for comparison)."""
+    idle = leaf == "idle"
+    config = configure(node, base, "auto" if idle else leaf)
     apply(node, config)
     kind = leaf_of(node)
     upload = subprocess.Popen(
         ["ip", "netns", "exec", vm, "iperf3", "-c", "192.0.2.1", "-p", str(PORT), "-t",
-         str(seconds + 2), "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(seconds + 2), "-J"] if not idle else ["sleep", str(seconds + 2)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)  # the upload has filled its queue (slow start at 10 Mbit/s)
         count = int(seconds / INTERVAL)
@@ -94,8 +99,10 @@ def one_mode(node: Node, base: Path, vm: str, leaf: str, seconds: int) -> dict:
     rtts = [float(x) for x in line.partition(":")[2].split() if x != "-"]
     if not rtts:
         raise RuntimeError(f"no ping answers: {ping.stdout[-400:]} {ping.stderr[-400:]}")
-    data = json.loads(out[out.find("{"):])
-    mbit = data["end"]["sum_received"]["bits_per_second"] / 1e6
+    mbit = 0.0
+    if not idle:
+        data = json.loads(out[out.find("{"):])
+        mbit = data["end"]["sum_received"]["bits_per_second"] / 1e6
     return {"leaf_setting": leaf, "leaf": kind, "samples": len(rtts), "sent": count,
             "loss": round(1 - len(rtts) / count, 3),
             "p50_ms": round(statistics.median(rtts), 2),
@@ -127,7 +134,8 @@ def run(seconds: int, modes: list[str]) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--modes", default="default,auto")
+    ap.add_argument("--modes", default="default,auto", help="default, auto, tbf, bfifo, "
+                    "fq_codel, idle (comma-separated)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)")

@@ -211,10 +211,10 @@ class Reconciler:
         self.nl = nl
         self.nft = nft
         self.kernel: Kernel | None = None
-        self.wanted_taps: set[str] = set()
-        self.sysfs = sysfs
         self._unechoed: list[tuple[tc.Request, Any]] = []
         self._mismatched: list[str] = []
+        self.wanted_taps: set[str] = set()
+        self.sysfs = sysfs
 
     # -- policy ---------------------------------------------------------------------------
     def policy(self, instance: str, tags: Iterable[str] | None) -> Policy:
@@ -251,6 +251,9 @@ class Reconciler:
             return ""
         if k.uplink_root != "ours":
             return f"uplink {self.s.uplink} has no hookpack qdisc"
+        if k.uplink_default != MINOR_HOST:
+            # rebuilding a qdisc of the earlier layout drops every instance's class
+            return f"the qdisc on {self.s.uplink} predates the root and host classes"
         if not k.marks.table:
             return f"nf_tables table netdev {nft.TABLE} is missing"
         if self.s.classifier != "fw" and k.bpf != self.bpf_want():
@@ -271,9 +274,9 @@ class Reconciler:
         for name in sorted(nics):
             if len(name) > MAX_LABEL_NAME and nics[name] and not clear:
                 plan.refused.append(
-                    f"{name}: not shaped: the name has {len(name)} characters, the rule "
-                    f"comment that links its taps to their classes holds {MAX_LABEL_NAME} "
-                    f"(nf_tables rule comment: {nft.COMMENT_MAX} bytes with the "
+                    f"{name}: not shaped: the name has {len(name)} characters, the mark "
+                    f"rule's comment that links its taps to their classes holds "
+                    f"{MAX_LABEL_NAME} (nf_tables comment: {nft.COMMENT_MAX} bytes with the "
                     "hookpack:...:N frame)")
                 nics[name] = []
         if clear:
@@ -334,10 +337,6 @@ class Reconciler:
         parent_ok = k.uplink_root == "ours"
         clearing_all = clear and full
         old_layout = parent_ok and k.uplink_default != MINOR_HOST
-        if old_layout and not full and not clear:
-            # the uplink's qdisc predates the root/host classes: rebuilding it drops
-            # every instance's class, so the whole node is reconciled
-            return self._plan(None, tags=tags)
         # uplink: qdisc, root class (uplink_rate), host class (host_rate, served first),
         # the mark -> class filter
         # the uplink's qdisc is made only when a tap needs it (a stop hook on a node with
@@ -538,7 +537,13 @@ class Reconciler:
                    klass: ClassParams, what: str, tap: str | None = None) -> bool:
         """The class's leaf qdisc (fq_codel or a bounded fifo); True when written."""
         want = leaf_for(self.s.leaf, klass.ceil, self.s.mtu, self.s.leaf_delay_ms)
-        if want is None or want.same(seen):
+        if want is None:  # leaf_qdisc = "default": HTB's own pfifo
+            if seen is None or seen.kind == "default":
+                return False
+            plan.first.append(Op(tc.del_leaf(ifindex, classid, what), tap=tap,
+                                 ok=frozenset({errno.ENOENT})))
+            return True
+        if want.same(seen):
             return False
         plan.first.append(Op(tc.set_leaf(ifindex, classid, want, what).echoed(), tap=tap,
                              check=LeafCheck(want), get=tc.get_leaf(ifindex, classid, what)))
@@ -693,7 +698,7 @@ def _as_written(obj: tc.TcObject | None, want: Any) -> bool:
     if isinstance(want, LeafCheck):
         return want.leaf.same(obj.leaf())
     if isinstance(want, bytes):
-        return obj.bpf() == want
+        return bool(obj.bpf() == want)
     return bool(obj.fw() == want)
 
 

@@ -429,6 +429,11 @@ def set_leaf(ifindex: int, classid: int, leaf: Leaf, what: str) -> Request:
                    leaf_options(leaf), what)
 
 
+def del_leaf(ifindex: int, classid: int, what: str) -> Request:
+    """Remove the qdisc under class ``classid``: HTB grafts its own pfifo back."""
+    return Request(RTM_DELQDISC, 0, ifindex, 0, classid, 0, b"", what)
+
+
 def get_leaf(ifindex: int, classid: int, what: str) -> Request:
     return Request(RTM_GETQDISC, NLM_F_ECHO, ifindex, 0, classid, 0, b"", what)
 

@@ -53,6 +53,30 @@ print(json.dumps(out))
 """
 
 
+_READ_LEAVES = """
+import json, sys
+from pyroute2 import IPRoute
+out = {}
+with IPRoute() as ipr:
+    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
+    for q in ipr.get_qdiscs(idx):
+        p = q.get("parent")
+        if p == 0xFFFFFFFF or p >> 16 != 0x4850:
+            continue  # roots, and a tbf leaf's own fifo
+        kind = q.get_attr("TCA_KIND")
+        opts = q.get_attr("TCA_OPTIONS")
+        row = {"kind": kind, "handle": q.get("handle")}
+        if kind == "tbf":
+            parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
+            # pyroute2 leaves TCA_TBF_RATE64 undecoded: the rate is read with tc -j
+            row["limit"] = parms.get("limit")
+        elif kind in ("bfifo", "pfifo"):
+            row["limit"] = opts.get("limit") if isinstance(opts, dict) else None
+        out[f"{p >> 16:x}:{p & 0xffff:x}"] = row
+print(json.dumps(out))
+"""
+
+
 def parse_nft(text: str) -> dict[str, dict]:
     import re
 
@@ -73,29 +97,6 @@ def parse_nft(text: str) -> dict[str, dict]:
             out[chain]["mark"] = int(m.group(1), 16) if m else None
             out[chain]["comment"] = c.group(1) if c else None
     return out
-
-
-_READ_LEAVES = """
-import json, sys
-from pyroute2 import IPRoute
-out = {}
-with IPRoute() as ipr:
-    idx = ipr.link_lookup(ifname=sys.argv[1])[0]
-    for q in ipr.get_qdiscs(idx):
-        p = q.get("parent")
-        if p == 0xFFFFFFFF or p >> 16 != 0x4850:
-            continue  # roots, and a tbf leaf's own fifo
-        kind = q.get_attr("TCA_KIND")
-        opts = q.get_attr("TCA_OPTIONS")
-        row = {"kind": kind, "handle": q.get("handle")}
-        if kind == "tbf":
-            parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
-            row.update(limit=parms.get("limit"), rate=parms.get("rate"))
-        elif kind in ("bfifo", "pfifo"):
-            row["limit"] = opts.get("limit") if isinstance(opts, dict) else None
-        out[f"{p >> 16:x}:{p & 0xffff:x}"] = row
-print(json.dumps(out))
-"""
 
 
 class Shaper:

@@ -69,7 +69,7 @@ def test_apply_creates_exactly_the_desired_objects(shaper):
     assert qdiscs["up0"]["kind"] == "htb" and qdiscs["up0"]["handle"] == "4850:"
     assert qdiscs["up0"]["options"]["default"] == "0x2"
     # every leaf class has a bounded leaf: fq_codel where the kernel has it, else (this
-    # kernel) a segmenting tbf at 10x the class's ceil over a fifo of 10 ms at the ceil
+    # kernel) a segmenting tbf at 1 Tbit/s over a fifo of 10 ms at the class's ceil
     leaves = s.leaves("up0")
     kind = leaves["4850:2"]["kind"]
     assert kind in ("fq_codel", "tbf")
@@ -78,7 +78,9 @@ def test_apply_creates_exactly_the_desired_objects(shaper):
         assert leaves["4850:2"]["limit"] == 10**10 // 8 // 100
         for handle in ("4850:10", "4850:11", "4850:12"):
             assert leaves[handle]["kind"] == "tbf" and leaves[handle]["limit"] == 12500
-            assert leaves[handle]["rate"] == 10 * 10_000_000 // 8
+        tc_rates = {q["parent"]: q["options"]["rate"]
+                    for q in s.node.tc_json("qdisc", "show", "dev", "up0") if q["kind"] == "tbf"}
+        assert set(tc_rates.values()) == {10**12 // 8}  # 64-bit: TCA_TBF_RATE64
     for tap in ("tap0", "tap1", "tap5"):  # to-VM: 20mbit -> 25000 bytes
         tap_leaf = s.leaves(tap)["4850:1"]
         assert tap_leaf["kind"] == kind

@@ -50,6 +50,12 @@ def test_leaf_is_reconciled_in_place_and_only_when_different(shaper):
     fixed = s.cli("apply", "a.example.test")
     assert fixed["writes"]["netlink"] == 1
     assert _leaves(s, "up0")["4850:10"]["kind"] == "bfifo"
+    # leaf_qdisc = "default": HTB's own pfifo again (not dumped: no leaf listed)
+    s.write_config(leaf_qdisc="default")
+    back = s.cli("apply", "--all")
+    assert not back["failures"] and back["writes"]["netlink"] == 5, back
+    assert _leaves(s, "up0") == {} and _leaves(s, "tap0") == {}
+    assert s.cli("apply", "--all")["writes"]["netlink"] == 0
 
 
 def test_fq_codel_forced_on_a_kernel_without_it_fails_cleanly(shaper):
