@@ -16,10 +16,11 @@ INNER = Path(__file__).resolve().parent / "inner"
 
 
 def _run_inner(run_in_host_guest, selector: str, timeout: float = 900,
-               env: dict[str, str] | None = None):
+               env: dict[str, str] | None = None, select: str | None = None):
     targets = [t if t.startswith(("tests/", "/")) else str(INNER / t) for t in selector.split()]
     run = run_in_host_guest(
-        [sys.executable, "-m", "pytest", *targets, "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *targets, *(["-k", select] if select else []),
+         "-p", "no:cacheprovider",
          "-q", "-rA", "-s", "-o", "addopts="],
         cwd=REPO, env={"HPG_GUEST": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
         timeout=timeout)
@@ -44,17 +45,20 @@ def test_hookpack_fw_mode_in_guest(run_in_host_guest):
 
 
 def test_floods_and_vlan_aware_bridge_in_guest(run_in_host_guest):
-    """Issue 16 on the stock kernel (cls_bpf chosen by auto): the host's flood, routed,
-    self-healing and migration tests, and a VLAN-aware bridge (not on the host kernel),
-    in one boot."""
+    """Issue 16 on the stock kernel (cls_bpf chosen by auto), in one boot: the host's raw
+    and 802.1Q floods and the routed NIC, and a VLAN-aware bridge (not on the host
+    kernel). The rest of test_classifier_netns.py (QinQ, UDP, self-healing, migration,
+    the openvswitch refusal) does not depend on the kernel's classifier modules and runs
+    on the host only: a TCG guest on the shared machine needs ~1.5 min per flood test."""
     run, counts = _run_inner(
         run_in_host_guest, "tests/shaping/test_classifier_netns.py "
         f"{INNER / 'test_vlan_bridge.py'}", timeout=1500,
         # a Python flood in a TCG guest on a loaded 2-core machine reaches a few Mbit/s:
         # a 1 Mbit class, and an unshaped flood must beat 3 Mbit/s
-        env={"HP_FLOOD_LIMIT": "1", "HP_FLOOD_ESCAPE": "3"})
+        env={"HP_FLOOD_LIMIT": "1", "HP_FLOOD_ESCAPE": "3"},
+        select="raw or vlan or routed")
     assert run.rc == 0, run.output[-4000:]
-    assert counts.get("passed") == 8 + 2 and set(counts) == {"passed"}, run.output[-4000:]
+    assert counts.get("passed") == 3 + 2 and set(counts) == {"passed"}, run.output[-4000:]
 
 
 # What a TCG guest's fake VMs can carry on this machine is ~30-40 Mbit/s in all
