@@ -45,6 +45,11 @@ SETTINGS = {
     "iptables_backend": Field(str, "auto", "Backend to write rules with: `auto` (what "
                               "`iptables -V` says), `nf_tables` or `legacy`.",
                               choices=("auto", "nf_tables", "legacy")),
+    "reconcile_interval": Field(int, 300, "Seconds between two `hookpack shaping apply "
+                                "--all` runs of hookpack-shaping-reconcile.timer (the "
+                                "Ansible role installs it and writes this key from "
+                                "hookpack_shaping_reconcile_interval); 0: no timer.",
+                                minimum=0, maximum=86400),
     "replace_foreign_qdisc": Field(bool, False, "Replace a root qdisc on the uplink or a "
                                    "tap that hookpack did not create."),
 }
