@@ -44,7 +44,7 @@ def run_checks(cfg: Config) -> list[Check]:
     paths = Paths.from_config(cfg)
     checks = [ganeti_version(paths), kvm_dir_check(paths), *hooks_installed(paths),
               *config_checks(cfg), *secret_checks(cfg), *qmp_checks(paths), numa_check(cfg, paths),
-              outbox_check(paths)]
+              outbox_check(paths), *unit_checks(cfg)]
     for spec in registry.ACTIONS:
         if not cfg.section_enabled(spec.section, spec.enabled_by_default):
             continue
@@ -57,6 +57,14 @@ def run_checks(cfg: Config) -> list[Check]:
         except HookpackError as err:
             checks.append(Check(spec.name, FAIL, str(err)))
     return checks
+
+
+def unit_checks(cfg: Config) -> list[Check]:
+    """hookpack's systemd units (hookpack/unitcheck.py): installed, enabled, not failed."""
+    from hookpack.unitcheck import check_units
+
+    return [Check(v.unit if v.unit == "units" else f"unit {v.unit}", v.status, v.message,
+                  v.fix) for v in check_units(cfg)]
 
 
 def ganeti_version(paths: Paths) -> Check:

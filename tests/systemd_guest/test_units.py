@@ -95,8 +95,17 @@ class Lab:
             "env", "-i", *(f"{k}={v}" for k, v in env.items()), str(DEBIAN_ANSIBLE),
             "-i", str(self.work / "inventory.json"), str(ANSIBLE / "site.yml"), *extra])
         t0 = time.monotonic()
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=900,
-                           stdin=subprocess.DEVNULL)
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"").decode(errors="replace") if isinstance(
+                exc.stdout, bytes) else (exc.stdout or "")
+            alive = self.guest.ssh("uptime", check=False, timeout=30)
+            raise AssertionError(
+                f"ansible-playbook {label}: no result in 900 s\n{out[-3000:]}\n"
+                f"guest uptime: {alive.returncode} {alive.stdout}{alive.stderr}\n"
+                f"console:\n{self.guest.console_log[-4000:]}") from None
         self.timings[f"ansible {label}"] = round(time.monotonic() - t0, 1)
         assert r.returncode == 0, f"{r.stdout[-6000:]}\n{r.stderr[-2000:]}"
         return r.stdout
@@ -151,7 +160,8 @@ def write_inventory(lab: Lab, wheel: Path, house: Path) -> None:
     inventory = {"ganeti_nodes": {"hosts": {FQDN: {"ansible_host": g.ip}}, "vars": {
         "ansible_user": "root",
         "ansible_ssh_common_args": (f"-o UserKnownHostsFile={lab.work / 'known_hosts'} "
-                                    f"-o IdentitiesOnly=yes -o IdentityFile={g.key}"),
+                                    f"-o IdentitiesOnly=yes -o IdentityFile={g.key} "
+                                    "-o ServerAliveInterval=15 -o ServerAliveCountMax=8"),
         "hookpack_wheel": str(wheel), "hookpack_wheelhouse": str(house),
         "hookpack_ganeti_data_dir": DATA_DIR,
         "hookpack_shaping_reconcile_interval": RECONCILE_S,
