@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmtestbed import systemd_guest as sg  # noqa: E402
-from vmtestbed.accel import accelerator  # noqa: E402
-from vmtestbed.guest import build_guest_image  # noqa: E402
+from vmtestbed import systemd_guest as sg
+from vmtestbed.accel import accelerator
+from vmtestbed.guest import build_guest_image
 
 
 def main() -> int:
