@@ -90,6 +90,7 @@ class Lab:
         env = {"HOME": "/root", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
                "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_LOCAL_TEMP": str(self.work / "atmp"), "ANSIBLE_PIPELINING": "True",
+               "ANSIBLE_TIMEOUT": "60",  # sshd under TCG on a loaded host is slow to greet
                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.work / "cp"),
                # the ssh masters (ControlPersist) are ours: marked for the leak check
                host.OWNER_ENV: host.owner_tag()}

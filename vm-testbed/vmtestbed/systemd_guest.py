@@ -211,7 +211,7 @@ class SystemdGuest:
     def ssh_options(self) -> list[str]:
         return ["-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5"]
+                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30"]
 
     def ssh_argv(self, command: str) -> list[str]:
         """``ssh root@guest command`` as run on the host, inside the guest's namespace."""
@@ -220,9 +220,18 @@ class SystemdGuest:
 
     def ssh(self, command: str, *, check: bool = True,
             timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Run a shell command in the guest as root; raise on failure when ``check``."""
-        proc = subprocess.run(self.ssh_argv(command), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        """Run a shell command in the guest as root; raise on failure when ``check``.
+
+        A connection that failed before the command started (a slow sshd under TCG on a
+        loaded host: refused, or no banner in time) is tried again, twice.
+        """
+        for _attempt in range(3):
+            proc = subprocess.run(self.ssh_argv(command), capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+            if proc.returncode != 255 or not any(
+                    m in proc.stderr for m in ("banner exchange", "Connection refused",
+                                               "Connection timed out")):
+                break
         if check and proc.returncode != 0:
             raise TestbedError(f"guest {self.ip}: `{command}` exited {proc.returncode}: "
                                f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
