@@ -96,7 +96,8 @@ class Lab:
                host.OWNER_ENV: host.owner_tag()}
         argv = host.netns_argv(self.guest.netns, [
             "env", "-i", *(f"{k}={v}" for k, v in env.items()), str(DEBIAN_ANSIBLE),
-            "-i", str(self.work / "inventory.json"), str(ANSIBLE / "site.yml"), *extra])
+            *(() if "-i" in extra else ("-i", str(self.work / "inventory.json"))),
+            str(ANSIBLE / "site.yml"), *extra])
         t0 = time.monotonic()
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=2400,
@@ -135,9 +136,11 @@ class Lab:
         out = json.loads(self.sh(f"tc -j qdisc show dev {TAP} root") or "[]")
         return [q for q in out if q.get("handle") == HANDLE and q.get("kind") == "htb"]
 
-    def tap_classes(self) -> list[dict]:  # type: ignore[type-arg]
-        out = json.loads(self.sh(f"tc -j class show dev {TAP}") or "[]")
-        return [c for c in out if c.get("handle", "").startswith(HANDLE)]
+    def tap_classes(self) -> list[dict[str, str]]:
+        """hookpack's HTB classes on the tap (iproute2 6.1 prints no JSON for classes)."""
+        out = self.sh(f"tc class show dev {TAP}")
+        return [{"handle": m.group(1), "rate": m.group(2)} for m in re.finditer(
+            rf"class htb ({HANDLE}\w+) .*?rate (\S+)", out)]
 
 
 def build_wheels(work: Path) -> tuple[Path, Path]:
@@ -294,7 +297,7 @@ def test_periodic_shaping_timer_puts_back_what_was_removed(lab):
 
 
 def test_reload_reapplies_without_a_moment_unshaped(lab):
-    (klass,) = lab.tap_classes()
+    (klass,) = [c for c in lab.tap_classes() if c["rate"] == "30Mbit"]  # ingress_rate
     classid, want_rate = klass["handle"], klass["rate"]
     # Sample the tap's classes as fast as the guest can while a reload runs; a changed
     # rate gives the reload something to put back.
@@ -308,9 +311,22 @@ def test_reload_reapplies_without_a_moment_unshaped(lab):
     samples = out.split()
     assert len(samples) >= 10, samples
     assert set(samples) == {"1"}, f"class {classid} missing in {samples.count('0')} samples"
-    (after,) = lab.tap_classes()
-    assert after["rate"] == want_rate
+    assert {"handle": classid, "rate": want_rate} in lab.tap_classes()
     assert lab.sh("systemctl is-active hookpack-shaping.service").strip() == "active"
+
+
+def test_a_config_change_restarts_the_watcher_and_reapplies_shaping(lab):
+    pid = lab.prop("hookpack-jobwatch.service", "MainPID")
+    inventory = json.loads((lab.work / "inventory.json").read_text())
+    inventory["ganeti_nodes"]["vars"]["hookpack_config"]["shaping"]["ingress_rate"] = "25mbit"
+    changed = lab.work / "inventory-changed.json"
+    changed.write_text(json.dumps(inventory))
+    out = lab.play("config change", "-i", str(changed))
+    assert "RUNNING HANDLER [hookpack : Re-apply shaping]" in out
+    assert "RUNNING HANDLER [hookpack : Restart the job watcher]" in out
+    assert lab.prop("hookpack-jobwatch.service", "MainPID") not in ("0", pid)
+    classes = lab.tap_classes()
+    assert any(c["rate"] == "25Mbit" for c in classes), classes
 
 
 def test_boot_unit_restores_shaping_after_a_reboot(lab):
