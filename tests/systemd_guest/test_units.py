@@ -232,7 +232,7 @@ def test_role_rolls_out_with_debian_ansible_core(lab):
     # hookpack doctor ran at the end and saw the units it expects here
     for unit in ("hookpack-shaping.service", "hookpack-shaping-reconcile.timer",
                  "hookpack-jobwatch.service"):
-        assert f"PASS unit {unit}: enabled, active" in out, unit
+        assert f"PASS unit {unit}: enabled, active" in out, re.findall(r"\w+ unit [^\"]*", out)
     for unit in UNITS:
         assert lab.sh(f"systemctl is-enabled {unit}").strip() == "enabled", unit
     assert lab.sh(f"grep reconcile_interval {CONFIG}").strip() == \
