@@ -46,7 +46,7 @@ def run_checks(cfg: Config) -> list[Check]:
     checks = [ganeti_version(paths), node_name_check(cfg, paths), kvm_dir_check(paths),
               *hooks_installed(paths), entry_facts_check(cfg, paths),
               *config_checks(cfg), *secret_checks(cfg), *qmp_checks(paths), numa_check(cfg, paths),
-              outbox_check(paths)]
+              outbox_check(paths), *unit_checks(cfg)]
     for spec in registry.ACTIONS:
         if not cfg.section_enabled(spec.section, spec.enabled_by_default):
             continue
@@ -59,6 +59,14 @@ def run_checks(cfg: Config) -> list[Check]:
         except HookpackError as err:
             checks.append(Check(spec.name, FAIL, str(err)))
     return checks
+
+
+def unit_checks(cfg: Config) -> list[Check]:
+    """hookpack's systemd units (hookpack/unitcheck.py): installed, enabled, not failed."""
+    from hookpack.unitcheck import check_units
+
+    return [Check(v.unit if v.unit == "units" else f"unit {v.unit}", v.status, v.message,
+                  v.fix) for v in check_units(cfg)]
 
 
 def ganeti_version(paths: Paths) -> Check:

@@ -71,12 +71,11 @@ SETTINGS = {
                               "of hookpack's earlier classifier (HOOKPACK-SHAPE), once per "
                               "boot: `auto`, `nf_tables` or `legacy`.",
                               choices=("auto", "nf_tables", "legacy")),
-    "reconcile_interval": Field(str, "5min", "How often the systemd timer runs `hookpack "
-                                "shaping apply --all` (a systemd time span, e.g. `5min`, "
-                                "`30s`; empty: no timer). It repairs objects a firewall "
-                                "reload or an admin removed and picks up tag changes, for "
-                                "which Ganeti runs no hook.",
-                                pattern=r"|[0-9]{1,6}(us|ms|s|sec|m|min|h|hr)?"),
+    "reconcile_interval": Field(int, 300, "Seconds between two `hookpack shaping apply "
+                                "--all` runs of hookpack-shaping-reconcile.timer (the "
+                                "Ansible role installs it and writes this key from "
+                                "hookpack_shaping_reconcile_interval); 0: no timer.",
+                                minimum=0, maximum=86400),
     "replace_foreign_qdisc": Field(bool, False, "Replace a root qdisc on the uplink or a "
                                    "tap that hookpack did not create."),
 }
