@@ -28,9 +28,14 @@ start included), median of the same number of runs (--runs), in this run.
     hookpack  `hookpack shaping apply --all`: kernel writes must be 0.
   floor       `ip netns exec ... python3 -c pass`.
 
-Results are printed and appended to bench/results/shaping_apply.jsonl (date, commit,
-machine, load). Usage (root): .venv/bin/python bench/shaping_apply.py [--taps 1000]
-[--runs 5] [--profile]
+Results are printed and one record is appended to bench/results/shaping_apply.json
+(bench/results.py): per row ``<row>_ms`` (median), ``<row>_min_ms``, ``<row>_max_ms`` for
+rows floor, full_seed, full_batch, full_hookpack, full_hookpack_inproc, one_seed,
+one_batch, one_hookpack, noop_batch, noop_hookpack; ratios ``full_hookpack_per_batch_x``,
+``full_seed_per_hookpack_x``, ``one_hookpack_per_batch_x``, ``one_hookpack_per_seed_x``,
+``noop_hookpack_per_batch_x``; ``full_writes_netlink``, ``full_writes_nf_tables``,
+``setup_s``; with --profile ``python_start_ms``, ``python_start_plus_imports_ms``.
+Usage (root): .venv/bin/python bench/shaping_apply.py [--taps 1000] [--runs 5] [--profile]
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,11 +54,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results import Results  # noqa: E402
 from tests.shaping.topo import Node  # noqa: E402
 
 PY = sys.executable
 MAJOR = "4850"
-RESULTS = REPO / "bench" / "results" / "shaping_apply.jsonl"
 EGRESS_BITS, INGRESS_BITS = 10_000_000, 20_000_000
 
 
@@ -227,7 +231,7 @@ def fmt(values: list[float]) -> str:
            f"min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f})"
 
 
-def measure(node: Node, base: Path, args: argparse.Namespace) -> dict[str, object]:
+def measure(node: Node, base: Path, args: argparse.Namespace, results: Results) -> None:
     n, runs = args.taps, args.runs
     taps = [f"tap{i}" for i in range(n)]
     t0 = time.perf_counter()
@@ -237,7 +241,8 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> dict[str, objec
         name = f"vm{i // 2:04d}.example.test"
         node.nic(name, i % 2, tap)
         instances[tap] = f"{name}:{i % 2}"
-    print(f"setup: {n} taps on a bridge in netns {node.ns} ({time.perf_counter() - t0:.1f} s)")
+    setup = results.add("setup_s", time.perf_counter() - t0)
+    print(f"setup: {n} taps on a bridge in netns {node.ns} ({setup:.1f} s)")
     config = base / "hookpack.toml"
     config.write_text(
         f'[log]\nsyslog = false\n[node]\nfqdn = "node1.example.test"\n[paths]\n'
@@ -245,8 +250,6 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> dict[str, objec
         f'[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "auto"\n'
         f'leaf_qdisc = "bfifo"\negress_rate = "10mbit"\ningress_rate = "20mbit"\n')
     config.chmod(0o600)
-    res: dict[str, object] = {}
-
     def nothing() -> None:
         return None
 
@@ -307,35 +310,42 @@ def measure(node: Node, base: Path, args: argparse.Namespace) -> dict[str, objec
         one_seed.append(wall(in_ns(node, "sh", str(sd))))
 
     rows = [
-        ("floor: ip netns exec <venv python> -c pass", floor),
-        (f"full apply {n} taps: seed loop script", full_seed),
-        (f"full apply {n} taps: batch tools script", full_batch),
-        (f"full apply {n} taps: hookpack process", full_hp),
-        (f"full apply {n} taps: hookpack in-process (label: no start/imports)", in_proc),
-        ("one instance hook: seed loop script (1 tap)", one_seed),
-        ("one instance hook: batch tools script (1 tap)", one_batch),
-        (f"one instance hook: hookpack hook process ({n} shaped)", one_hp),
-        ("re-apply nothing to do: batch reads script", noop_batch),
-        ("re-apply nothing to do: hookpack process", noop_hp),
+        ("floor", "floor: ip netns exec <venv python> -c pass", floor),
+        ("full_seed", f"full apply {n} taps: seed loop script", full_seed),
+        ("full_batch", f"full apply {n} taps: batch tools script", full_batch),
+        ("full_hookpack", f"full apply {n} taps: hookpack process", full_hp),
+        ("full_hookpack_inproc",
+         f"full apply {n} taps: hookpack in-process (label: no start/imports)", in_proc),
+        ("one_seed", "one instance hook: seed loop script (1 tap)", one_seed),
+        ("one_batch", "one instance hook: batch tools script (1 tap)", one_batch),
+        ("one_hookpack", f"one instance hook: hookpack hook process ({n} shaped)", one_hp),
+        ("noop_batch", "re-apply nothing to do: batch reads script", noop_batch),
+        ("noop_hookpack", "re-apply nothing to do: hookpack process", noop_hp),
     ]
-    for label, values in rows:
+    for key, label, values in rows:
         print(f"{label:70} {fmt(values)}")
-        res[label] = [round(v * 1000, 2) for v in values]
-    ratios = {
-        "full: hookpack / batch": med(full_hp) / med(full_batch),
-        "full: seed / hookpack": med(full_seed) / med(full_hp),
-        "one instance: hookpack / batch": med(one_hp) / med(one_batch),
-        "one instance: hookpack / seed": med(one_hp) / med(one_seed),
-        "re-apply: hookpack / batch reads": med(noop_hp) / med(noop_batch),
-    }
-    for label, value in ratios.items():
+        results.add(f"{key}_ms", med(values) * 1000)
+        results.add(f"{key}_min_ms", min(values) * 1000)
+        results.add(f"{key}_max_ms", max(values) * 1000)
+    ratios = [
+        ("full_hookpack_per_batch_x", "full: hookpack / batch", med(full_hp) / med(full_batch)),
+        ("full_seed_per_hookpack_x", "full: seed / hookpack", med(full_seed) / med(full_hp)),
+        ("one_hookpack_per_batch_x", "one instance: hookpack / batch",
+         med(one_hp) / med(one_batch)),
+        ("one_hookpack_per_seed_x", "one instance: hookpack / seed",
+         med(one_hp) / med(one_seed)),
+        ("noop_hookpack_per_batch_x", "re-apply: hookpack / batch reads",
+         med(noop_hp) / med(noop_batch)),
+    ]
+    for key, label, value in ratios:
         print(f"ratio {label:40} {value:6.2f}x (medians, whole process each)")
+        results.add(key, value)
     print(f"hookpack full apply writes: {writes}")
-    res["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
-    res["writes"] = writes
+    for kind, count in writes.items():
+        results.add(f"full_writes_{kind}", count)
     if args.profile:
-        res["profile"] = profile(node, config, taps, base)
-    return res
+        for key, value in profile(node, config, taps, base).items():
+            results.add(key, value)
 
 
 def profile(node: Node, config: Path, taps: list[str], base: Path) -> dict[str, float]:
@@ -343,7 +353,8 @@ def profile(node: Node, config: Path, taps: list[str], base: Path) -> dict[str, 
     top entries printed)."""
     reset(node, taps)
     imp = wall(in_ns(node, PY, "-c", "import hookpack.cli, hookpack.actions.shaping, "
-                     "hookpack.shaping.reconcile, hookpack.shaping.netfilter"))
+                     "hookpack.shaping.reconcile, hookpack.shaping.nft, "
+                     "hookpack.shaping.classifier"))
     bare = wall(in_ns(node, PY, "-c", "pass"))
     out = base / "prof.out"
     wall(in_ns(node, PY, "-m", "cProfile", "-o", str(out), "-m", "hookpack", "shaping",
@@ -365,22 +376,15 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)")
         return 2
+    results = Results("shaping_apply", taps=args.taps, runs=args.runs, profile=args.profile)
     with tempfile.TemporaryDirectory(prefix="hps-bench-") as tmp:
         base = Path(tmp)
         node = Node(base)
         try:
-            res = measure(node, base, args)
+            measure(node, base, args, results)
         finally:
             node.close()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    row = {"bench": "shaping_apply", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "commit": commit, "machine": platform.node(), "kernel": platform.release(),
-           "load": os.getloadavg(), "taps": args.taps, "runs": args.runs, **res}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(f"appended to {RESULTS.relative_to(REPO)}")
+    results.save()
     return 0
 
 

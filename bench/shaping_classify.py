@@ -14,14 +14,16 @@ median over the rounds of that ratio (and, for scale, the median pps of each). O
 per packet in the number of taps means B within 10 % of A.
 
 Usage (root): .venv/bin/python bench/shaping_classify.py [--others 1000] [--rounds 5]
-Prints one line per measurement and the summary; appends a JSON record to
-bench/results/shaping_classify.jsonl.
+Prints one line per measurement and the summary; appends one record to
+bench/results/shaping_classify.json (bench/results.py): per round ``round<r>_one_pps``,
+``round<r>_many_pps``, ``round<r>_ratio``; ``median_one_pps``, ``median_many_pps``,
+``median_ratio``, ``median_change_pct`` (the "many" node shapes --others other taps,
+in the record's params).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -34,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results import Results  # noqa: E402
 from tests.shaping.topo import Node, sh  # noqa: E402
 
 PY = sys.executable
@@ -121,6 +124,8 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (network namespaces)")
+    results = Results("shaping_classify", others=args.others, rounds=args.rounds,
+                      seconds=args.seconds)
     with tempfile.TemporaryDirectory(prefix="hp-classify-") as tmp:
         nodes: list[tuple[str, Node]] = []
         try:
@@ -134,6 +139,9 @@ def main() -> int:
                 pps[nodes[0][0]].append(one)
                 pps[nodes[1][0]].append(many)
                 ratios.append(many / one)
+                results.add(f"round{r + 1}_one_pps", one)
+                results.add(f"round{r + 1}_many_pps", many)
+                results.add(f"round{r + 1}_ratio", many / one)
                 print(f"round {r + 1}: 1 other tap shaped {one:,.0f} pps, {args.others} "
                       f"other taps shaped {many:,.0f} pps, ratio {many / one:.3f}",
                       flush=True)
@@ -147,18 +155,11 @@ def main() -> int:
     print(f"median pps: 1 other tap {m1:,.0f}; {many} other taps {mn:,.0f}; median ratio "
           f"of the same windows {ratio:.3f} ({(ratio - 1) * 100:+.1f} %), goal within 10 %: "
           f"{'met' if abs(ratio - 1) <= 0.10 else 'NOT met'} (load {load:.1f})")
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    record = {"bench": "shaping_classify", "date": datetime.datetime.now(
-        datetime.UTC).isoformat(timespec="seconds"), "commit": commit,
-        "machine": os.uname().nodename, "kernel": os.uname().release, "load1": load,
-        "others": args.others, "rounds": args.rounds, "seconds": args.seconds,
-        "pps": pps, "ratios": ratios, "median_1": m1, f"median_{many}": mn,
-        "median_ratio": ratio}
-    results = REPO / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    with open(results / "shaping_classify.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    results.add("median_one_pps", m1)
+    results.add("median_many_pps", mn)
+    results.add("median_ratio", ratio)
+    results.add("median_change_pct", (ratio - 1) * 100)
+    results.save()
     return 0
 
 

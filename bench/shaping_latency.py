@@ -8,9 +8,11 @@ duration: ``default`` (HTB's own pfifo of txqueuelen packets) and the bounded le
 ``auto`` picks on this kernel (fq_codel, or the segmenting tbf where the kernel lacks
 it); ``idle`` (no upload) gives the path's own RTT.
 
-Prints one line per mode (RTT p50/p95/max, loss, the upload's rate) and a JSON line
-(``RESULT {...}``), appended to bench/results/shaping_latency.jsonl. Target (#16): p95 <=
-20 ms with the bounded leaf. Usage (root): .venv/bin/python bench/shaping_latency.py
+Prints one line per mode (RTT p50/p95/max, loss, the upload's rate) and appends one
+record to bench/results/shaping_latency.json (bench/results.py) with keys
+``<mode>_p50_ms``, ``<mode>_p95_ms``, ``<mode>_max_ms``, ``<mode>_loss`` and
+``<mode>_goodput_mbit`` for each mode run. Target (#16): p95 <= 20 ms with the bounded
+leaf. Usage (root): .venv/bin/python bench/shaping_latency.py
 [--seconds 8] [--modes default,auto]
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.results import Results  # noqa: E402
 from tests.shaping.topo import Node  # noqa: E402
 
 PY = sys.executable
-RESULTS = REPO / "bench" / "results" / "shaping_latency.jsonl"
 PORT = 5399
 INTERVAL = 0.05
 
@@ -145,18 +146,20 @@ def main() -> int:
         print(f"leaf {r['leaf_setting']:8} ({r['leaf']}): ping RTT p50 {r['p50_ms']} ms, "
               f"p95 {r['p95_ms']} ms, max {r['max_ms']} ms, loss {r['loss']:.1%} of "
               f"{r['sent']}; upload {r['upload_goodput_mbit']} Mbit/s goodput (class 10 Mbit/s)")
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    row = {"bench": "shaping_latency", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "commit": commit, "machine": platform.node(), "kernel": platform.release(),
-           "load": os.getloadavg(), "seconds": args.seconds, "modes": rows}
-    print("RESULT " + json.dumps(row))
+    results = Results("shaping_latency", seconds=args.seconds, modes=args.modes,
+                      leaves={r["leaf_setting"]: r["leaf"] for r in rows},
+                      classifier=os.environ.get("SHAPEPROOF_CLASSIFIER", "auto"))
+    for r in rows:
+        mode = r["leaf_setting"]
+        for key in ("p50_ms", "p95_ms", "max_ms", "loss"):
+            results.add(f"{mode}_{key}", r[key])
+        results.add(f"{mode}_goodput_mbit", r["upload_goodput_mbit"])
+        results.add(f"{mode}_samples", r["samples"])
+    print("RESULT " + json.dumps({"seconds": args.seconds, "modes": rows}))  # the guest test
     try:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError:
-        pass  # read-only checkout (the stock-kernel guest): the RESULT line carries it
+        results.save()
+    except OSError as err:  # read-only checkout (the stock-kernel guest): RESULT carries it
+        print(f"results not saved: {err}")
     return 0
 
 

@@ -148,12 +148,18 @@ def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterato
 
 def _legacy(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> tuple[list[str],
                                                                              list[str]]:
-    """Once per boot: remove the iptables rules of hookpack's earlier classifier."""
+    """Once per boot: remove the iptables rules of hookpack's earlier classifier.
+
+    Under the node's shaping lock, which the ``iptables-restore`` child inherits: a hook
+    killed while the child still commits keeps the next run out until the child exits.
+    """
+    from hookpack.locks import node_lock
     from hookpack.shaping import classifier, legacy
 
-    return legacy.cleanup_once(paths.run_dir, str(settings["iptables_backend"]),
-                               classifier.kernel_key(),
-                               timeout=max(1.0, min(10.0, timeout() - 1.0)))
+    with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
+        return legacy.cleanup_once(paths.run_dir, str(settings["iptables_backend"]),
+                                   classifier.kernel_key(),
+                                   timeout=max(1.0, min(10.0, timeout() - 1.0)))
 
 
 def reconcile(settings: Mapping[str, Any], paths: Paths, instances: Iterable[str] | None, *,

@@ -1,8 +1,7 @@
 """A network namespace per test and `hookpack doctor` run inside it (real kernel state).
 
-br_netfilter's bridge-nf-call-* sysctls and both iptables backends' rules are per
-network namespace on this kernel, so each test sets its own state without touching the
-host's or another engineer's.
+Taps, bridges, the uplink, qdiscs and nf_tables netdev chains are per network namespace,
+so each test sets its own state without touching the host's or another engineer's.
 """
 
 from __future__ import annotations

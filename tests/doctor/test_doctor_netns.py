@@ -1,11 +1,12 @@
 """The shaping doctor checks on real kernel state, each in a network namespace.
 
-What is real here: HTB, the missing cls_fw (so the CLASSIFY fallback), the per-netns
-bridge-nf-call-iptables sysctl, rules loaded through iptables-legacy beside the host's
-nf_tables backend, the uplink and its root qdisc. What is not: this kernel has HTB and
-no cls_fw, so "no HTB" and "cls_fw present" are shown through the probe's cache file
-(run_dir/shaping-classifier.json, the file a probe on such a kernel writes); the real
-cls_fw-present probe runs in the stock-kernel guest (tests/shaping_guest, ~5 min).
+What is real here: HTB, cls_bpf, the missing cls_fw, nf_tables netdev ingress chains,
+the taps, the bridge, the uplink and its root qdisc. What is not: this kernel has HTB,
+cls_bpf and netdev chains and no cls_fw, so "no HTB", "no netdev chains" and "no
+cls_bpf, cls_fw present" are shown through the probe's cache file
+(run_dir/shaping-classifier.json, the file a probe on such a kernel writes), and Open
+vSwitch (no module on this kernel) is stood in for by a bridge with its datapath's
+name; the real cls_fw-present probe runs in the stock-kernel guest (tests/shaping_guest).
 """
 
 from __future__ import annotations
@@ -19,38 +20,13 @@ from hookpack.shaping import classifier
 pytestmark = pytest.mark.netns
 
 
-def test_bridge_nf_call_iptables_off_fails_and_on_passes(doctor_ns):
-    doctor_ns.ip("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
-    check = doctor_ns.doctor()["shaping br_netfilter"]
-    assert check["status"] == "fail"
-    assert "physdev rules cannot classify VM traffic" in check["message"]
-    assert "net.bridge.bridge-nf-call-iptables=1" in check["fix"]
-    doctor_ns.ip("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
-    check = doctor_ns.doctor()["shaping br_netfilter"]
-    assert check["status"] == "pass" and check["message"] == "bridge-nf-call-iptables = 1"
-
-
-def test_legacy_rules_beside_the_nft_backend_warn_and_a_matching_backend_passes(doctor_ns):
-    clean = doctor_ns.doctor()["shaping iptables"]
-    assert clean["status"] == "pass" and "nf_tables 0, legacy 0" in clean["message"]
-    # the host's firewall, on the legacy backend, in this namespace
-    doctor_ns.ip("iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
-    doctor_ns.ip("iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "80", "-j", "ACCEPT")
-    check = doctor_ns.doctor()["shaping iptables"]
-    assert check["status"] == "warn"
-    assert "(nf_tables), but 2 rule(s) are loaded through legacy" in check["message"]
-    assert 'shaping.iptables_backend = "legacy"' in check["fix"]
-    doctor_ns.write_config('uplink = "up0"\niptables_backend = "legacy"\n')
-    check = doctor_ns.doctor()["shaping iptables"]
-    assert check["status"] == "pass" and "(legacy); rules in use" in check["message"]
-
-
 def _cached_probe(doctor_ns, **result):
     """What a probe on another kernel would have cached for this boot of this kernel."""
     run_dir = doctor_ns.base / "run_dir"
     run_dir.mkdir(exist_ok=True)
-    data = {"htb": True, "fw": False, "u32_mark": "kept", "detail": "",
-            "kernel": classifier._kernel_key(), **result}
+    data = {"htb": True, "fw": False, "bpf": True, "u32_mark": "kept", "detail": "",
+            "bpf_detail": "", "nft_netdev": True, "nft_detail": "",
+            "kernel": classifier.kernel_key(), "version": classifier._VERSION, **result}
     (run_dir / "shaping-classifier.json").write_text(json.dumps(data))
 
 
@@ -66,18 +42,64 @@ def test_htb_probed_here_passes_and_a_kernel_without_htb_fails(doctor_ns):
     assert "modprobe sch_htb" in check["fix"]
 
 
-def test_classifier_falls_back_here_fails_when_fw_forced_passes_with_cls_fw(doctor_ns):
+def test_marks_probed_here_pass_and_a_kernel_without_netdev_chains_fails(doctor_ns):
+    check = doctor_ns.doctor()["shaping marks"]
+    assert check["status"] == "pass"  # real: this kernel takes a netdev ingress chain
+    assert check["message"].startswith("nf_tables netdev ingress chains (probed)")
+    _cached_probe(doctor_ns, nft_netdev=False, nft_detail="Operation not supported")
+    checks = doctor_ns.doctor()
+    assert checks["shaping marks"]["status"] == "fail"
+    assert checks["shaping marks"]["message"] == (
+        "no nf_tables netdev ingress chain (Operation not supported): no VM frame can be "
+        "classified")
+    assert "modprobe nf_tables" in checks["shaping marks"]["fix"]
+    assert "nf_tables netdev MISSING" in checks["shaping classifier"]["message"]
+
+
+def test_classifier_cls_bpf_here_passes_forced_fw_fails_and_fw_fallback_passes(doctor_ns):
     doctor_ns.write_config('uplink = "up0"\nclassifier = "auto"\n')
     check = doctor_ns.doctor()["shaping classifier"]
-    assert check["status"] == "pass"  # real: this kernel has no cls_fw
-    assert check["message"].startswith("classify (no usable cls_fw")
+    assert check["status"] == "pass"  # real: this kernel has cls_bpf
+    assert check["message"].startswith("marks: nf_tables netdev ingress chain per tap; "
+                                       "mark -> class: cls_bpf (cls_bpf present (probed)")
     doctor_ns.write_config('uplink = "up0"\nclassifier = "fw"\n')
-    check = doctor_ns.doctor()["shaping classifier"]
-    assert check["status"] == "fail" and check["fix"] == 'set shaping.classifier = "auto"'
+    check = doctor_ns.doctor()["shaping classifier"]  # real: this kernel has no cls_fw
+    assert check["status"] == "fail"
+    assert check["message"] == "cls_fw: forced by shaping.classifier"
+    assert check["fix"].startswith('set shaping.classifier = "auto"')
     doctor_ns.write_config('uplink = "up0"\nclassifier = "auto"\n')
-    _cached_probe(doctor_ns, fw=True)
+    _cached_probe(doctor_ns, bpf=False, fw=True, bpf_detail="cls_bpf: No such file")
     check = doctor_ns.doctor()["shaping classifier"]
-    assert check["status"] == "pass" and check["message"].startswith("fw (cls_fw present")
+    assert check["status"] == "pass"
+    assert "mark -> class: cls_fw (no usable cls_bpf (cls_bpf: No such file); cls_fw " \
+        "present (probed))" in check["message"]
+    _cached_probe(doctor_ns, bpf=False, fw=False, bpf_detail="cls_bpf: No such file")
+    check = doctor_ns.doctor()["shaping classifier"]
+    assert check["status"] == "fail"
+    assert check["message"].startswith("cls_bpf: neither cls_bpf nor cls_fw usable")
+
+
+def test_nic_modes_bridged_tap_passes_and_an_openvswitch_tap_warns(doctor_ns):
+    """Open vSwitch has no module on this kernel: its datapath device (``ovs-system``,
+    the master of every OVS port) is stood in for by a bridge of that name."""
+    doctor_ns.ip("ip", "link", "add", "br0", "type", "bridge")
+    doctor_ns.ip("ip", "tuntap", "add", "dev", "tapb", "mode", "tap")
+    doctor_ns.ip("ip", "link", "set", "tapb", "master", "br0")
+    nic_dir = doctor_ns.base / "kvm_dir" / "nic"
+    (nic_dir / "b.example.test").mkdir(parents=True)
+    (nic_dir / "b.example.test" / "0").write_text("tapb\n")
+    check = doctor_ns.doctor()["shaping nic modes"]
+    assert check["status"] == "pass" and check["message"].startswith("bridged (plain or ")
+    doctor_ns.ip("ip", "link", "add", "ovs-system", "type", "bridge")
+    doctor_ns.ip("ip", "tuntap", "add", "dev", "tapo", "mode", "tap")
+    doctor_ns.ip("ip", "link", "set", "tapo", "master", "ovs-system")
+    (nic_dir / "o.example.test").mkdir()
+    (nic_dir / "o.example.test" / "0").write_text("tapo\n")
+    check = doctor_ns.doctor()["shaping nic modes"]
+    assert check["status"] == "warn"
+    assert check["message"] == ("1 NIC(s) on Open vSwitch are not shaped: tapo "
+                                "(o.example.test/0)")
+    assert "bridged or routed" in check["fix"]
 
 
 def test_uplink_unset_missing_or_foreign_qdisc_and_ours_to_take(doctor_ns):
