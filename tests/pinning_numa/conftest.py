@@ -14,3 +14,4 @@ from vmtestbed.hostguest_plugin import host_guest_image, run_in_host_guest
 __all__ = ["host_guest_image", "run_in_host_guest"]
 
 collect_ignore_glob = [] if os.environ.get("HPG_GUEST") == "1" else ["inner/*"]
+noskip_runs_elsewhere = {"inner/*": "inside the stock-kernel guest, by test_numa_in_guest.py"}
