@@ -168,6 +168,7 @@ case $hp_out in
     hp_result=${{hp_out##*"$hp_mark"}}
     hp_text=${{hp_out%"$hp_nl$hp_mark"*}}
     [ "$hp_text" = "$hp_out" ] && hp_text=${{hp_out%"$hp_mark"*}}
+    hp_text=${{hp_text%"$hp_nl"}}  # the marker starts on a line of its own
     [ -n "$hp_text" ] && printf '%s\n' "$hp_text" >&2
     case $hp_result in
     "notrun "*) hp_not_run "${{hp_result#notrun }}" ;;
