@@ -154,11 +154,13 @@ def test_units_come_from_the_role_templates(debs, tmp_path):
         text = unit.read_text()
         assert "{{" not in text and "{%" not in text, unit
         for line in text.splitlines():
-            if line.startswith(("ExecStart=", "ExecStop=")):
+            if line.startswith(("ExecStart=", "ExecStop=", "ExecReload=")):
                 assert line.split("=", 1)[1].startswith("/usr/bin/hookpack "), line
     shaping = (units / "hookpack-shaping.service").read_text()
     assert "ExecStop=/usr/bin/hookpack shaping clear --all --yes " in shaping
-    assert "Documentation=file:///usr/share/doc/hookpack" in shaping
+    assert "ExecReload=/usr/bin/hookpack shaping apply --all " in shaping
+    assert "After=network-online.target ganeti.target nftables.service " \
+        "netfilter-persistent.service" in shaping
     assert (tmp_path / "etc/hookpack/hookpack.toml").is_file()
     assert (tmp_path / "etc/logrotate.d/hookpack").is_file()
     assert (tmp_path / "usr/share/doc/hookpack/docs/operator-guide.md.gz").is_file()
@@ -195,6 +197,9 @@ def test_apt_install_doctor_hooks_upgrade_remove_purge(debs, chroot):
     assert not enabled, f"units enabled before the node is configured: {enabled}"
     assert ch.path("/lib/systemd/system/hookpack-shaping.service").is_file()
 
+    # The stand-in cluster lists this node (doctor checks hookpack's name for it is one).
+    name = ch.run("python3 -c 'import socket; print(socket.getfqdn())'").stdout.strip()
+    ch.path("/var/lib/ganeti/ssconf_node_list").write_text(f"{name}\n")
     doctor = ch.run("hookpack doctor --json", check=False)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     checks = {c["name"]: c["status"] for c in json.loads(doctor.stdout)}
