@@ -14,6 +14,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hookpack.action import Paths
 from hookpack.env import qemu_disk_id
@@ -120,7 +121,8 @@ def runtime_disks(paths: Paths, name: str) -> list[RuntimeDisk]:
         if not isinstance(entry, list) or not entry or not isinstance(entry[0], dict):
             raise ActionError(f"{path}: disk {index} is not [disk, link, uri]")
         disk = entry[0]
-        hvinfo = disk.get("hvinfo") if isinstance(disk.get("hvinfo"), dict) else {}
+        raw_hvinfo = disk.get("hvinfo")
+        hvinfo: dict[str, Any] = raw_hvinfo if isinstance(raw_hvinfo, dict) else {}
         qemu_id = hvinfo.get("id") or qemu_disk_id(str(disk.get("uuid", "")))
         link = entry[1] if len(entry) > 1 and isinstance(entry[1], str) else None
         disks.append(RuntimeDisk(index, qemu_id, link, str(disk.get("dev_type", ""))))
