@@ -19,6 +19,7 @@ not import, or the config cannot be read. This script
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Python run by the entry (`python -I -c BOOTSTRAP mark kind config entry`). Kept free of
@@ -48,6 +49,9 @@ except BaseException as err:
 finish(result)
 """
 
+# The schema's largest hook.deadline (hookpack/config.py).
+MAX_DEADLINE = 600.0
+
 SCRIPT = r"""#!/bin/sh
 # hookpack-entry: installed by `hookpack hooks install`; do not edit, reinstall.
 # Ganeti runs it for {directory}. A shell script so that nothing below it can fail an
@@ -66,6 +70,7 @@ hp_global={global_enabled}
 hp_run={run}
 hp_roles={roles}
 hp_node={node}
+hp_limit={limit}
 hp_boot='{bootstrap}'
 hp_nl='
 '
@@ -161,7 +166,11 @@ fi
 hp_mark="@hookpack-result-$$:"
 # The subshell waits for Python itself (the `exit` after it), so a shell note such as
 # "Segmentation fault" lands in the captured output too, not on the entry's stderr.
-hp_out=$(exec 2>&1; "$hp_py" -I -c "$hp_boot" "$hp_mark" "$hp_kind" "$hp_config_arg" "$0"; exit $?)
+# Bounded even when Python hangs before hookpack's own deadline runs (a hung import):
+# hook.deadline + 10 s while the facts hold, else the schema's largest deadline + 10 s.
+hp_facts_hold || hp_limit={max_limit}
+hp_out=$(exec 2>&1; timeout -k 2 "$hp_limit" "$hp_py" -I -c "$hp_boot" "$hp_mark" "$hp_kind" \
+    "$hp_config_arg" "$0"; exit $?)
 hp_rc=$?
 case $hp_out in
 *"$hp_mark"*)
@@ -176,6 +185,7 @@ case $hp_out in
     esac
     exit "$hp_result" ;;
 esac
+case $hp_rc in 124|137) hp_not_run "hookpack did not answer within $hp_limit s (killed)" ;; esac
 hp_last=${{hp_out##*"$hp_nl"}}
 hp_not_run "$hp_py exited with status $hp_rc before hookpack answered${{hp_last:+: $hp_last}}"
 """
@@ -196,6 +206,7 @@ class EntryFacts:
     global_enabled: bool = True
     enabled: frozenset[str] = frozenset()  # action names enabled
     node: str = ""  # this node's name, lower case, when Ganeti's node list confirms it
+    deadline: float = MAX_DEADLINE  # hook.deadline
 
 
 def shell_quote(value: str) -> str:
@@ -213,4 +224,5 @@ def render(directory: str, kind: str, python: str, facts: EntryFacts,
         facility=shell_quote(facts.facility), logfile=shell_quote(facts.logfile),
         global_enabled=int(facts.global_enabled), run=shell_quote(" ".join(run)),
         roles=shell_quote(" ".join(roles)), node=shell_quote(facts.node),
+        limit=math.ceil(facts.deadline) + 10, max_limit=math.ceil(MAX_DEADLINE) + 10,
         bootstrap=BOOTSTRAP)

@@ -84,7 +84,8 @@ def read_facts(config: str | None) -> EntryFacts:
         enabled=frozenset(s.name for s in registry.ACTIONS
                           if cfg.section_enabled(s.section, s.enabled_by_default)),
         node=confirmed_node_name(cfg.core["node"]["fqdn"],
-                                 Path(cfg.core["paths"]["ganeti_data_dir"])))
+                                 Path(cfg.core["paths"]["ganeti_data_dir"])),
+        deadline=cfg.deadline)
 
 
 def _stat_key(path: str) -> tuple[int, int, int] | None:

@@ -295,3 +295,25 @@ def test_the_line_goes_to_syslog_through_logger(setup, sample, tmp_path):
     args = (tmp_path / "logger.args").read_text().splitlines()
     assert args == ["-t", "hookpack", "-p", "local3.err", "--", proc.stderr.strip()]
     assert proc.stderr.startswith("hookpack: actions did not run for instance-add/pre: ")
+
+
+@pytest.mark.slow
+def test_a_python_that_hangs_before_hookpack_runs_is_killed_within_the_bound(
+        setup, sample, tmp_path):
+    """A hang below hookpack's own deadline (an import stuck on a dead disk): the entry's
+    `timeout` ends it at hook.deadline + 10 s and the pre hook goes on. The interpreter is
+    a stand-in that hangs (real Python cannot be made to hang on import here)."""
+    hung = tmp_path / "hung" / "bin" / "python"
+    hung.parent.mkdir(parents=True)
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    root = setup(NODE1 + POLICY + "[hook]\ndeadline = 0.5\n", python=str(hung))
+    start = time.monotonic()
+    results = run_hooks(root, "instance-add", "pre", _pre_add_env(sample))
+    took = time.monotonic() - start
+    result = _entry(results)
+    assert result.output == ("hookpack: actions did not run for instance-add/pre: hookpack "
+                             "did not answer within 11 s (killed); the operation goes on "
+                             "(hook.pre_fail_closed = false)"), result.output
+    assert result.exit_code == 0 and not pre_aborts(results)
+    assert took < 11 + 2 + 5, took  # the bound, the kill grace, process starts
