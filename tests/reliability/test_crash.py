@@ -149,9 +149,10 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
 
 def test_stop_hook_killed_between_deletes_and_rules_leaves_no_orphan_class(
         relnode, install_hooks, tmp_path):
-    """Regression: the apply removed the rules before the classes; a stop hook killed in
-    between left uplink classes no rule named, which no later hook run saw (found by
-    the random kills above). Killed right after the first step now, the next run of
+    """Regression: the apply removed the rules (now: the mark chains) before the classes;
+    a stop hook killed in between left uplink classes no mark named, which no later hook
+    run saw (found by the random kills above). Killed right after the first step now
+    ("shaping:deleted": classes gone, marks still naming the instance), the next run of
     the same hook must leave nothing behind."""
     node = relnode
     hooks = install_hooks(node.config)

@@ -90,14 +90,16 @@ def test_real_qemu_killed_while_hookpack_waits(relnode, install_hooks):
     assert ": changed: disk 0: grown 64 MiB -> 128 MiB" in again, again
 
 
-@pytest.mark.parametrize("point", ["shaping:start", "shaping:rules-started"])
+@pytest.mark.parametrize("point", ["shaping:start", "shaping:deleted", "shaping:rules-done"])
 def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_hooks,
                                                       tmp_path):
     """instance-start post with two NICs; the second tap is deleted while the hook sits
-    at ``point`` of its apply (after observe and plan; "rules-started": the rules are
-    being committed and the tap's qdisc and class are still to be made). One clean line;
-    then Ganeti's unplug (nic file gone) and the next hook leave exactly what a full
-    reconcile computes: no class, rule or qdisc of the deleted tap left over."""
+    at ``point`` of its apply: "start" (after observe and plan), "deleted" (the marks'
+    nf_tables transaction is next: it names the vanished tap), "rules-done" (the marks
+    are written, the tap's uplink class, leaf and to-VM qdisc are still to be made).
+    One clean line; then Ganeti's unplug (nic file gone) and the next hook leave exactly
+    what a full reconcile computes: no class, mark chain or qdisc of the deleted tap left
+    over."""
     node = relnode
     hooks = install_hooks(node.config)
     inst = node.start(NAME, nics=2)
