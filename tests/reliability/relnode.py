@@ -254,7 +254,7 @@ class RelNode:
         else:  # hookpack's node-wide objects may stay; no VM class, no VM leaf
             assert set(up) <= {"4850:1", "4850:2"}, up
             assert set(up_leaves) <= {"4850:2"}, up_leaves
-        assert got == want
+        assert got == want, (got, want)
         # hookpack's tap qdiscs (and their leaves) only on shaped taps
         ours = {dev for dev, q in probe["qdiscs"].items() if q == "htb 4850:" and dev != "up0"}
         assert ours == shaped, (ours, shaped)

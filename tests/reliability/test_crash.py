@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,27 @@ MAX_STEPS = 80
 MIN_INSIDE = 20  # kills that must land inside an apply (shaping or pinning)
 PAUSE_MS = 30
 PINNING_OPS = ("start", "reboot", "migrate-target")  # the ops whose post hook pins here
+
+
+def kill_hook(proc: subprocess.Popen) -> None:
+    """SIGKILL to the hook's process group (our own child's session: the entry's shell
+    and the Python it runs), as a node losing the process would."""
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def gone(pid: int, within: float = 10.0) -> None:
+    """The process that wrote the trace no longer runs (a killed shell alone would leave
+    Python running on)."""
+    give_up = time.monotonic() + within
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return  # reaped
+        if state in ("Z", "X"):
+            return  # dead, not yet reaped
+        assert time.monotonic() < give_up, f"hook process {pid} still runs after SIGKILL"
+        time.sleep(0.01)
 
 
 def where(points: list[str]) -> str:
@@ -72,11 +95,12 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
     def entry(hpath: str, environ: dict[str, str], debug: dict[str, str]) -> subprocess.Popen:
         env = {k: v for k, v in environ.items() if k.startswith("GANETI_")}
         env.update(PATH="/usr/sbin:/usr/bin:/sbin:/bin", **debug)
-        # ip netns exec execs the entry: the pid is the hook process itself
+        # ip netns exec execs the entry, a /bin/sh script that runs Python as its child:
+        # a session of its own, so that kill_hook() kills the whole hook (shell and Python)
         return subprocess.Popen(["ip", "netns", "exec", node.net.ns,
                                  str(hooks / f"{hpath}-post.d" / "50-hookpack")], env=env,
                                 cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def converge(op: str, hpath: str, environ: dict[str, str]) -> str:
         proc = entry(hpath, environ, {})
@@ -121,7 +145,7 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
             proc.wait(timeout=delay)
             finished = True
         except subprocess.TimeoutExpired:
-            proc.kill()  # SIGKILL, our own child's pid
+            kill_hook(proc)
             finished = False
         proc.communicate(timeout=60)
         points = []
@@ -131,7 +155,8 @@ def test_kill9_during_applies_then_next_run_converges(relnode, install_hooks, tm
                 pid, point = line.split()
                 pids.add(int(pid))
                 points.append(point)
-            assert pids == {proc.pid}, (pids, proc.pid)
+            assert len(pids) == 1, pids  # one hook process wrote the trace ...
+            gone(pids.pop())  # ... and it is dead (killed, or ended by itself)
         spot = "finished" if finished else where(points)
         landed[spot] = landed.get(spot, 0) + 1
         ops[op] = ops.get(op, 0) + 1
@@ -170,17 +195,18 @@ def test_stop_hook_killed_between_deletes_and_rules_leaves_no_orphan_class(
         proc = subprocess.Popen(["ip", "netns", "exec", node.net.ns, *entry],
                                 env={**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **debug},
                                 cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, start_new_session=True)
         if op == "stop":
             give_up = time.monotonic() + 30
             # the first point after "start": one kernel step of the apply is done
             while len(trace.read_text().splitlines() if trace.exists() else []) < 2:
                 assert time.monotonic() < give_up and proc.poll() is None
                 time.sleep(0.01)
-            proc.kill()
+            kill_hook(proc)
         out, _ = proc.communicate(timeout=60)
         if op == "stop":
             print(trace.read_text())
+            gone(int(trace.read_text().split()[0]))  # the hook's Python died too
             proc = subprocess.run(["ip", "netns", "exec", node.net.ns, *entry],
                                   env={**env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                                   cwd="/", capture_output=True, text=True, timeout=60)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
+from pyroute2.netns import popns, pushns
 
 from tests.reliability.relnode import RelNode
 
@@ -107,6 +109,11 @@ def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_ho
     trace = tmp_path / "trace"
     hpath, environ = node.env("start", NAME)
     started = time.monotonic()
+    pushns(node.net.ns)  # a netlink socket in the node's netns, opened before the hook
+    try:
+        ipr = IPRoute()
+    finally:
+        popns()
     proc = start_entry(hooks, node, hpath, environ,
                        {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
                         "HOOKPACK_DEBUG_APPLY_PAUSE_MS": "300"})
@@ -115,7 +122,10 @@ def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_ho
         if point in (trace.read_text().split() if trace.exists() else []):
             break
         time.sleep(0.01)
-    node.net.del_link(victim)
+    ipr.link("del", ifname=victim)  # one netlink message: no process start to wait for
+    # the tap went while the hook still sat at ``point`` (its pause is 300 ms)
+    assert trace.read_text().split()[-1] == point, trace.read_text()
+    ipr.close()
     line = the_line(finish(proc, started), "shaping")
     points = trace.read_text().split()[1::2]
     print(points)
