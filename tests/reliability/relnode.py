@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hookpack.adapters.qmp import QmpUnavailable
+from hookpack.adapters.qmp import session as qmp_session
 from hookpack.pinning import node as pnode
 from hookpack.pinning.allocate import Policy
 from hookpack.pinning.threads import qmp_vcpu_tids, running_instances
@@ -101,6 +103,17 @@ class RelNode:
             if proc.poll() is not None or time.monotonic() > give_up:
                 raise RuntimeError(f"QEMU for {name} did not come up ({proc.returncode})")
             time.sleep(0.02)
+        # the QMP socket exists before QEMU opens its drives: an answer to query-block
+        # means they are open (else a disk grown right now is read at its new size)
+        while True:
+            try:
+                with qmp_session(qmp, 10) as session:
+                    session.execute("query-block")
+                break
+            except QmpUnavailable:  # bound, not yet listening
+                if proc.poll() is not None or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.02)
         (self.kvm_dir / "pid" / name).write_text(f"{proc.pid}\n")
         (self.kvm_dir / "conf" / f"{name}.runtime").write_text(
             json.dumps([argv, [], {"cpu_mask": "all"}, [[
