@@ -124,6 +124,7 @@ class PolicyStore:
         ours = sorted(t for t in tags if _ours(t))
         path = self.path(instance)
         text = json.dumps(ours) + "\n"
+        self._sweep()
         try:
             if path.read_text() == text:
                 return False
@@ -137,6 +138,15 @@ class PolicyStore:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         return True
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of a save killed between its write and its rename
+        (kill -9). Saves run under the node's shaping lock: any temporary file found here
+        is a dead writer's."""
+        with contextlib.suppress(OSError):
+            for stale in self.dir.glob(".tags.*"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
     def load(self, instance: str) -> list[str]:
         try:

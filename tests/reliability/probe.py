@@ -2,12 +2,15 @@
 
 ``python -m tests.reliability.probe CONFIG`` prints one JSON object:
 
-- ``classes``: device -> HTB class handle -> {rate, ceil} (bytes/s), read with pyroute2;
+- ``classes``: device -> HTB class handle -> {rate, ceil (bytes/s), parent}, read with
+  pyroute2 (a tbf leaf's own class is not listed);
 - ``qdiscs``: device -> root qdisc "kind handle";
-- ``filters``: number of tc filters on the uplink;
-- ``rules``: family -> the mangle lines of hookpack's chain and its FORWARD jump(s);
-- ``foreign``: the mangle lines carrying the foreign writer's comment;
-- ``backend``: the iptables backend hookpack detects;
+- ``leaves``: device -> parent class handle -> leaf qdisc kind, for every qdisc hanging
+  under a class of hookpack's major (4850);
+- ``filters``: the uplink's tc filters (one row per filter: kind, parent, pref, handle);
+- ``marks``: hookpack's ``netdev hookpack`` table read back with the nft tool: chain ->
+  {device, mark, comment, rules} (a missing table: {});
+- ``foreign``: the mangle lines (iptables-save) carrying the foreign writer's comment;
 - ``plan``: the changes a full ``shaping apply --all`` would make now (dry run).
 """
 
@@ -21,55 +24,78 @@ import sys
 from hookpack.action import Paths
 from hookpack.actions.shaping import SETTINGS, reconcile
 from hookpack.cli import load
-from hookpack.shaping import netfilter
+from tests.shaping.conftest import parse_nft
 
 FOREIGN = "relload-fw"
+IPTABLES = "iptables"  # the system's default (nft or legacy): the foreign writer's tool
+MAJOR = 0x4850
 
 
-def main() -> int:
+def _fmt(h: int) -> str:
+    return f"{h >> 16:x}:{h & 0xffff:x}"
+
+
+def read_tc() -> tuple[dict, dict, dict]:
     from pyroute2 import IPRoute
 
-    config = sys.argv[1]
-    cfg = load(argparse.Namespace(config=config))
-    settings = cfg.section("shaping", SETTINGS)
-    paths = Paths.from_config(cfg)
-    classes: dict[str, dict[str, dict[str, int]]] = {}
+    classes: dict[str, dict[str, dict]] = {}
     qdiscs: dict[str, str] = {}
+    leaves: dict[str, dict[str, str]] = {}
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         for q in ipr.get_qdiscs():
-            if q["parent"] == 0xFFFFFFFF:
-                h = q["handle"]
-                qdiscs[names[q["index"]]] = f"{q.get_attr('TCA_KIND')} {h >> 16:x}:"
+            name, parent = names[q["index"]], q["parent"]
+            if parent == 0xFFFFFFFF:
+                qdiscs[name] = f"{q.get_attr('TCA_KIND')} {q['handle'] >> 16:x}:"
+            elif parent >> 16 == MAJOR:
+                leaves.setdefault(name, {})[_fmt(parent)] = q.get_attr("TCA_KIND")
         for index, name in names.items():
             got = {}
             for c in ipr.get_classes(index):
-                h = c["handle"]
+                if c.get_attr("TCA_KIND") != "htb":
+                    continue
                 p = c.get_nested("TCA_OPTIONS", "TCA_HTB_PARMS") or {}
-                got[f"{h >> 16:x}:{h & 0xffff:x}"] = {"rate": p.get("rate", 0),
-                                                      "ceil": p.get("ceil", 0)}
+                rate = c.get_nested("TCA_OPTIONS", "TCA_HTB_RATE64") or p.get("rate", 0)
+                ceil = c.get_nested("TCA_OPTIONS", "TCA_HTB_CEIL64") or p.get("ceil", 0)
+                got[_fmt(c["handle"])] = {"rate": rate, "ceil": ceil,
+                                          "parent": _fmt(c["parent"])}
             if got:
                 classes[name] = got
-    shown = subprocess.run(["tc", "filter", "show", "dev", str(settings["uplink"])],
+    return classes, qdiscs, leaves
+
+
+def read_filters(uplink: str) -> list[dict]:
+    shown = subprocess.run(["tc", "-j", "filter", "show", "dev", uplink],
                            capture_output=True, text=True, check=True, timeout=60).stdout
-    filters = sum(1 for line in shown.splitlines() if line.startswith("filter "))
-    tools = netfilter.detect(str(settings["iptables_backend"]))
-    rules: dict[str, list[str]] = {}
-    foreign: list[str] = []
-    for family, save in zip((4, 6), tools.save, strict=True):
-        text = subprocess.run([save, "-t", "mangle"], capture_output=True, text=True,
-                              check=True, timeout=60).stdout
-        lines = text.splitlines()
-        rules[str(family)] = sorted(
-            line for line in lines
-            if line.startswith(f"-A {netfilter.CHAIN} ")
-            or (line.startswith("-A ") and line.endswith(f"-j {netfilter.CHAIN}")))
-        if family == 4:
-            foreign = sorted(line for line in lines if FOREIGN in line)
+    rows = json.loads(shown) if shown.strip() else []
+    # tc prints a filter's priority/protocol head and then each of its elements: count
+    # the elements (the rows with options), the real filters
+    return [{"kind": r.get("kind"), "parent": r.get("parent"), "pref": r.get("pref"),
+             "handle": r["options"].get("handle")} for r in rows if "options" in r]
+
+
+def read_marks() -> dict[str, dict]:
+    proc = subprocess.run(["nft", "list", "table", "netdev", "hookpack"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    return parse_nft(proc.stdout) if proc.returncode == 0 else {}
+
+
+def read_foreign() -> list[str]:
+    text = subprocess.run([f"{IPTABLES}-save", "-t", "mangle"], capture_output=True,
+                          text=True, check=True, timeout=60).stdout
+    return sorted(line for line in text.splitlines() if FOREIGN in line)
+
+
+def main() -> int:
+    cfg = load(argparse.Namespace(config=sys.argv[1]))
+    settings = cfg.section("shaping", SETTINGS)
+    paths = Paths.from_config(cfg)
+    classes, qdiscs, leaves = read_tc()
     plan = reconcile(settings, paths, None, dry_run=True, timeout=lambda: 30.0)
-    print(json.dumps({"classes": classes, "qdiscs": qdiscs, "filters": filters,
-                      "rules": rules, "foreign": foreign, "backend": tools.backend,
-                      "save_tool": tools.save[0], "plan": plan.changes}))
+    print(json.dumps({"classes": classes, "qdiscs": qdiscs, "leaves": leaves,
+                      "filters": read_filters(str(settings["uplink"])),
+                      "marks": read_marks(), "foreign": read_foreign(),
+                      "iptables": IPTABLES, "plan": plan.changes}))
     return 0
 
 

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hookpack.adapters.qmp import QmpUnavailable
+from hookpack.adapters.qmp import session as qmp_session
 from hookpack.pinning import node as pnode
 from hookpack.pinning.allocate import Policy
 from hookpack.pinning.threads import qmp_vcpu_tids, running_instances
@@ -64,7 +66,7 @@ class RelNode:
             f'kvm_dir = "{self.kvm_dir}"\nstate_dir = "{self.state_dir}"\n'
             f'run_dir = "{self.run_dir}"\nspool_dir = "{base / "spool"}"\n'
             f'hooks_dir = "{base / "hooks"}"\ninstance_disks_dir = "{base / "instance-disks"}"\n\n'
-            '[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "classify"\n'
+            '[shaping]\nenabled = true\nuplink = "up0"\nclassifier = "auto"\n'
             f'egress_rate = "{EGRESS // 10**6}mbit"\ningress_rate = "{INGRESS // 10**6}mbit"\n\n'
             "[pinning]\nenabled = true\n")
         self.config.chmod(0o600)
@@ -101,6 +103,17 @@ class RelNode:
             if proc.poll() is not None or time.monotonic() > give_up:
                 raise RuntimeError(f"QEMU for {name} did not come up ({proc.returncode})")
             time.sleep(0.02)
+        # the QMP socket exists before QEMU opens its drives: an answer to query-block
+        # means they are open (else a disk grown right now is read at its new size)
+        while True:
+            try:
+                with qmp_session(qmp, 10) as session:
+                    session.execute("query-block")
+                break
+            except QmpUnavailable:  # bound, not yet listening
+                if proc.poll() is not None or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.02)
         (self.kvm_dir / "pid" / name).write_text(f"{proc.pid}\n")
         (self.kvm_dir / "conf" / f"{name}.runtime").write_text(
             json.dumps([argv, [], {"cpu_mask": "all"}, [[
@@ -204,50 +217,61 @@ class RelNode:
 
     def check_shaping(self, probe: dict) -> dict[tuple[str, int, str], tuple[int, int]]:
         """The kernel holds exactly the objects a full reconcile wants for the running
-        instances: per NIC one uplink class and one rule per family naming it, one HTB
-        qdisc+class on its tap; nothing else of hookpack's. Returns the normalized state
-        (instance, nic, tap) -> (egress, ingress) bit/s for comparisons."""
+        instances: per NIC one netdev ingress chain on its tap setting the NIC's mark
+        (comment hookpack:<instance>:<nic>), one uplink class with that minor under the
+        root class (ceil = the NIC's egress limit) with its leaf, one HTB qdisc + class
+        + leaf on its tap; the uplink's root/host classes and its one cls_bpf filter;
+        nothing else of hookpack's. Returns the normalized state (instance, nic, tap) ->
+        (egress, ingress) bit/s for comparisons."""
         want = {(n, i, tap): (TAGGED if self.insts[n].tagged else EGRESS, INGRESS)
                 for n in self.running() for i, tap in self.insts[n].taps.items()}
+        shaped = {tap for (_, _, tap) in want}
         up = probe["classes"].get("up0", {})
+        up_leaves = probe["leaves"].get("up0", {})
+        filters = probe["filters"]
         if want:
             assert probe["qdiscs"].get("up0") == "htb 4850:", probe["qdiscs"]
-        assert probe["filters"] == 0  # classify mode: no filters at all
+            assert up.get("4850:1", {}).get("parent") == "ffff:ffff", up  # the root class
+            assert up.get("4850:2", {}).get("parent") == "4850:1", up  # the host class
+            assert "4850:2" in up_leaves, up_leaves
+            # one classifier: the cls_bpf program mapping mark -> class
+            assert [(f["kind"], f["parent"]) for f in filters] == [("bpf", "4850:")], filters
+        assert len(filters) <= 1, filters  # never a second (duplicate) filter
+        marks = probe["marks"]
+        # a chain (named after its tap, hooked on it) for every shaped tap, none else
+        assert {c["device"] for c in marks.values()} == shaped, (marks, shaped)
         got: dict[tuple[str, int, str], tuple[int, int]] = {}
-        for family in ("4", "6"):
-            lines = probe["rules"][family]
-            jumps = [line for line in lines if line.startswith("-A FORWARD ")]
-            assert len(jumps) == (1 if want else len(jumps)), lines
-            assert len(jumps) <= 1, lines  # never a duplicate jump
-            rules = [line for line in lines if not line.startswith("-A FORWARD ")]
-            assert len(rules) == len(set(rules)) == len(want), (family, rules, want)
-            minors = []
-            for line in rules:
-                words = line.split()
-                tap = words[words.index("--physdev-in") + 1]
-                comment = words[words.index("--comment") + 1].strip('"')
-                _, inst, nic = comment.split(":")
-                minor = words[-1].split(":")[1].lstrip("0") or "0"
-                minors.append(minor)
-                klass = up.get(f"4850:{minor}")
-                assert klass is not None, f"rule without its class: {line}"
-                tap_class = probe["classes"].get(tap, {}).get("4850:1")
-                assert probe["qdiscs"].get(tap) == "htb 4850:", (tap, probe["qdiscs"])
-                assert tap_class is not None, tap
-                state = (klass["rate"] * 8, tap_class["rate"] * 8)
-                if family == "4":
-                    got[(inst, int(nic), tap)] = state
-                else:
-                    assert got[(inst, int(nic), tap)] == state
-            assert len(set(minors)) == len(minors), f"class shared by two rules: {rules}"
-            # no class without a rule, none lost: exactly default + one per rule
-            assert set(up) <= {"4850:1"} | {f"4850:{m}" for m in minors}, up
-            assert set(up) >= {f"4850:{m}" for m in minors}, up
-        assert got == want
-        # hookpack's tap qdiscs only on shaped taps
-        shaped = {tap for (_, _, tap) in want}
+        minors = []
+        for chain, m in marks.items():
+            tap = m["device"]
+            assert chain == tap and m["rules"] == 1, (chain, m)
+            assert m["mark"] is not None and m["comment"], (chain, m)
+            _, inst, nic = m["comment"].split(":")
+            minor = f"{m['mark']:x}"
+            minors.append(minor)
+            klass = up.get(f"4850:{minor}")
+            assert klass is not None, f"mark without its class: {chain} {m}"
+            assert klass["parent"] == "4850:1", (chain, klass)  # under the root class
+            assert f"4850:{minor}" in up_leaves, f"class 4850:{minor} without its leaf"
+            tap_class = probe["classes"].get(tap, {}).get("4850:1")
+            assert probe["qdiscs"].get(tap) == "htb 4850:", (tap, probe["qdiscs"])
+            assert tap_class is not None, tap
+            assert probe["leaves"].get(tap, {}).keys() == {"4850:1"}, (tap, probe["leaves"])
+            got[(inst, int(nic), tap)] = (klass["ceil"] * 8, tap_class["rate"] * 8)
+        assert len(set(minors)) == len(minors), f"class shared by two marks: {marks}"
+        # no class without a mark, none lost: exactly root + host + one per mark
+        classes = {f"4850:{m}" for m in minors}
+        if want:
+            assert set(up) == {"4850:1", "4850:2"} | classes, (sorted(up), sorted(classes))
+            assert set(up_leaves) == {"4850:2"} | classes, (up_leaves, classes)
+        else:  # hookpack's node-wide objects may stay; no VM class, no VM leaf
+            assert set(up) <= {"4850:1", "4850:2"}, up
+            assert set(up_leaves) <= {"4850:2"}, up_leaves
+        assert got == want, (got, want)
+        # hookpack's tap qdiscs (and their leaves) only on shaped taps
         ours = {dev for dev, q in probe["qdiscs"].items() if q == "htb 4850:" and dev != "up0"}
         assert ours == shaped, (ours, shaped)
+        assert set(probe["leaves"]) - {"up0"} <= shaped, probe["leaves"]
         assert probe["plan"] == [], probe["plan"]  # a full reconcile now changes nothing
         return got
 

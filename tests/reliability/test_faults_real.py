@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
+from pyroute2.netns import popns, pushns
 
 from tests.reliability.relnode import RelNode
 
@@ -90,14 +92,16 @@ def test_real_qemu_killed_while_hookpack_waits(relnode, install_hooks):
     assert ": changed: disk 0: grown 64 MiB -> 128 MiB" in again, again
 
 
-@pytest.mark.parametrize("point", ["shaping:start", "shaping:rules-started"])
+@pytest.mark.parametrize("point", ["shaping:start", "shaping:deleted", "shaping:rules-done"])
 def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_hooks,
                                                       tmp_path):
     """instance-start post with two NICs; the second tap is deleted while the hook sits
-    at ``point`` of its apply (after observe and plan; "rules-started": the rules are
-    being committed and the tap's qdisc and class are still to be made). One clean line;
-    then Ganeti's unplug (nic file gone) and the next hook leave exactly what a full
-    reconcile computes: no class, rule or qdisc of the deleted tap left over."""
+    at ``point`` of its apply: "start" (after observe and plan), "deleted" (the marks'
+    nf_tables transaction is next: it names the vanished tap), "rules-done" (the marks
+    are written, the tap's uplink class, leaf and to-VM qdisc are still to be made).
+    One clean line; then Ganeti's unplug (nic file gone) and the next hook leave exactly
+    what a full reconcile computes: no class, mark chain or qdisc of the deleted tap left
+    over."""
     node = relnode
     hooks = install_hooks(node.config)
     inst = node.start(NAME, nics=2)
@@ -105,6 +109,11 @@ def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_ho
     trace = tmp_path / "trace"
     hpath, environ = node.env("start", NAME)
     started = time.monotonic()
+    pushns(node.net.ns)  # a netlink socket in the node's netns, opened before the hook
+    try:
+        ipr = IPRoute()
+    finally:
+        popns()
     proc = start_entry(hooks, node, hpath, environ,
                        {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace),
                         "HOOKPACK_DEBUG_APPLY_PAUSE_MS": "300"})
@@ -113,7 +122,10 @@ def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_ho
         if point in (trace.read_text().split() if trace.exists() else []):
             break
         time.sleep(0.01)
-    node.net.del_link(victim)
+    ipr.link("del", ifname=victim)  # one netlink message: no process start to wait for
+    # the tap went while the hook still sat at ``point`` (its pause is 300 ms)
+    assert trace.read_text().split()[-1] == point, trace.read_text()
+    ipr.close()
     line = the_line(finish(proc, started), "shaping")
     points = trace.read_text().split()[1::2]
     print(points)

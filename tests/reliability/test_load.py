@@ -1,5 +1,5 @@
 """16 hook runs at once on one node, through the installed entries, while another tool
-writes the same mangle table; the kernel must end exactly as a full reconcile wants.
+writes the iptables mangle table; the kernel must end exactly as a full reconcile wants.
 
 One node: a netns laid out like a Ganeti KVM node (bridge br0, uplink up0, a tap per
 NIC), Ganeti's KVM runtime dir, a real QEMU per running instance (``-accel kvm -S``,
@@ -7,8 +7,10 @@ no guest OS). Each burst prepares the world as Ganeti leaves it before the post 
 (QEMU started/stopped/restarted, taps created/removed, NIC hotplugged), then runs 16
 post hooks for 16 different instances at the same moment with a seeded random mix of
 start / stop / migrate source / migrate target / reboot / grow-disk / NIC hotplug
-(instance-modify), env dumps derived from tests/fixtures/ganeti-env-samples. This
-kernel has no cls_fw: shaping runs the CLASSIFY path (as "auto" would choose here).
+(instance-modify), env dumps derived from tests/fixtures/ganeti-env-samples. Shaping
+marks frames in nf_tables (``netdev hookpack``) and classifies with one cls_bpf filter
+on the uplink: it writes no iptables rule, so the foreign writer's rules (adds and
+deletes in FORWARD and in its own chain, during the bursts) must survive untouched.
 """
 
 from __future__ import annotations
@@ -94,9 +96,7 @@ def test_16_concurrent_hooks_converge_exactly_beside_a_foreign_writer(
     print(f"\nload seed {seed} (rerun: RELLOAD_SEED={seed})")
     rng = random.Random(seed)  # noqa: S311 - a seeded test mix
     names = [f"ld{i}.example.test" for i in range(UNIVERSE)]
-    backend = node.probe()
-    ipt = backend["save_tool"].replace("-save", "")  # iptables-nft or iptables-legacy
-    print(f"iptables backend hookpack detects: {backend['backend']} (foreign writer: {ipt})")
+    ipt = node.probe()["iptables"]  # the system's iptables, as another tool uses it
     foreign_expected: set[tuple[str, int]] = set()
     stats = []
     for rnd in range(ROUNDS):

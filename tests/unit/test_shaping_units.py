@@ -99,6 +99,17 @@ def test_policy_store_persists_only_our_tags(tmp_path):
     assert store.load("web1.example.test") == []
 
 
+def test_policy_store_removes_a_killed_saves_temporary_file(tmp_path):
+    """A save killed between write and rename leaves .tags.<random>; the next save (under
+    the same node lock) removes it, also when it has nothing to change."""
+    store = PolicyStore(tmp_path)
+    assert store.save("web1.example.test", ["hookpack:egress=5mbit"])
+    stale = store.dir / ".tags.qpro7064"
+    stale.write_text("[]\n")
+    assert not store.save("web1.example.test", ["hookpack:egress=5mbit"])
+    assert sorted(p.name for p in store.dir.iterdir()) == ["web1.example.test"]
+
+
 def test_nft_mark_rule_round_trips_through_the_dump_parser():
     msg = nft.new_mark_rule("tap3", 0x10, 0xFFFF, nft.comment("web1.example.test", 1))
     raw = msg.encode(5)[tc._NLMSG.size:]  # a dump answer has the request's layout
