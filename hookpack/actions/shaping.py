@@ -56,9 +56,11 @@ SETTINGS = {
                         "fw). `classify` (the retired iptables mode) means `auto`.",
                         choices=("auto", "bpf", "fw", "classify")),
     # Not 0: the kernel takes handle 0: as "pick one" (8001:...), so hookpack would not
-    # find its own qdisc again and refuse it as foreign on the next run.
-    "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs (1-ffff).",
-                    pattern=r"(?!0+$)[0-9a-f]{1,4}"),
+    # find its own qdisc again and refuse it as foreign on the next run. Not ffff: the
+    # kernel reads a qdisc get by parent ffff:N as the ingress qdisc's (tc_get_qdisc
+    # compares TC_H_MAJ with TC_H_MAJ(TC_H_INGRESS)), so a class's leaf is never found.
+    "handle": Field(str, "4850", "Hex major number of hookpack's HTB qdiscs (1-fffe).",
+                    pattern=r"(?!0+$)(?!f{4}$)[0-9a-f]{1,4}"),
     "fw_prio": Field(int, 4850, "Priority of hookpack's mark -> class filter (bpf or fw) "
                      "on the uplink.", minimum=1, maximum=65535),
     "fw_mask": Field(int, 0xFFFF, "Mark bits hookpack's tap marks and its filter use; "

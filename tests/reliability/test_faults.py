@@ -432,7 +432,7 @@ def test_the_highest_qdisc_handle_works_and_is_in_step_on_the_second_run(netns_s
     netns_shaper.node.add_tap("rltap1")
     netns_shaper.node.nic(NAME, 0, "rltap1")
     for outcome in ("changed", "nochange"):
-        code, lines = run_entry_in_netns(netns_shaper, {"handle": "ffff"}, _start_env(sample))
+        code, lines = run_entry_in_netns(netns_shaper, {"handle": "fffe"}, _start_env(sample))
         one_line(lines, "shaping", outcome)
         assert code == 0
 
