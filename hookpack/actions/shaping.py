@@ -158,6 +158,8 @@ def _legacy(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> tuple[li
     from hookpack.locks import node_lock
     from hookpack.shaping import classifier, legacy
 
+    if legacy.done_this_boot(paths.run_dir, classifier.kernel_key()):
+        return [], []  # the usual case: no lock taken twice per run
     with node_lock(paths.run_dir, LOCK, max(0.5, timeout() - 0.5)):
         return legacy.cleanup_once(paths.run_dir, str(settings["iptables_backend"]),
                                    classifier.kernel_key(),

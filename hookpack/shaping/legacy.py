@@ -136,15 +136,20 @@ def cleanup(tools: Tools | None, timeout: float = 10.0) -> tuple[list[str], list
     return changes, notes
 
 
+def done_this_boot(run_dir: Path, kernel_key: str) -> bool:
+    """Whether ``cleanup_once`` ran since this boot (its marker)."""
+    try:
+        return bool(json.loads((run_dir / _MARKER).read_text()).get("kernel") == kernel_key)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def cleanup_once(run_dir: Path, backend: str, kernel_key: str,
                  timeout: float = 10.0) -> tuple[list[str], list[str]]:
     """``cleanup`` once per boot (a marker in the run dir, keyed by the boot)."""
     marker = run_dir / _MARKER
-    try:
-        if json.loads(marker.read_text()).get("kernel") == kernel_key:
-            return [], []
-    except (OSError, ValueError, AttributeError):
-        pass
+    if done_this_boot(run_dir, kernel_key):
+        return [], []
     changes, notes = cleanup(detect(backend), timeout)
     try:
         run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -442,10 +442,18 @@ def test_another_run_holding_the_shaping_lock_is_a_bounded_wait(netns_shaper, sa
     """Another hookpack run holds the node's shaping lock for the whole hook: this run
     waits for it (bounded by its deadline), then gives up with one clear line and no
     kernel write. Without the lock around the reconcile, it would shape at once."""
+    import json
+
     from hookpack.locks import node_lock
+    from hookpack.shaping import classifier, legacy
 
     netns_shaper.node.add_tap("rltap2")
     netns_shaper.node.nic(NAME, 0, "rltap2")
+    # The once-per-boot removal of the old classifier's rules (under the same lock) has
+    # run already: the lock this run meets is the reconcile's own.
+    run_dir = netns_shaper.base / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / legacy._MARKER).write_text(json.dumps({"kernel": classifier.kernel_key()}))
     with node_lock(netns_shaper.base / "run", "shaping", 1):
         code, lines = run_entry_in_netns(netns_shaper, {}, _start_env(sample))
     line = one_line(lines, "shaping", "failed")
