@@ -41,15 +41,16 @@ def kernel_key(proc_root: str = "/proc") -> str:
     return f"{os.uname().release} {boot}"
 
 
-def probe_in_child() -> dict[str, Any]:
-    """Fork, unshare the network namespace in the child, probe, report over a pipe."""
+def probe_in_child(probe_here: Any = None) -> dict[str, Any]:
+    """Fork, unshare the network namespace in the child, probe (``probe_here``, default
+    this module's), report over a pipe."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
         code = 0
         try:
             os.close(read_fd)
-            result = _probe_here()
+            result = (probe_here or _probe_here)()
             os.write(write_fd, json.dumps(result).encode())
         except BaseException as err:
             os.write(write_fd, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())

@@ -38,14 +38,6 @@ PROBED = ("fq_codel", "tbf")
 TBF_RATE = 10**12 // 8
 
 
-def _kernel_key() -> str:
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = "?"
-    return f"{os.uname().release} {boot}"
-
-
 def _probe_here() -> dict[str, bool]:
     """In a fresh network namespace: can a qdisc of each kind be made on loopback?"""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -67,35 +59,17 @@ def _probe_here() -> dict[str, bool]:
 
 
 def probe_in_child() -> dict[str, Any]:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 0
-        try:
-            os.close(read_fd)
-            os.write(write_fd, json.dumps(_probe_here()).encode())
-        except BaseException as err:
-            os.write(write_fd, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    while data := os.read(read_fd, 65536):
-        chunks.append(data)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    try:
-        parsed: dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
-    except ValueError:
-        parsed = {"error": "probe child sent no result"}
-    return parsed
+    from hookpack.shaping.classifier import probe_in_child as run_in_child
+
+    return run_in_child(_probe_here)
 
 
 def probe(run_dir: Path, refresh: bool = False) -> dict[str, Any]:
     """Which leaf kinds this kernel has (cached per kernel release and boot)."""
     path = run_dir / _CACHE
-    key = _kernel_key()
+    from hookpack.shaping.classifier import kernel_key
+
+    key = kernel_key()
     if not refresh:
         try:
             cached = json.loads(path.read_text())
