@@ -134,7 +134,7 @@ def main() -> None:
         finally:
             lab.gnt("gnt-instance", "remove", "-f", "--shutdown-timeout=0", INST, check=False)
             for node in lab.nodes:
-                lab.run_on(node, [HOOKPACK, "shaping", "clear"])
+                lab.run_on(node, [HOOKPACK, "shaping", "clear", "--all", "--yes"])
                 hookpack_install.install_on(node)  # the lab's own config and entries
             if brought_up:
                 lab.down()

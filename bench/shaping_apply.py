@@ -153,10 +153,12 @@ def batch_lines(taps: list[str], first_minor: int, instances: dict[str, str],
             f"qdisc add dev {tap} root handle {MAJOR}: htb default 1 r2q 1666",
             _class(tap, f"{MAJOR}:", "1", INGRESS_BITS, INGRESS_BITS, 0),
             _leaf(tap, f"{MAJOR}:1", INGRESS_BITS)]
-        nft += [f'add chain netdev hookpack {tap} {{ type filter hook ingress device "{tap}" '
+        nft += [f"add chain netdev hookpack mark/{tap}",
+                f"add rule netdev hookpack mark/{tap} meta mark set meta mark & 0xffff0000 | "
+                f'0x{minor} comment "hookpack:{instances[tap]}"',
+                f'add chain netdev hookpack {tap} {{ type filter hook ingress device "{tap}" '
                 "priority -150; policy accept; }",
-                f"add rule netdev hookpack {tap} meta mark set meta mark & 0xffff0000 | "
-                f'0x{minor} comment "hookpack:{instances[tap]}"']
+                f"add rule netdev hookpack {tap} jump mark/{tap}"]
     return tc_lines, nft
 
 

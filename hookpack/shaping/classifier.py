@@ -89,16 +89,19 @@ def _probe_nft() -> dict[str, Any]:
 
     try:
         with nft.Nft(timeout=5.0) as n:
-            done = n.batch(nft.tap_batch([("lo", 0x10, 0xFFFF, "hookpack:probe:0", False)],
-                                         [], table=True))
+            done = n.batch(nft.tap_batch([("lo", 0x10, 0xFFFF, "hookpack:probe:0",
+                                           nft.TapChains())], [], table=True))
             if not done.ok:
                 _msg, code, text = done.errors[0]
                 return {"nft_netdev": False,
                         "nft_detail": f"{os.strerror(code)}{f' ({text})' if text else ''}"}
-            marks = n.marks().get("lo", [])
+            rules = n.marks()
+            marks = rules.get(nft.record_name("lo"), [])
+            jumps = rules.get("lo", [])
             chain = n.chains().get("lo")
             good = (chain is not None and chain.hooked_on("lo") and len(marks) == 1
-                    and (marks[0].value, marks[0].mask) == (0x10, 0xFFFF))
+                    and (marks[0].value, marks[0].mask) == (0x10, 0xFFFF)
+                    and [j.jump for j in jumps] == [nft.record_name("lo")])
             return {"nft_netdev": good,
                     "nft_detail": "" if good else "accepted but not read back as written"}
     except OSError as err:

@@ -7,11 +7,19 @@ its tap (IPv4, IPv6, ARP, any ethertype, 802.1Q/802.1ad tagged) before the bridg
 Open vSwitch or the routing code take it, and the mark it sets travels with the frame
 to the uplink's qdisc (IPv4 forwarding rewrites ``skb->priority``, never the mark).
 
-Layout, in table ``netdev hookpack``, one chain per tap, named after the tap::
+Layout, in table ``netdev hookpack``, two chains per tap::
 
     chain tap3 { type filter hook ingress device "tap3" priority -150; policy accept;
-                 meta mark set meta mark & 0xffff0000 | 0x00000010
-                 comment "hookpack:web1:0" }
+                 jump mark/tap3 }
+    chain mark/tap3 { meta mark set meta mark & 0xffff0000 | 0x00000010
+                      comment "hookpack:web1:0" }
+
+Why two: the base chain belongs to its device, and Linux before 6.16 (Debian 12's
+6.1) deletes a single-device netdev base chain, rules and all, when the device goes.
+The regular chain ``mark/<tap>`` survives the tap: it is the record of which instance's
+NIC had which mark (so which class), read by the stop or migrate hook that must remove
+that class after Ganeti has destroyed the tap. ``/`` cannot be in an interface name,
+so a record's name never clashes with a tap's chain.
 
 Why not the ``nft`` tool: hookpack writes rtnetlink by hand already (hookpack.shaping.tc);
 the same here is one netlink transaction per run instead of a process, and needs no
@@ -37,6 +45,7 @@ NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFPROTO_NETDEV = 5
 NF_NETDEV_INGRESS = 0
 NF_ACCEPT = 1
+NFT_JUMP = -3
 # nf_tables messages
 NEWTABLE, GETTABLE, DELTABLE = 0, 1, 2
 NEWCHAIN, GETCHAIN, DELCHAIN = 3, 4, 5
@@ -52,7 +61,10 @@ EXPR_NAME, EXPR_DATA = 1, 2
 META_DREG, META_KEY, META_SREG = 1, 2, 3
 META_MARK = 3
 BITWISE_SREG, BITWISE_DREG, BITWISE_LEN, BITWISE_MASK, BITWISE_XOR = 1, 2, 3, 4, 5
-DATA_VALUE = 1
+DATA_VALUE, DATA_VERDICT = 1, 2
+VERDICT_CODE, VERDICT_CHAIN = 1, 2
+IMMEDIATE_DREG, IMMEDIATE_DATA = 1, 2
+REG_VERDICT = 0
 REG_1 = 1
 UDATA_COMMENT = 0  # libnftnl's NFTNL_UDATA_RULE_COMMENT: `nft list` prints it
 NLA_F_NESTED = 0x8000
@@ -63,6 +75,7 @@ NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
 
 TABLE = "hookpack"
+RECORD = "mark/"  # the prefix of a tap's record chain
 PRIORITY = -150  # the "mangle" slot: before filter chains that may match on the mark
 COMMENT_MAX = 254  # a udata TLV holds 255 bytes, the trailing NUL included
 
@@ -144,6 +157,26 @@ class Mark:
     value: int | None  # None: the rule is not hookpack's mark rule
     mask: int | None
     handle: int = 0
+    jump: str = ""  # the chain a jump rule goes to
+
+
+@dataclass(frozen=True)
+class TapChains:
+    """What exists of one tap's two chains (what a write must create, flush or delete)."""
+
+    record: bool = False
+    base: bool = False
+    base_on_tap: bool = False  # the base chain is on the tap's ingress, at PRIORITY
+
+
+def record_name(tap: str) -> str:
+    return RECORD + tap
+
+
+def record_tap(chain: str) -> str | None:
+    """The tap a record chain is about, None for another chain."""
+    return chain[len(RECORD):] if chain.startswith(RECORD) and len(chain) > len(RECORD) \
+        else None
 
 
 def comment(instance: str, nic: int) -> str:
@@ -175,7 +208,19 @@ def _rule(msg: bytes) -> tuple[str, str, Mark]:
     if len(udata) >= 2 and udata[0] == UDATA_COMMENT:
         note = _text(udata[2: 2 + udata[1]])
     exprs = [_attrs(body) for _kind, body in _attr_list(a.get(RULE_EXPRESSIONS, b""))]
-    return table, chain, Mark(chain, note, *_mark_of(exprs), handle=handle)
+    return table, chain, Mark(chain, note, *_mark_of(exprs), handle=handle,
+                              jump=_jump_of(exprs))
+
+
+def _jump_of(exprs: list[dict[int, bytes]]) -> str:
+    """The target when the expressions are exactly one ``jump``."""
+    if [_text(e.get(EXPR_NAME)) for e in exprs] != ["immediate"]:
+        return ""
+    data = _attrs(exprs[0].get(EXPR_DATA, b""))
+    verdict = _attrs(_attrs(data.get(IMMEDIATE_DATA, b"")).get(DATA_VERDICT, b""))
+    if verdict.get(VERDICT_CODE) != struct.pack(">i", NFT_JUMP):
+        return ""
+    return _text(verdict.get(VERDICT_CHAIN))
 
 
 def _mark_of(exprs: list[dict[int, bytes]]) -> tuple[int | None, int | None]:
@@ -205,6 +250,7 @@ class Msg:
     body: bytes
     what: str
     tap: str | None = None  # a message about one tap: its failure is that tap's
+    chain: str | None = None  # the chain it writes
 
     def encode(self, seq: int, family: int = NFPROTO_NETDEV) -> bytes:
         payload = _NFGEN.pack(family, 0, 0) + self.body
@@ -221,22 +267,29 @@ def del_table() -> Msg:
 
 
 def new_chain(tap: str) -> Msg:
+    """The tap's base chain: on its ingress, policy accept."""
     hook = _nest(CHAIN_HOOK, _be32(HOOK_HOOKNUM, NF_NETDEV_INGRESS),
                  _be32(HOOK_PRIORITY, PRIORITY), _str(HOOK_DEV, tap))
     body = (_str(CHAIN_TABLE, TABLE) + _str(CHAIN_NAME, tap) + hook
             + _be32(CHAIN_POLICY, NF_ACCEPT) + _str(CHAIN_TYPE, "filter"))
-    return Msg(NEWCHAIN, NLM_F_CREATE, body, f"chain {tap}", tap)
+    return Msg(NEWCHAIN, NLM_F_CREATE, body, f"chain {tap}", tap, tap)
 
 
-def del_chain(tap: str) -> Msg:
-    return Msg(DELCHAIN, 0, _str(CHAIN_TABLE, TABLE) + _str(CHAIN_NAME, tap),
-               f"chain {tap}", tap)
+def new_record_chain(tap: str) -> Msg:
+    name = record_name(tap)
+    return Msg(NEWCHAIN, NLM_F_CREATE, _str(CHAIN_TABLE, TABLE) + _str(CHAIN_NAME, name),
+               f"chain {name}", tap, name)
 
 
-def flush_chain(tap: str) -> Msg:
+def del_chain(chain: str, tap: str) -> Msg:
+    return Msg(DELCHAIN, 0, _str(CHAIN_TABLE, TABLE) + _str(CHAIN_NAME, chain),
+               f"chain {chain}", tap, chain)
+
+
+def flush_chain(chain: str, tap: str) -> Msg:
     """Delete every rule of the chain (a DELRULE without a handle)."""
-    return Msg(DELRULE, 0, _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, tap),
-               f"rules of chain {tap}", tap)
+    return Msg(DELRULE, 0, _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, chain),
+               f"rules of chain {chain}", tap, chain)
 
 
 def _expr(name: str, *data: bytes) -> bytes:
@@ -256,13 +309,25 @@ def mark_expressions(value: int, mask: int) -> bytes:
 
 
 def new_mark_rule(tap: str, value: int, mask: int, note: str) -> Msg:
+    """The mark rule, in the tap's record chain."""
     raw = note.encode()
     if len(raw) > COMMENT_MAX:
         raise ValueError(f"comment {note[:40]!r}... is longer than {COMMENT_MAX} bytes")
     udata = bytes([UDATA_COMMENT, len(raw) + 1]) + raw + b"\0"
-    body = (_str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, tap) + mark_expressions(value, mask)
+    name = record_name(tap)
+    body = (_str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, name) + mark_expressions(value, mask)
             + _attr(RULE_USERDATA, udata))
-    return Msg(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"mark rule of {tap}", tap)
+    return Msg(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"mark rule of {tap}", tap, name)
+
+
+def new_jump_rule(tap: str) -> Msg:
+    """``jump mark/<tap>`` in the tap's base chain."""
+    verdict = _nest(DATA_VERDICT, _be32(VERDICT_CODE, NFT_JUMP),
+                    _str(VERDICT_CHAIN, record_name(tap)))
+    exprs = _nest(RULE_EXPRESSIONS, _expr("immediate", _be32(IMMEDIATE_DREG, REG_VERDICT),
+                                          _nest(IMMEDIATE_DATA, verdict)))
+    body = _str(RULE_TABLE, TABLE) + _str(RULE_CHAIN, tap) + exprs
+    return Msg(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"jump rule of {tap}", tap, tap)
 
 
 # ---- the socket --------------------------------------------------------------------------
@@ -427,17 +492,42 @@ def _error(msg: bytes) -> tuple[int, str]:
     return code, text
 
 
-def tap_batch(add: Iterable[tuple[str, int, int, str, bool]], delete: Iterable[str],
-              *, table: bool) -> list[Msg]:
-    """Messages for: the table (when missing), chains to delete, and per tap
-    ``(tap, value, mask, comment, chain_exists)`` its chain and (only) mark rule."""
+def drop_tap(tap: str, have: TapChains) -> list[Msg]:
+    """Messages removing what exists of the tap's chains (the base chain first: its
+    jump holds the record)."""
+    msgs = []
+    if have.base:
+        msgs += [flush_chain(tap, tap), del_chain(tap, tap)]
+    if have.record:
+        name = record_name(tap)
+        msgs += [flush_chain(name, tap), del_chain(name, tap)]
+    return msgs
+
+
+def set_tap(tap: str, value: int, mask: int, note: str, have: TapChains) -> list[Msg]:
+    """Messages making the tap's two chains exactly: the record with its one mark rule,
+    the base chain on the tap's ingress with its one jump (a base chain on the wrong
+    hook is made again: a chain's hook cannot be changed)."""
+    name = record_name(tap)
+    msgs = [flush_chain(name, tap) if have.record else new_record_chain(tap),
+            new_mark_rule(tap, value, mask, note)]
+    if have.base:
+        msgs.append(flush_chain(tap, tap))
+        if not have.base_on_tap:
+            msgs.append(del_chain(tap, tap))
+    if not have.base or not have.base_on_tap:
+        msgs.append(new_chain(tap))
+    msgs.append(new_jump_rule(tap))
+    return msgs
+
+
+def tap_batch(add: Iterable[tuple[str, int, int, str, TapChains]],
+              delete: Iterable[tuple[str, TapChains]], *, table: bool) -> list[Msg]:
+    """Messages for: the table (when missing), taps whose chains go, and per tap
+    ``(tap, value, mask, comment, what exists)`` its two chains."""
     msgs = [new_table()] if table else []
-    for tap in delete:
-        msgs += [flush_chain(tap), del_chain(tap)]
-    for tap, value, mask, note, exists in add:
-        if exists:
-            msgs.append(flush_chain(tap))
-        else:
-            msgs.append(new_chain(tap))
-        msgs.append(new_mark_rule(tap, value, mask, note))
+    for tap, have in delete:
+        msgs += drop_tap(tap, have)
+    for tap, value, mask, note, have in add:
+        msgs += set_tap(tap, value, mask, note, have)
     return msgs

@@ -48,14 +48,16 @@ class Kernel:
 
 @dataclass(frozen=True)
 class TapMark:
-    """One chain of hookpack's netdev table: the tap it marks, whose NIC, which mark."""
+    """One tap's chains in hookpack's netdev table: whose NIC, which mark, and whether
+    the tap's frames go through it."""
 
     tap: str
     instance: str  # "" when the rule's comment is not hookpack's
     nic: int
     value: int | None  # None: not exactly one hookpack mark rule
     mask: int | None
-    hooked: bool  # on the tap's ingress, at hookpack's priority
+    hooked: bool  # base chain on the tap's ingress, its one rule the jump to the record
+    chains: nft.TapChains = field(default_factory=nft.TapChains)
 
     def sets(self, value: int, mask: int, instance: str, nic: int) -> bool:
         return (self.hooked and self.value == value and self.mask == mask
@@ -69,20 +71,36 @@ class Marks:
 
 
 def observe_marks(n: nft.Nft) -> Marks:
-    """hookpack's netdev table: one dump of chains, one of rules."""
+    """hookpack's netdev table: one dump of chains, one of rules. A tap's mark is read
+    from its record chain (which outlives the tap), or from its base chain's own mark
+    rule (the layout before the record chains)."""
     if not n.table_exists():
         return Marks()
     chains = n.chains()
     rules = n.marks()
     out = Marks(table=True)
-    for name, chain in chains.items():
-        found = rules.get(name, [])
-        rule = found[0] if len(found) == 1 else None
-        owner = nft.parse_comment(rule.comment) if rule else None
-        instance, nic = owner if owner else ("", -1)
-        out.taps[name] = TapMark(name, instance, nic, rule.value if rule else None,
-                                 rule.mask if rule else None, chain.hooked_on(name))
+    taps = {nft.record_tap(name) or name for name in chains}
+    for tap in sorted(taps):
+        out.taps[tap] = _tap_mark(tap, chains, rules)
     return out
+
+
+def _tap_mark(tap: str, chains: Mapping[str, nft.Chain],
+              rules: Mapping[str, list[nft.Mark]]) -> TapMark:
+    record = nft.record_name(tap)
+    base = chains.get(tap)
+    have = nft.TapChains(record=record in chains, base=base is not None,
+                         base_on_tap=base is not None and base.hooked_on(tap))
+    in_base = rules.get(tap, [])
+    jumps = len(in_base) == 1 and in_base[0].jump == record
+    # the record's rule; without a record, a base chain's own mark rule (old layout)
+    found = rules.get(record, []) if have.record else ([] if jumps else in_base)
+    rule = found[0] if len(found) == 1 else None
+    owner = nft.parse_comment(rule.comment) if rule else None
+    instance, nic = owner if owner else ("", -1)
+    return TapMark(tap, instance, nic, rule.value if rule else None,
+                   rule.mask if rule else None,
+                   have.base_on_tap and have.record and jumps, have)
 
 
 def root_state(obj: tc.TcObject | None, major: int) -> str:

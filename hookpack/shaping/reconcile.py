@@ -392,8 +392,7 @@ class Reconciler:
                 plan.changes.append(f"{name}: instance egress {format_rate(want.ceil)} "
                                     f"over {len(group)} NIC(s)")
         # per tap
-        add_marks: list[tuple[str, int, int, str, bool]] = []
-        drop_chains: list[str] = []
+        add_marks: list[tuple[str, int, int, str, nft.TapChains]] = []
         for tap in sorted(existing):
             n = desired_taps[tap]
             pol = plan.policies[n.instance]
@@ -428,10 +427,8 @@ class Reconciler:
                     plan.notes.append(f"{tap} ({n.instance}/{n.index}): instance name too "
                                       "long for the mark rule's comment: not shaped")
                     continue
-                if have is not None and not have.hooked:
-                    drop_chains.append(tap)
                 add_marks.append((tap, minor, s.fw_mask, note,
-                                  have is not None and have.hooked))
+                                  have.chains if have is not None else nft.TapChains()))
                 what.append(f"mark {minor:#x}")
             if s.ingress:
                 what += self._plan_tap(plan, k, tap, class_params(pol.ingress, s.mtu))
@@ -446,7 +443,7 @@ class Reconciler:
                 plan.nft = [nft.del_table()]
                 plan.changes.append(f"nf_tables table netdev {nft.TABLE}: removed")
         else:
-            plan.nft = nft.tap_batch(add_marks, drop_chains + stale_chains,
+            plan.nft = nft.tap_batch(add_marks, [(t, scoped[t].chains) for t in stale_chains],
                                      table=not marks.table and bool(add_marks))
             if stale_chains:
                 plan.changes.append(f"marks removed: {', '.join(stale_chains[:8])}"
@@ -626,16 +623,16 @@ class Reconciler:
                 return
             if result.ok:
                 return
-            drop: set[tuple[int, str]] = set()  # (message type, tap)
+            drop: set[str] = set()  # chains whose messages go
             fatal = []
             for m, code, text in result.errors:
                 if m.tap is None or code not in (errno.ENOENT, errno.ENODEV):
                     fatal.append(str(nft.NftError(code, text, m.what)))
                 elif m.type in (nft.DELCHAIN, nft.DELRULE) and m.tap not in self.wanted_taps:
-                    drop |= {(nft.DELCHAIN, m.tap), (nft.DELRULE, m.tap)}  # already gone
+                    # already gone (Linux < 6.16 deletes a base chain with its device)
+                    drop.add(m.chain or "")
                 elif tc.ifindex(m.tap) is None:
-                    drop |= {(t, m.tap) for t in (nft.NEWCHAIN, nft.NEWRULE, nft.DELCHAIN,
-                                                  nft.DELRULE)}
+                    drop |= {x.chain for x in msgs if x.tap == m.tap and x.chain}
                     if m.tap not in skipped:
                         plan.notes.append(f"{m.tap} vanished during the change: skipped")
                     skipped.add(m.tap)
@@ -644,7 +641,7 @@ class Reconciler:
             if fatal or not drop:
                 failures += fatal[:3] or ["marks: nf_tables refused the batch"]
                 return
-            msgs = [m for m in msgs if (m.type, m.tap) not in drop]
+            msgs = [m for m in msgs if m.chain is None or m.chain not in drop]
         failures.append("marks: nf_tables batch kept failing as taps vanished")
 
     def _read_back(self, gets: list[tc.Request]) -> list[tc.TcObject | None]:

@@ -238,13 +238,15 @@ class RelNode:
             assert [(f["kind"], f["parent"]) for f in filters] == [("bpf", "4850:")], filters
         assert len(filters) <= 1, filters  # never a second (duplicate) filter
         marks = probe["marks"]
-        # a chain (named after its tap, hooked on it) for every shaped tap, none else
+        # a base chain (named after its tap, hooked on it, jumping to the tap's record
+        # chain mark/<tap>) for every shaped tap, none else
         assert {c["device"] for c in marks.values()} == shaped, (marks, shaped)
         got: dict[tuple[str, int, str], tuple[int, int]] = {}
         minors = []
         for chain, m in marks.items():
             tap = m["device"]
             assert chain == tap and m["rules"] == 1, (chain, m)
+            assert m["jump"] == f"mark/{tap}", (chain, m)
             assert m["mark"] is not None and m["comment"], (chain, m)
             _, inst, nic = m["comment"].split(":")
             minor = f"{m['mark']:x}"

@@ -78,24 +78,38 @@ print(json.dumps(out))
 
 
 def parse_nft(text: str) -> dict[str, dict]:
+    """``nft list table netdev hookpack`` as tap -> device (of its base chain), mark,
+    comment and rules (of its record chain ``mark/<tap>``), jump (the base chain's jump
+    target). A base chain's own mark rule (the layout before record chains) counts as
+    its tap's mark."""
     import re
 
-    out: dict[str, dict] = {}
+    chains: dict[str, dict] = {}
     chain = None
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("chain "):
-            chain = line.split()[1]
-            out[chain] = {"device": None, "mark": None, "comment": None, "rules": 0}
+            chain = line.split()[1].strip('"')
+            chains[chain] = {"device": None, "mark": None, "comment": None, "rules": 0,
+                             "jump": None}
         elif chain and line.startswith("type filter hook ingress"):
             dev = re.search(r'device "?([^" ]+)"?', line)
-            out[chain]["device"] = dev.group(1) if dev else None
+            chains[chain]["device"] = dev.group(1) if dev else None
+        elif chain and line.startswith("jump "):
+            chains[chain]["jump"] = line.split()[1].strip('"')
         elif chain and line.startswith("meta mark set"):
-            out[chain]["rules"] += 1
+            chains[chain]["rules"] += 1
             m = re.search(r"\| (0x[0-9a-f]+)", line)
             c = re.search(r'comment "([^"]*)"', line)
-            out[chain]["mark"] = int(m.group(1), 16) if m else None
-            out[chain]["comment"] = c.group(1) if c else None
+            chains[chain]["mark"] = int(m.group(1), 16) if m else None
+            chains[chain]["comment"] = c.group(1) if c else None
+    out: dict[str, dict] = {}
+    for name in chains:
+        tap = name.removeprefix("mark/")
+        base = chains.get(tap, {})
+        record = chains.get(f"mark/{tap}", base)
+        out[tap] = {"device": base.get("device"), "jump": base.get("jump"),
+                    **{k: record.get(k) for k in ("mark", "comment", "rules")}}
     return out
 
 

@@ -90,12 +90,6 @@ HOST_KERNEL_ONLY = (
     # counts bpf-mode writes for a hotplugged NIC; fw mode also writes the tap's fw
     # filter: checked in inner/test_hookpack_fw.py
     "test_changing_one_instance_touches_only_its_objects",
-    # KNOWN BUG, NOT a kernel difference (issue 16, found in session 3's last run, not
-    # diagnosed): with cls_fw forced, a stopped or migrated-away instance's class
-    # (4850:10) stays on the uplink. They pass with cls_bpf on both kernels. Remove these
-    # two lines with the fix.
-    "test_stop_removes_the_instance_and_nothing_else",
-    "test_migrate_source_drops_and_target_builds",
 )
 
 

@@ -6,9 +6,9 @@ hookpack is installed into it by the project's playbook (ansible/site.yml) over 
 driven by Debian 12's own ansible-core (/usr/bin/ansible-playbook, 2.14). Nothing here
 is mocked; what the guest lacks of a Ganeti node is made by hand and says so:
 
-- Ganeti's files: ssconf_master_node and ssconf_master_candidates naming this guest,
-  an empty job queue, and for one instance ``inst1.example.test`` the runtime file
-  ``<kvm_dir>/nic/inst1.example.test/0`` naming its tap; all under configured paths
+- Ganeti's files: ssconf_master_node, ssconf_master_candidates and ssconf_node_list
+  naming this guest, an empty job queue, and for one instance ``inst1.example.test`` the
+  runtime file ``<kvm_dir>/nic/inst1.example.test/0`` naming its tap; all under configured paths
   (``/srv/gnt/...``), not Ganeti's defaults, to show the units use the config's paths.
 - The instance's network: a bridge, a veth uplink and a tap, re-made at every boot by
   a unit of this test (``hp-fake-instance.service``) as QEMU makes a tap when Ganeti
@@ -136,6 +136,14 @@ class Lab:
         out = json.loads(self.sh(f"tc -j qdisc show dev {TAP} root") or "[]")
         return [q for q in out if q.get("handle") == HANDLE and q.get("kind") == "htb"]
 
+    def tap_marked(self) -> bool:
+        """The tap's frames get its NIC's mark: its netdev chain jumps to its record."""
+        from tests.shaping.conftest import parse_nft
+
+        mark = parse_nft(self.sh("nft list table netdev hookpack || true")).get(TAP, {})
+        return (mark.get("device") == TAP and mark.get("jump") == f"mark/{TAP}"
+                and mark.get("rules") == 1 and bool(mark.get("mark")))
+
     def tap_classes(self) -> list[dict[str, str]]:
         """hookpack's HTB classes on the tap (iproute2 6.1 prints no JSON for classes)."""
         out = self.sh(f"tc class show dev {TAP}")
@@ -191,6 +199,7 @@ def make_ganeti_stand_ins(lab: Lab) -> None:
     lab.sh(f"mkdir -p {DATA_DIR}/queue {KVM_DIR} /etc/ganeti/hooks && "
            f"echo {FQDN} > {DATA_DIR}/ssconf_master_node && "
            f"echo {FQDN} > {DATA_DIR}/ssconf_master_candidates && "
+           f"echo {FQDN} > {DATA_DIR}/ssconf_node_list && "
            f"echo 3.0.2 > {DATA_DIR}/ssconf_release_version && "
            # what a Ganeti node with shaping is set up with (doctor checks it)
            "echo br_netfilter > /etc/modules-load.d/bridge.conf && modprobe br_netfilter && "
@@ -283,7 +292,7 @@ def test_outbox_flush_timer_fires(lab):
 def test_shaping_is_in_place_after_the_rollout(lab):
     assert lab.tap_qdisc(), lab.sh(f"tc qdisc show dev {TAP}")
     assert lab.tap_classes()
-    assert "MARK" in lab.sh("iptables-save -t mangle")
+    assert lab.tap_marked(), lab.sh("nft list ruleset")
 
 
 def test_periodic_shaping_timer_puts_back_what_was_removed(lab):
@@ -334,7 +343,7 @@ def test_boot_unit_restores_shaping_after_a_reboot(lab):
     lab.timings["reboot"] = round(t, 1)
     assert lab.tap_qdisc(), lab.sh(f"tc qdisc show dev {TAP}; journalctl -b -u 'hookpack*'")
     assert lab.tap_classes()
-    assert "MARK" in lab.sh("iptables-save -t mangle")
+    assert lab.tap_marked(), lab.sh("nft list ruleset")
     # the firewall flushed the ruleset first, then hookpack shaped
     nft = int(lab.prop("nftables.service", "ActiveEnterTimestampMonotonic"))
     shaping = int(lab.prop("hookpack-shaping.service", "ExecMainStartTimestampMonotonic"))
@@ -356,4 +365,5 @@ def test_absent_stops_and_removes_everything(lab):
     assert lab.sh(f"tc qdisc show dev {UPLINK} root | grep -c '{HANDLE}' || true").strip() == "0"
     mangle = lab.sh("iptables-save -t mangle; ip6tables-save -t mangle")
     assert "MARK" not in mangle and "hookpack" not in mangle, mangle
+    assert "hookpack" not in lab.sh("nft list tables"), lab.sh("nft list ruleset")
     assert lab.sh("ls /opt/hookpack /etc/hookpack 2>&1 || true").count("No such file") == 2

@@ -114,13 +114,42 @@ def test_nft_mark_rule_round_trips_through_the_dump_parser():
     msg = nft.new_mark_rule("tap3", 0x10, 0xFFFF, nft.comment("web1.example.test", 1))
     raw = msg.encode(5)[tc._NLMSG.size:]  # a dump answer has the request's layout
     table, chain, mark = nft._rule(raw)
-    assert (table, chain) == ("hookpack", "tap3")
+    assert (table, chain) == ("hookpack", "mark/tap3")  # the tap's record chain
     assert (mark.value, mark.mask, mark.comment) == (0x10, 0xFFFF, "hookpack:web1.example.test:1")
+    assert mark.jump == ""
+    jump = nft.new_jump_rule("tap3").encode(7)[tc._NLMSG.size:]
+    table, chain, rule = nft._rule(jump)
+    assert (chain, rule.jump, rule.value) == ("tap3", "mark/tap3", None)
     assert nft.parse_comment(mark.comment) == ("web1.example.test", 1)
     assert nft.parse_comment("admin rule") is None
     chain_msg = nft.new_chain("tap3").encode(6)[tc._NLMSG.size:]
     assert nft._chain(chain_msg).hooked_on("tap3")
     assert not nft._chain(chain_msg).hooked_on("tap4")
+    record = nft._chain(nft.new_record_chain("tap3").encode(8)[tc._NLMSG.size:])
+    assert record.name == "mark/tap3" and not record.hooked_on("tap3")
+    assert nft.record_tap("mark/tap3") == "tap3" and nft.record_tap("tap3") is None
+
+
+def test_nft_set_tap_writes_only_what_is_missing_or_wrong():
+    def kinds(msgs):
+        return [(m.type, m.chain) for m in msgs]
+    fresh = nft.set_tap("tap3", 0x10, 0xFFFF, "hookpack:a:0", nft.TapChains())
+    assert kinds(fresh) == [(nft.NEWCHAIN, "mark/tap3"), (nft.NEWRULE, "mark/tap3"),
+                            (nft.NEWCHAIN, "tap3"), (nft.NEWRULE, "tap3")]
+    # the layout before record chains: the base chain stays, its rule becomes the jump
+    old = nft.set_tap("tap3", 0x10, 0xFFFF, "hookpack:a:0",
+                      nft.TapChains(base=True, base_on_tap=True))
+    assert kinds(old) == [(nft.NEWCHAIN, "mark/tap3"), (nft.NEWRULE, "mark/tap3"),
+                          (nft.DELRULE, "tap3"), (nft.NEWRULE, "tap3")]
+    # a base chain on another hook is made again
+    moved = nft.set_tap("tap3", 0x10, 0xFFFF, "hookpack:a:0",
+                        nft.TapChains(record=True, base=True))
+    assert kinds(moved) == [(nft.DELRULE, "mark/tap3"), (nft.NEWRULE, "mark/tap3"),
+                            (nft.DELRULE, "tap3"), (nft.DELCHAIN, "tap3"),
+                            (nft.NEWCHAIN, "tap3"), (nft.NEWRULE, "tap3")]
+    # a tap gone with its base chain (Linux < 6.16): only the record is left to remove
+    assert kinds(nft.drop_tap("tap3", nft.TapChains(record=True))) == [
+        (nft.DELRULE, "mark/tap3"), (nft.DELCHAIN, "mark/tap3")]
 
 
 def test_nft_comment_longer_than_a_udata_field_is_refused():
