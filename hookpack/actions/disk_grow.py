@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +12,7 @@ from hookpack.config import Field
 from hookpack.deadline import Deadline
 from hookpack.diskgrow import node
 from hookpack.diskgrow.grow import DiskOutcome, grow_disk
-from hookpack.diskgrow.plan import Decision, mib
+from hookpack.diskgrow.plan import BlockNode, Decision, mib
 from hookpack.errors import ActionError, BadInput
 from hookpack.result import Outcome, Result
 from hookpack.validate import device_index, instance_name
@@ -60,9 +60,9 @@ def _grow_one(paths: Paths, name: str, index: int, qemu_id: str | None,
 
     link = node.disk_link(paths, name, index)
     try:
-        storage = node.read_storage(link, paths.sysfs_root)
         with _qmp(paths, name, timeout) as qmp:
-            return grow_disk(qmp, index, qemu_id, str(link), storage, expected_mib,
+            return grow_disk(qmp, index, qemu_id, str(link),
+                             _storage_reader(paths, name, index, qemu_id), expected_mib,
                              apply=apply)
     except QmpUnavailable as err:
         return DiskOutcome(index, Outcome.SKIPPED, f"disk {index}: no QEMU to talk to ({err})")
@@ -73,6 +73,14 @@ def _grow_one(paths: Paths, name: str, index: int, qemu_id: str | None,
         return DiskOutcome(index, Outcome.FAILED, f"disk {index}: {err}")
     except ActionError as err:
         return DiskOutcome(index, Outcome.FAILED, f"disk {index}: {err}")
+
+
+def _storage_reader(paths: Paths, name: str, index: int,
+                    qemu_id: str | None) -> Callable[[BlockNode], node.Storage]:
+    def read(block: BlockNode) -> node.Storage:
+        where = node.storage_link(paths, name, index, qemu_id or block.name, block.file)
+        return node.read_storage(where, paths.sysfs_root)
+    return read
 
 
 @contextmanager
@@ -175,10 +183,11 @@ def cmd_check(ns: argparse.Namespace) -> int:
 def _check_disk(qmp: Any, name: str, disk: node.RuntimeDisk, paths: Paths) -> DiskOutcome:
     link = node.disk_link(paths, name, disk.index)
     try:
-        storage = node.read_storage(link, paths.sysfs_root)
+        outcome = grow_disk(qmp, disk.index, disk.qemu_id, str(link),
+                            _storage_reader(paths, name, disk.index, disk.qemu_id), None,
+                            apply=False)
     except ActionError as err:
         return DiskOutcome(disk.index, Outcome.FAILED, f"disk {disk.index}: {err}")
-    outcome = grow_disk(qmp, disk.index, disk.qemu_id, str(link), storage, None, apply=False)
     if outcome.plan is None or outcome.block is None:
         return outcome
     plan = outcome.plan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,12 +25,15 @@ class DiskOutcome:
     block: BlockNode | None = None
 
 
-def grow_disk(qmp: Qmp, index: int, qemu_id: str | None, link: str, storage: Storage,
-              expected_mib: int | None, *, apply: bool = True) -> DiskOutcome:
+def grow_disk(qmp: Qmp, index: int, qemu_id: str | None, link: str,
+              storage_of: Callable[[BlockNode], Storage], expected_mib: int | None, *,
+              apply: bool = True) -> DiskOutcome:
     """Tell QEMU the storage's size for disk ``index`` when it is behind; never shrink.
 
-    ``expected_mib`` is Ganeti's new size (GANETI_POST_INSTANCE_DISK<N>_SIZE), None for
-    a manual run. ``apply=False`` plans only (dry run).
+    The block node is found by ``qemu_id`` (else by ``link``, the storage link QEMU may
+    have opened); ``storage_of`` reads the storage of that node. ``expected_mib`` is
+    Ganeti's new size (GANETI_POST_INSTANCE_DISK<N>_SIZE), None for a manual run.
+    ``apply=False`` plans only (dry run).
     """
     subject = f"disk {index}"
     block = find_block(qmp.execute("query-block"), qemu_id, link)
@@ -37,11 +41,16 @@ def grow_disk(qmp: Qmp, index: int, qemu_id: str | None, link: str, storage: Sto
         return DiskOutcome(index, Outcome.FAILED,
                            f"{subject}: QEMU has no block device {qemu_id or '?'} "
                            f"(nor one opened from {link})")
+    storage = storage_of(block)
     plan = plan_resize(block.size, storage.size, storage.is_file, expected_mib)
     where = f"{block.key} {block.name}"
     if plan.decision is Decision.IN_STEP:
         return DiskOutcome(index, Outcome.NOCHANGE,
                            f"{subject}: QEMU already sees {mib(block.size)}", plan=plan,
+                           block=block)
+    if plan.decision is Decision.SHORT:
+        return DiskOutcome(index, Outcome.FAILED,
+                           f"{subject} ({where}): {storage.path}: {plan.reason}", plan=plan,
                            block=block)
     if plan.decision is Decision.REFUSE:
         return DiskOutcome(index, Outcome.FAILED, f"{subject}: {plan.reason}", plan=plan,

@@ -73,6 +73,63 @@ def disk_link(paths: Paths, name: str, index: int) -> Path:
     return paths.instance_disks_dir / f"{name}:{index}"
 
 
+def storage_link(paths: Paths, name: str, index: int, qemu_id: str | None,
+                 opened: str) -> Path:
+    """Where one disk's storage is, found by the disk's identity: the path QEMU opened
+    for it (``query-block``'s ``file``), else the link the runtime file gives for its
+    QEMU id, else ``instance-disks/<inst>:<index>``; the first of these that QEMU holds
+    open (its ``/proc/<pid>/fd``). The index alone is the last resort: after a disk is
+    hot-removed Ganeti renumbers the disks, but the links keep the names they were made
+    with (so ``<inst>:<index>`` is another disk's, or none)."""
+    candidates = [Path(opened)] if opened.startswith("/") else []
+    if qemu_id:
+        try:
+            disks = runtime_disks(paths, name)
+        except ActionError:
+            disks = []
+        candidates += [Path(d.link) for d in disks if d.qemu_id == qemu_id and d.link]
+    candidates.append(disk_link(paths, name, index))
+    pid = qemu_pid(paths, name)
+    held = open_files(paths, pid) if pid else None
+    for path in dict.fromkeys(candidates):
+        key = _file_key(path)
+        if key is not None and (held is None or key in held):
+            return path
+    if held is not None and any(_file_key(c) for c in candidates):
+        shown = ", ".join(str(c) for c in dict.fromkeys(candidates))
+        raise ActionError(f"none of {shown} is open in QEMU (pid {pid}): cannot tell which "
+                          "storage is this disk's")
+    return candidates[-1]
+
+
+def open_files(paths: Paths, pid: int) -> set[tuple[int, ...]] | None:
+    """What a process holds open (block devices by device number, files by inode);
+    None when its fd directory cannot be read."""
+    fd_dir = paths.proc_root / str(pid) / "fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    held = set()
+    for fd in names:
+        key = _file_key(fd_dir / fd)
+        if key is not None:
+            held.add(key)
+    return held
+
+
+def _file_key(path: Path) -> tuple[int, ...] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISBLK(info.st_mode):
+        return (0, info.st_rdev)
+    if stat.S_ISREG(info.st_mode):
+        return (1, info.st_dev, info.st_ino)
+    return None
+
+
 def read_storage(link: Path, sysfs_root: Path) -> Storage:
     """The size of what ``link`` points at: a regular file's length, or a block
     device's size (seek to its end; ``/sys/dev/block/M:m/size`` if it cannot be opened)."""

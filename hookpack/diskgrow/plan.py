@@ -72,6 +72,7 @@ class Decision(StrEnum):
     RESIZE = "resize"
     IN_STEP = "in-step"
     REFUSE = "refuse"
+    SHORT = "short"  # the storage here is smaller than the size Ganeti recorded
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,25 @@ def plan_resize(current: int, storage: int, is_file: bool, expected_mib: int | N
     - Never shrink.
     - Data-loss guard: for a file, when the file and Ganeti disagree on the size,
       refuse; something else is going on (e.g. a later grow, a wrong file).
+    - Storage smaller than what Ganeti recorded (a SAN LUN not yet rescanned on this
+      node, an LV not yet extended): SHORT, a failure, even when QEMU is in step with
+      the storage; nothing is written.
     - For a block device QEMU only learns the size (it refuses to go past the end):
-      a disagreement is reported but the device's size is used.
+      a device larger than Ganeti's number (LVM rounds up to whole extents) is used
+      as it is, so QEMU ends at the size the storage really has.
     """
-    if current == _sectors(storage):
-        return Plan(Decision.IN_STEP, current, storage)
-    if storage < current:
+    in_step = current == _sectors(storage)
+    if storage < current and not in_step:
         return Plan(Decision.REFUSE, current, storage,
                     f"storage is {mib(storage)}, smaller than QEMU's {mib(current)}; "
                     "never shrinking")
+    if expected_mib is not None and storage < expected_mib * MIB:
+        return Plan(Decision.SHORT, current, storage,
+                    f"storage is {mib(storage)}, smaller than the {expected_mib} MiB Ganeti "
+                    f"recorded (a LUN not rescanned, an LV not extended?); QEMU left at "
+                    f"{mib(current)}")
+    if in_step:
+        return Plan(Decision.IN_STEP, current, storage)
     if expected_mib is not None and expected_mib * MIB != storage:
         said = f"Ganeti says {expected_mib} MiB"
         if is_file:

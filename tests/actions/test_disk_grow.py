@@ -93,6 +93,26 @@ def test_never_shrink(is_file):
     assert plan.reason == "storage is 64 MiB, smaller than QEMU's 128 MiB; never shrinking"
 
 
+@pytest.mark.parametrize("is_file", [True, False])
+def test_storage_smaller_than_ganeti_recorded_is_short_even_when_qemu_is_in_step(is_file):
+    # a SAN LUN not yet rescanned here, an LV not yet extended: not "already sees"
+    plan = plan_resize(64 * MIB, 64 * MIB, is_file, 128)
+    assert plan.decision is Decision.SHORT
+    assert plan.reason.startswith("storage is 64 MiB, smaller than the 128 MiB Ganeti "
+                                  "recorded")
+    assert plan_resize(64 * MIB, 96 * MIB, is_file, 128).decision is Decision.SHORT
+
+
+def test_short_storage_fails_naming_the_device_and_both_sizes_and_writes_nothing():
+    qmp = ReplayQmp("3.0")
+    out = grow_disk(qmp, 0, ID0, LINK0, storage(96, is_file=False), 128)
+    assert out.outcome is Outcome.FAILED
+    assert out.message.startswith(f"disk 0 (device {ID0}): /x: storage is 96 MiB, smaller "
+                                  "than the 128 MiB Ganeti recorded"), out.message
+    assert out.message.endswith("QEMU left at 64 MiB")
+    assert [c for c, _ in qmp.calls] == ["query-block"]
+
+
 def test_file_guard_refuses_when_file_and_ganeti_disagree():
     plan = plan_resize(64 * MIB, 96 * MIB, is_file=True, expected_mib=80)
     assert plan.decision is Decision.REFUSE
@@ -138,8 +158,9 @@ class ReplayQmp:
         raise AssertionError(f"unknown block {arguments}")
 
 
-def storage(size_mib: int, is_file: bool = True) -> node.Storage:
-    return node.Storage(Path("/x"), size_mib * MIB, is_file)
+def storage(size_mib: int, is_file: bool = True):
+    """A storage reader for grow_disk: the same storage whatever block node it is asked."""
+    return lambda _block: node.Storage(Path("/x"), size_mib * MIB, is_file)
 
 
 @pytest.mark.parametrize(("variant", "key"), [("3.0", "device"), ("3.1", "node-name")])

@@ -235,3 +235,46 @@ def test_harmless_where_ganeti_31_already_sent_block_resize(node, hooks, sample)
     line = run_hook(root, environ)
     assert ": nochange: disk 0: QEMU already sees 96 MiB (disk-grow/post, 0 changes, " in line
     assert guest_bytes(inst) == 96 * MIB
+
+
+def test_storage_short_of_what_ganeti_recorded_fails_naming_device_and_sizes(node, hooks,
+                                                                            sample):
+    """Issue 20 (a): the LV or LUN on this node is smaller than Ganeti's new size (not yet
+    extended / rescanned): a failure naming the device and both sizes, nothing written,
+    not "QEMU already sees"."""
+    root, _ = hooks
+    disk = DiskSpec(LoopDisk(size_mib=64))
+    inst = node.start_instance("dg-short.example.test", disks=[disk], variant="3.0")
+    environ = grow_env(sample, inst, disk, 128)
+    line = run_hook(root, environ)  # the storage has not grown at all
+    device = os.path.realpath(node.disk_link(inst.name, 0))
+    assert device.startswith("/dev/loop"), device
+    assert (f": failed: disk 0 (device {disk.kvm_id}): {device}: storage is 64 MiB, smaller "
+            "than the 128 MiB Ganeti recorded") in line, line
+    assert "QEMU left at 64 MiB" in line
+    disk.backend.grow(96)  # extended, but not as far as Ganeti says
+    assert "storage is 96 MiB, smaller than the 128 MiB" in run_hook(root, environ)
+    assert guest_bytes(inst) == 64 * MIB
+
+
+def test_disk_is_found_by_identity_not_by_index_after_a_hot_remove(node, hooks, sample):
+    """Issue 20 (b): after disk 0 is hot-removed Ganeti renumbers the disks (the second
+    disk is index 0 in the hook's environment) while the instance-disks links keep the
+    names they were made with. Stand-in for the hot-remove: QEMU keeps both disks (a
+    TCG guest without ACPI hotplug cannot drop one), the environment describes the
+    second disk as index 0, and ``<inst>:0`` still points at the first disk's storage
+    (the worst case: a link re-used for another disk). The hook must grow the disk with
+    that UUID to its own storage's size."""
+    root, _ = hooks
+    first, second = DiskSpec(FileDisk(size_mib=64)), DiskSpec(FileDisk(size_mib=32))
+    inst = node.start_instance("dg-ident.example.test", disks=[first, second],
+                               variant="3.0")
+    environ = grow_env(sample, inst, second, 48)  # DISK0_* now describe the second disk
+    second.backend.grow(48)
+    line = run_hook(root, environ)
+    assert f": changed: disk 0: grown 32 MiB -> 48 MiB (device {second.kvm_id})" in line, line
+    m = inst.console.wait_for(DISK_MARKER_RE, timeout=15)
+    assert (m["dev"], int(m["size"])) == ("vdb", 48 * MIB)
+    assert int(inst.console.run("cat /sys/block/vda/size")) * 512 == 64 * MIB
+    assert first.backend.path.stat().st_size == 64 * MIB
+    assert second.backend.path.stat().st_size == 48 * MIB
