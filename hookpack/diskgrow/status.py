@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hookpack.action import Paths
@@ -48,7 +49,8 @@ def observe(paths: Paths, name: str, query_block: Callable[[], Any]) -> DisksVie
     ActionError when the runtime file cannot be read."""
     view = DisksView()
     for disk in node.runtime_disks(paths, name):
-        link = node.disk_link(paths, name, disk.index)
+        # the runtime file's link of this disk (index links shift after a hot-remove)
+        link = Path(disk.link) if disk.link else node.disk_link(paths, name, disk.index)
         dv = DiskView(disk.index, disk.qemu_id, str(link))
         try:
             dv.storage_size = node.read_storage(link, paths.sysfs_root).size
