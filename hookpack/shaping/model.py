@@ -142,13 +142,16 @@ def allocate_minors(taps: Iterable[str], kept: Mapping[str, int],
                     taken: Iterable[int]) -> dict[str, int]:
     """Class minors for ``taps``: a tap that already has one keeps it; new taps get the
     lowest free minors. ``taken`` are minors in use by objects outside this reconcile's
-    scope (other instances' classes) which must not be handed out."""
-    used = set(taken) | set(kept.values())
+    scope (other instances' classes) which must not be handed out. A kept minor that is
+    taken, or kept by a tap sorted before it (two taps with one mark would share one
+    class), is not kept: that tap gets a fresh one."""
+    used = set(taken)
     out: dict[str, int] = {}
     fresh = []
     for tap in sorted(taps):
-        if tap in kept:
+        if tap in kept and kept[tap] not in used:
             out[tap] = kept[tap]
+            used.add(kept[tap])
         else:
             fresh.append(tap)
     candidate = MINOR_FIRST

@@ -312,7 +312,8 @@ class Reconciler:
         bad = [m for m in minors.values() if m & s.fw_mask != m]
         if bad:
             raise ActionError(f"class ids {bad[:3]} do not fit shaping.fw_mask")
-        old_minors = {m.value for m in scoped.values() if m.value is not None}
+        # (a minor an out-of-scope tap also holds is that tap's class: never removed here)
+        old_minors = {m.value for m in scoped.values() if m.value is not None} - taken
         # policies (before observing: an instance's parent class is in scope too)
         for name in nics:
             plan.policies[name] = self.policy(name, (tags or {}).get(name))

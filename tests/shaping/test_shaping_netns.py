@@ -210,6 +210,27 @@ def test_marks_of_the_single_chain_layout_are_taken_over(shaper):
     assert s.cli("plan", "--all")["changes"] == []
 
 
+def test_two_taps_with_one_mark_are_split(shaper):
+    """Two NICs marked alike would share one class (one tenant inside another's limit):
+    the reconcile gives the second its own mark and class."""
+    s = shaper()
+    _setup(s, "tap0", "tap1")
+    s.node.nic("a.example.test", 0, "tap0")
+    s.node.nic("b.example.test", 0, "tap1")
+    s.cli("apply", "--all")
+    s.node.run("nft", "-f", "-", input=(
+        "flush chain netdev hookpack mark/tap1\n"
+        "add rule netdev hookpack mark/tap1 meta mark set meta mark & 0xffff0000 | 0x10 "
+        'comment "hookpack:b.example.test:0"\n'))
+    assert s.marks()["tap1"]["mark"] == s.marks()["tap0"]["mark"] == 0x10
+    out = s.cli("apply", "b.example.test")
+    assert not out["failures"], out
+    marks = s.marks()
+    assert marks["tap0"]["mark"] == 0x10 and marks["tap1"]["mark"] not in (None, 0x10), marks
+    assert f"4850:{marks['tap1']['mark']:x}" in s.classes()
+    assert s.cli("plan", "--all")["changes"] == []
+
+
 def test_instance_not_running_here_writes_nothing(shaper):
     s = shaper()
     # a secondary, or the master: no nic/ files for the instance, nothing shaped yet

@@ -60,6 +60,15 @@ def test_allocate_minors_keeps_existing_and_skips_taken():
     assert got["tap1"] == 0x12 and got["tap3"] == 0x13
 
 
+def test_allocate_minors_never_keeps_one_minor_for_two_taps():
+    # two taps marked alike (a hand edit, an old bug) would share one class
+    got = allocate_minors(["tap1", "tap2"], {"tap1": 0x20, "tap2": 0x20}, set())
+    assert got["tap1"] == 0x20 and got["tap2"] == MINOR_FIRST
+    # a kept minor another instance's tap (out of this reconcile's scope) holds moves
+    got = allocate_minors(["tap1"], {"tap1": 0x30}, {0x30})
+    assert got["tap1"] == MINOR_FIRST
+
+
 DEFAULTS = Defaults(egress=parse_rate("100mbit"), ingress=parse_rate("100mbit"),
                     max_egress=parse_rate("200mbit"), max_ingress=parse_rate("100mbit"))
 
