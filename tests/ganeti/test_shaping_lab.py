@@ -9,12 +9,14 @@ sysctl is set."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 from vmtestbed.ganeti.hookpack_install import VENV
 from vmtestbed.ganeti.layout import instance_ip, instance_name
-from vmtestbed.shapemeter import IperfServers, client_argv, parse, within
+from vmtestbed.shapemeter import IperfServers, class_bytes, client_argv, parse, within
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
@@ -147,3 +149,53 @@ def test_a_tag_added_without_a_hook_reaches_the_class(lab):
     lab.gnt("gnt-instance", "remove-tags", INST, "hookpack:egress:5mbit")
     lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True)
     assert "20Mbit" in _classes(lab, N1).values()
+
+
+def _link_bytes(lab, node, dev: str, direction: str) -> int:
+    out = lab.run_on(node, ["ip", "-j", "-s", "link", "show", "dev", dev], check=True).stdout
+    return int(json.loads(out)[0]["stats64"][direction]["bytes"])
+
+
+FLOOD_LIMIT = 20  # Mbit/s: the instance's tag (hookpack:egress:20mbit)
+FLOOD_SECONDS, FLOOD_SETTLE, FLOOD_WINDOW = 9, 2.0, 5.0
+
+
+@pytest.mark.parametrize("kind", ["raw", "vlan"])
+def test_a_flood_of_raw_and_tagged_frames_stays_in_its_class(lab, kind):
+    """Issue 16's proof in the lab: the Ganeti-started guest floods its real tap with
+    frames a netfilter classifier never saw (``raw``: ethertype 0x88b5, no IP;
+    ``vlan``: 802.1Q-tagged UDP), sent by vm-testbed's hpflood. Over a window inside the
+    flood: what the VM put on its tap (the tap's rx bytes) is far above its class; what
+    left the node through the uplink (eth1's tx bytes) is within 5 % of the class; and
+    the VM's class carried it (its byte counter), not the host's class."""
+    node = lab.primary_of(INST).name
+    tap = _tap(lab, node)
+    assert tap
+    minor = _marks(lab, node)[tap]["mark"]
+    classid = f"4850:{minor:x}"
+
+    def sample() -> tuple[float, int, int, int]:
+        classes = class_bytes(lab.run_on(node, ["tc", "-s", "class", "show", "dev", "eth1"],
+                                         check=True).stdout)
+        return (time.monotonic(), _link_bytes(lab, node, tap, "rx"),
+                _link_bytes(lab, node, "eth1", "tx"), classes.get(classid, 0))
+
+    lab.guest_run(INST, f"/bin/hpflood eth0 {kind} {FLOOD_SECONDS} > /tmp/flood.out 2>&1 &")
+    time.sleep(FLOOD_SETTLE)
+    t0, tap0, up0, cls0 = sample()
+    time.sleep(FLOOD_WINDOW)
+    t1, tap1, up1, cls1 = sample()
+    time.sleep(max(0.0, FLOOD_SECONDS - FLOOD_SETTLE - FLOOD_WINDOW) + 1)
+    report = lab.guest_run(INST, "cat /tmp/flood.out", timeout=30).split()
+
+    def mbit(delta: int) -> float:
+        return delta * 8 / (t1 - t0) / 1e6
+
+    offered, left, in_class = mbit(tap1 - tap0), mbit(up1 - up0), mbit(cls1 - cls0)
+    print(f"{kind} flood from {INST} ({tap} on {node}, class {classid}, {FLOOD_LIMIT} Mbit): "
+          f"offered {offered:.1f} Mbit/s, left the uplink {left:.2f} Mbit/s, through the "
+          f"VM's class {in_class:.2f} Mbit/s; hpflood: {report}")
+    assert report[:1] == ["go"] and int(report[-1]) > 0, report
+    assert offered >= 2 * FLOOD_LIMIT, f"the flood ({offered:.1f} Mbit/s) is too weak to tell"
+    assert left <= FLOOD_LIMIT * 1.05, (offered, left)
+    assert in_class >= FLOOD_LIMIT * 0.9 and in_class <= left * 1.01, (in_class, left)

@@ -40,7 +40,9 @@ Serial console markers (one line each, ``\\n`` terminated):
 Extra kernel modules under ``/lib/modules/<ver>`` in the guest: all of
 ``kernel/net/sched`` (sch_htb, cls_fw, cls_u32, act_mirred, ...), ``ifb`` and
 ``modules.dep``, so ``modprobe sch_htb`` works inside the guest. Programs: busybox
-applets, plus iperf3 and iproute2's ``ip`` and ``tc`` with their libraries. Call
+applets, plus iperf3 and iproute2's ``ip`` and ``tc`` with their libraries, and
+``/bin/hpflood`` (``hpflood.c`` beside this module, built static with gcc: a tenant's
+raw, 802.1Q and QinQ frame flood; the guest has no Python). Call
 those two by full path (``/sbin/tc``, ``/sbin/ip``): Debian's busybox is built with
 FEATURE_SH_STANDALONE, so its shell runs its own (limited) applet for a bare ``tc``
 whatever PATH says.
@@ -198,6 +200,7 @@ def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
     kernel_src = kernel.vmlinuz
     busybox = _which("busybox", "busybox-static")
     files = _collect_files(modules_dir, busybox)
+    files["bin/hpflood"] = build_flooder(cache)
     key = _cache_key(kernel_src, files)
     out = cache / key
     image = GuestImage(
@@ -222,6 +225,28 @@ def build_guest_image(cache_dir: Path | None = None) -> GuestImage:
                 raise
             # another builder won the race; its result is identical
     return image
+
+
+FLOODER_SOURCE = Path(__file__).with_name("hpflood.c")
+
+
+def build_flooder(cache: Path) -> Path:
+    """``hpflood`` compiled static (cached by the source's hash; atomic rename)."""
+    digest = hashlib.sha256(FLOODER_SOURCE.read_bytes()).hexdigest()[:16]
+    out = cache / f"hpflood-{digest}"
+    if out.exists():
+        return out
+    gcc = _which("gcc", "gcc")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+        built = Path(tmp) / "hpflood"
+        proc = subprocess.run([str(gcc), "-static", "-O2", "-Wall", "-o", str(built),
+                               str(FLOODER_SOURCE)], capture_output=True, text=True)
+        if proc.returncode:
+            raise GuestBuildError(f"gcc {FLOODER_SOURCE.name}: {proc.stderr.strip()[-800:]} "
+                                  "(static linking needs libc6-dev)")
+        built.rename(out)
+    return out
 
 
 def _which(program: str, package: str) -> Path:
