@@ -513,7 +513,7 @@ def add_cli(sub: Any) -> None:
 
 
 def _cmd(ns: argparse.Namespace) -> int:
-    from hookpack.cli import load
+    from hookpack.config import load
 
     def out(line: str) -> None:
         print(line, flush=True)

@@ -60,9 +60,9 @@ def _json(p: argparse.ArgumentParser) -> None:
 def _setup(ns: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from hookpack import registry
     from hookpack.action import Paths
-    from hookpack.actions import announce
+    from hookpack.actions.announce import action as announce
     from hookpack.actions.announce.delivery import Secrets
-    from hookpack.cli import load
+    from hookpack.config import load
     from hookpack.outbox import Outbox
 
     cfg = load(ns)
