@@ -42,8 +42,9 @@ def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                   "/etc/hookpack/hookpack.toml)")
+    from hookpack.config import add_config_arg
+
+    add_config_arg(p)
 
 
 def _ids(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext
-from hookpack.config import Field
+from hookpack.config import Field, add_config_arg
 from hookpack.errors import ActionError, ConfigError
 from hookpack.result import Outcome, Result
 
@@ -274,8 +274,7 @@ def add_cli(subparsers: Any) -> None:
     dns = subparsers.add_parser("dns", help="PowerDNS sync").add_subparsers(metavar="ACTION")
     p = dns.add_parser("check", help="check the API key, the API and the configured zones")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
-    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                   "/etc/hookpack/hookpack.toml)")
+    add_config_arg(p)
     p.set_defaults(handler=cmd_check)
     dns_sync.add_cli(dns)
 

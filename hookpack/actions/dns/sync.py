@@ -119,6 +119,8 @@ def sync_plan(client: Client, settings: Mapping[str, Any], instances: Mapping[st
 
 
 def add_cli(dns: Any) -> None:
+    from hookpack.config import add_config_arg
+
     p = dns.add_parser("sync", help="bring PowerDNS in step with Ganeti's instances (on the "
                        "master), e.g. after a failed post hook")
     p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this instance")
@@ -126,8 +128,7 @@ def add_cli(dns: Any) -> None:
                    "records of instances that are gone")
     p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
-    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                   "/etc/hookpack/hookpack.toml)")
+    add_config_arg(p)
     p.set_defaults(handler=cmd_sync)
 
 

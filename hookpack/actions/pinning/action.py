@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext, Paths
-from hookpack.config import Field
+from hookpack.config import Field, add_config_arg
 from hookpack.errors import BadInput, ConfigError
 from hookpack.result import Result
 
@@ -199,8 +199,7 @@ def add_cli(sub: Any) -> None:
             p.add_argument("--dry-run", action="store_true", help="print, change nothing")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-        p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                       "/etc/hookpack/hookpack.toml)")
+        add_config_arg(p)
         p.set_defaults(handler=_cli, pinning_cmd=cmd)
 
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from hookpack.action import ActionContext, Paths
-from hookpack.config import Field
+from hookpack.config import Field, add_config_arg
 from hookpack.errors import BadInput
 from hookpack.result import Result
 
@@ -245,8 +245,7 @@ def add_cli(sub: Any) -> None:
                            ("clear", "remove hookpack's shaping (INSTANCE, or --all)"),
                            ("doctor", "kernel and firewall facts shaping depends on")):
         q = actions.add_parser(verb, help=helptext)
-        q.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                       "/etc/hookpack/hookpack.toml)")
+        add_config_arg(q)
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if verb in ("plan", "apply", "clear", "show"):
             q.add_argument("instance", nargs="?", help="one instance (default: all)")
