@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hookpack.pinning.memory import node_usage  # noqa: E402
+from hookpack.actions.pinning.memory import node_usage  # noqa: E402
 
 RUNS = 7
 MIB = 512
@@ -59,7 +59,7 @@ def inner() -> None:
             time.sleep(0.2)
         time.sleep(1)
         ours = ("import sys; from pathlib import Path; "
-                "from hookpack.pinning.memory import move_to_node; "
+                "from hookpack.actions.pinning.memory import move_to_node; "
                 "r = move_to_node(Path('/proc'), int(sys.argv[1]), int(sys.argv[2])); "
                 "print(r.seconds); sys.exit(1 if r.error or r.background else 0)")
         results: dict[str, list[float]] = {"baseline": [], "hookpack": [], "syscall": []}

@@ -23,14 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.results import Results  # noqa: E402
-from hookpack.pinning.allocate import (  # noqa: E402
+from hookpack.actions.pinning.allocate import (  # noqa: E402
     PINNED,
     Policy,
     Request,
     plan_instance,
     plan_node,
 )
-from hookpack.pinning.topology import read_topology  # noqa: E402
+from hookpack.actions.pinning.topology import read_topology  # noqa: E402
 from tests.helpers.fakehost import write_sysfs  # noqa: E402
 
 RUNS = 41  # every case, the baseline included: ratios of like to like

@@ -123,7 +123,7 @@ def _leaf(dev: str, parent: str, ceil: int) -> str:
 
 def bpf_bytecode() -> str:
     """hookpack's mark -> class program, as `tc ... bpf bytecode` takes it."""
-    from hookpack.shaping import tc
+    from hookpack.actions.shaping import tc
 
     ops = tc.mark_program(int(MAJOR, 16), 0xFFFF)
     words = [tc._SOCK_FILTER.unpack_from(ops, i) for i in range(0, len(ops), 8)]
@@ -354,9 +354,9 @@ def profile(node: Node, config: Path, taps: list[str], base: Path) -> dict[str, 
     """Where a whole `apply --all` process goes: start, imports, then the work (cProfile's
     top entries printed)."""
     reset(node, taps)
-    imp = wall(in_ns(node, PY, "-c", "import hookpack.cli, hookpack.actions.shaping, "
-                     "hookpack.shaping.reconcile, hookpack.shaping.nft, "
-                     "hookpack.shaping.classifier"))
+    imp = wall(in_ns(node, PY, "-c", "import hookpack.cli, hookpack.actions.shaping.action, "
+                     "hookpack.actions.shaping.reconcile, hookpack.actions.shaping.nft, "
+                     "hookpack.actions.shaping.classifier"))
     bare = wall(in_ns(node, PY, "-c", "pass"))
     out = base / "prof.out"
     wall(in_ns(node, PY, "-m", "cProfile", "-o", str(out), "-m", "hookpack", "shaping",

@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                        "/etc/hookpack/hookpack.toml)")
+    from hookpack.config import add_config_arg
+
+    add_config_arg(parser)
 
 
 def _json_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
@@ -139,10 +140,11 @@ def _json_arg(parser: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def load(ns: argparse.Namespace) -> Config:
-    from hookpack.config import config_path, load_config
+    """hookpack.config.load, kept here for the CLI's own commands (the hook's fast path
+    does not import hookpack.config until it has something to do)."""
+    from hookpack.config import load as load_config_of
 
-    path, required = config_path(ns.config)
-    return load_config(path, required=required)
+    return load_config_of(ns)
 
 
 def cmd_env(ns: argparse.Namespace) -> int:

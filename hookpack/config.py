@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hookpack.errors import ConfigError
+
+if TYPE_CHECKING:  # argparse stays off the hook's hot path
+    import argparse
 
 DEFAULT_PATH = Path("/etc/hookpack/hookpack.toml")
 ENV_VAR = "HOOKPACK_CONFIG"
@@ -172,6 +175,20 @@ def load_config(path: Path, *, required: bool = False) -> Config:
         core=_validate_core(raw, str(path)),
         group_or_other_readable=bool(info.st_mode & (stat.S_IRGRP | stat.S_IROTH)),
     )
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    """The `--config` option every command that reads the configuration takes."""
+    parser.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
+                        "/etc/hookpack/hookpack.toml)")
+
+
+def load(ns: argparse.Namespace) -> Config:
+    """The configuration a command reads: its --config, else $HOOKPACK_CONFIG, else the
+    default path (missing: defaults). Here, not in the CLI, so that action commands and
+    jobwatch can load it without importing hookpack.cli."""
+    path, required = config_path(ns.config)
+    return load_config(path, required=required)
 
 
 def _validate_core(raw: Mapping[str, Any], where: str) -> Mapping[str, Mapping[str, Any]]:

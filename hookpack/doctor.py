@@ -23,8 +23,8 @@ from hookpack.errors import HookpackError
 from hookpack.hooksinstall import default_layout, is_entry
 
 if TYPE_CHECKING:  # imported lazily: doctor runs off the hook's hot path, but keep it light
+    from hookpack.actions.pinning.topology import Topology
     from hookpack.outbox import Outbox
-    from hookpack.pinning.topology import Topology
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -283,7 +283,7 @@ QMP_TIMEOUT = 2.0
 
 def qmp_checks(paths: Paths) -> Iterable[Check]:
     """Each running instance's QMP socket answers (pinning and disk-grow need it)."""
-    from hookpack.pinning.threads import running_instances
+    from hookpack.actions.pinning.threads import running_instances
 
     running = running_instances(paths.kvm_dir, paths.proc_root)
     if not running:
@@ -311,7 +311,7 @@ def _qmp_check(name: str, pid: int, sock: Path) -> Check:
 
 def numa_check(cfg: Config, paths: Paths) -> Check:
     """The CPU/NUMA topology pinning plans with, and reserved_cpus against it."""
-    from hookpack.pinning.topology import read_topology
+    from hookpack.actions.pinning.topology import read_topology
 
     try:
         topo = read_topology(paths.sysfs_root)
@@ -326,7 +326,7 @@ def numa_check(cfg: Config, paths: Paths) -> Check:
                      "of this node's CPUs)")
     isolated = ""
     if topo.isolated:
-        from hookpack.pinning.topology import format_cpulist
+        from hookpack.actions.pinning.topology import format_cpulist
 
         isolated = (f"; isolated (isolcpus) CPU(s) {format_cpulist(topo.isolated)}: only "
                     "vCPUs pinning.dedicated_cpus names go there")
@@ -335,7 +335,7 @@ def numa_check(cfg: Config, paths: Paths) -> Check:
 
 def _sets_problem(cfg: Config, topo: Topology) -> str:
     """pinning.dedicated_cpus / shared_cpus against the online and isolated CPUs."""
-    from hookpack.actions.pinning import SETTINGS, policy_from
+    from hookpack.actions.pinning.action import SETTINGS, policy_from
 
     if not cfg.section_enabled("pinning", False):
         return ""
@@ -356,7 +356,7 @@ def _sets_problem(cfg: Config, topo: Topology) -> str:
 
 
 def _reserved_problem(cfg: Config, topo: Topology) -> str:
-    from hookpack.actions.pinning import SETTINGS, policy_from
+    from hookpack.actions.pinning.action import SETTINGS, policy_from
 
     if not cfg.section_enabled("pinning", False):
         return ""

@@ -504,16 +504,17 @@ def run(cfg: Config, *, once: bool = False, out: Callable[[str], None] = print) 
 
 
 def add_cli(sub: Any) -> None:
+    from hookpack.config import add_config_arg
+
     p = sub.add_parser("jobwatch", help="run global post hooks from Ganeti's job queue "
                        "(on every master candidate; reports only on the master)")
-    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                   "/etc/hookpack/hookpack.toml)")
+    add_config_arg(p)
     p.add_argument("--once", action="store_true", help="one look at the queue, then exit")
     p.set_defaults(handler=_cmd)
 
 
 def _cmd(ns: argparse.Namespace) -> int:
-    from hookpack.cli import load
+    from hookpack.config import load
 
     def out(line: str) -> None:
         print(line, flush=True)

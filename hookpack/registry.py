@@ -2,7 +2,8 @@
 
 Kept free of imports beyond the standard library's basics: the hook entry point
 reads it before anything else to decide, in a few milliseconds, that most hook runs
-have nothing to do. Adding an action = its module + one line in ACTIONS.
+have nothing to do. Adding an action = its folder hookpack/actions/<name>/ (the entry
+module action.py: SETTINGS, run) + one line in ACTIONS (docs/development.md).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ActionSpec:
                  phases: tuple[str, ...], roles: tuple[str, ...], section: str,
                  enabled_by_default: bool = False, cli: bool = False) -> None:
         self.name = name
-        self.module = module
+        self.module = module  # the action's entry module: hookpack.actions.<name>.action
         self.hpaths = hpaths
         self.phases = phases
         self.roles = roles  # empty: on every node the hook runs on
@@ -61,24 +62,24 @@ class ActionSpec:
 
 
 ACTIONS: tuple[ActionSpec, ...] = (
-    ActionSpec("record", "hookpack.actions.record", GANETI_HPATHS, PHASES, (), "record"),
-    ActionSpec("policy", "hookpack.actions.policy", ("instance-add", "instance-rename"),
+    ActionSpec("record", "hookpack.actions.record.action", GANETI_HPATHS, PHASES, (), "record"),
+    ActionSpec("policy", "hookpack.actions.policy.action", ("instance-add", "instance-rename"),
                ("pre",), ("master",), "policy"),
-    ActionSpec("dns", "hookpack.actions.dns", ("instance-add", "instance-rename",
+    ActionSpec("dns", "hookpack.actions.dns.action", ("instance-add", "instance-rename",
                "instance-remove", "instance-modify"), ("post",), ("master",), "dns", cli=True),
-    ActionSpec("netbox", "hookpack.actions.netbox", ("instance-add", "instance-rename",
+    ActionSpec("netbox", "hookpack.actions.netbox.action", ("instance-add", "instance-rename",
                "instance-remove", "instance-modify"), ("post",), ("master",), "netbox"),
-    ActionSpec("announce", "hookpack.actions.announce", ("instance-migrate", "instance-failover"),
-               ("pre", "post"), ("master",), "announce", cli=True),
+    ActionSpec("announce", "hookpack.actions.announce.action", ("instance-migrate",
+               "instance-failover"), ("pre", "post"), ("master",), "announce", cli=True),
     # instance-add too: an instance added with --start gets no instance-start hook.
-    ActionSpec("pinning", "hookpack.actions.pinning", ("instance-add", "instance-start",
+    ActionSpec("pinning", "hookpack.actions.pinning.action", ("instance-add", "instance-start",
                "instance-reboot", "instance-migrate", "instance-failover"), ("post",),
                ("host",), "pinning", cli=True),
-    ActionSpec("shaping", "hookpack.actions.shaping", ("instance-add", "instance-start",
+    ActionSpec("shaping", "hookpack.actions.shaping.action", ("instance-add", "instance-start",
                "instance-stop", "instance-reboot", "instance-migrate", "instance-failover",
                "instance-move", "instance-modify", "instance-remove"), ("post",),
                ("primary", "secondary", "source", "target", "host"), "shaping", cli=True),
-    ActionSpec("disk-grow", "hookpack.actions.disk_grow", ("disk-grow",), ("post",),
+    ActionSpec("disk-grow", "hookpack.actions.disk_grow.action", ("disk-grow",), ("post",),
                ("primary",), "disk_grow", enabled_by_default=True, cli=True),
 )
 

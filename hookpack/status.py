@@ -173,7 +173,7 @@ def _part_lines(action: str, part: Part | None) -> list[str]:
 
 
 def collect(cfg: Config, wanted: str | None = None) -> list[InstanceStatus]:
-    from hookpack.diskgrow.node import qemu_pid
+    from hookpack.actions.disk_grow.node import qemu_pid
 
     paths = Paths.from_config(cfg)
     chosen = select(paths, wanted)

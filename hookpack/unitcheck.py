@@ -52,7 +52,7 @@ class UnitVerdict:
 
 def expected_units(cfg: Config, fqdn: str | None = None) -> dict[str, str]:
     """Unit -> why this node should have it."""
-    from hookpack.actions.shaping import SETTINGS as SHAPING
+    from hookpack.actions.shaping.action import SETTINGS as SHAPING
 
     want: dict[str, str] = {}
     if cfg.section_enabled("shaping", False):

@@ -10,7 +10,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hookpack.actions import announce
+from hookpack.actions.announce import action as announce
 from hookpack.config import validate_section
 from hookpack.sinks import TEMPLATE_FIELDS, dumps, grafana, render, slack, webhook
 

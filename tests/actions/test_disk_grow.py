@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from hookpack.action import Paths
-from hookpack.diskgrow import node
-from hookpack.diskgrow.grow import grow_disk
-from hookpack.diskgrow.plan import MIB, Decision, find_block, mib, plan_resize
+from hookpack.actions.disk_grow import node
+from hookpack.actions.disk_grow.grow import grow_disk
+from hookpack.actions.disk_grow.plan import MIB, Decision, find_block, mib, plan_resize
 from hookpack.emulator import run_hooks
 from hookpack.errors import ActionError
 from hookpack.result import Outcome

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from hookpack.actions.dns import SETTINGS, choose_marks
-from hookpack.actions.dns_sync import parse_instance_list, report, sync_plan
+from hookpack.actions.dns.action import SETTINGS, choose_marks
+from hookpack.actions.dns.sync import parse_instance_list, report, sync_plan
 from hookpack.adapters.powerdns import Change
 from hookpack.config import load_config
 from tests.actions.test_dns_pdns import _foreign, hook

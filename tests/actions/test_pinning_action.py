@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from hookpack import registry
+from hookpack.actions.pinning.allocate import PINNED, Plan, Policy
+from hookpack.actions.pinning.node import observe_node, runtime_cpu_mask, trim_moves
+from hookpack.actions.pinning.threads import smp_vcpus
 from hookpack.dispatch import dispatch
-from hookpack.pinning.allocate import PINNED, Plan, Policy
-from hookpack.pinning.node import observe_node, runtime_cpu_mask, trim_moves
-from hookpack.pinning.threads import smp_vcpus
 from hookpack.result import Outcome
 from tests.helpers.fakehost import write_qemu, write_sysfs
 from tests.helpers.pinning import start_env, write_config
@@ -148,7 +148,7 @@ def test_cli_show(host):
 
 
 def test_policy_setting_names_match_the_planner():
-    from hookpack.actions.pinning import SETTINGS, policy_from
+    from hookpack.actions.pinning.action import SETTINGS, policy_from
 
     defaults = {k: f.default for k, f in SETTINGS.items()}
     assert policy_from(defaults) == Policy()
@@ -157,7 +157,7 @@ def test_policy_setting_names_match_the_planner():
 def test_two_cpu_host_second_run_keeps_both(tmp_path):
     """2 CPUs: a is pinned on CPU 1 (emulator threads on 0), b floats on CPU 0 (all its
     threads there). Running the hook again for either changes nothing."""
-    from hookpack.pinning.node import pin_instance
+    from hookpack.actions.pinning.node import pin_instance
 
     write_sysfs(tmp_path / "sys", nodes=1, cores_per_node=2, threads=1)
     proc, kvm = tmp_path / "proc", tmp_path / "kvm"

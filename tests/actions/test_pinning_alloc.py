@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hookpack.pinning.allocate import (
+from hookpack.actions.pinning.allocate import (
     FLOATING,
     PINNED,
     Plan,
@@ -23,8 +23,8 @@ from hookpack.pinning.allocate import (
     plan_instance,
     plan_node,
 )
-from hookpack.pinning.node import observe_node
-from hookpack.pinning.topology import Topology, read_topology
+from hookpack.actions.pinning.node import observe_node
+from hookpack.actions.pinning.topology import Topology, read_topology
 from tests.helpers.fakehost import write_qemu, write_sysfs
 
 # Thousands of small files per run: on tmpfs when there is one.

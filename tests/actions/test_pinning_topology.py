@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from hookpack.actions.pinning.topology import format_cpulist, parse_cpulist, read_topology
 from hookpack.errors import BadInput
-from hookpack.pinning.topology import format_cpulist, parse_cpulist, read_topology
 from tests.helpers.fakehost import write_sysfs
 
 

@@ -92,7 +92,7 @@ def _in_process(write_config, policy: str, monkeypatch, fault, *, deadline: floa
         f'[dns]\napi_url = "http://127.0.0.1:9"\napi_key_file = "{key}"\n'
         'forward_zones = ["example.test"]\ntimeout = 30\n\n'
         f'[netbox]\nurl = "http://127.0.0.1:9"\ntoken_file = "{key}"\ntimeout = 30\n')
-    from hookpack.actions import policy
+    from hookpack.actions.policy import action as policy
 
     for target, replacement in fault.items():
         monkeypatch.setattr(policy, target, replacement)

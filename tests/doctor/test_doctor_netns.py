@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from hookpack.shaping import classifier
+from hookpack.actions.shaping import classifier
 
 pytestmark = pytest.mark.netns
 

@@ -18,7 +18,7 @@ import pytest
 from vmtestbed.ganeti.hookpack_install import LAB_CONFIG
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 
-from hookpack.pinning.threads import qmp_vcpu_tids
+from hookpack.actions.pinning.threads import qmp_vcpu_tids
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ import pytest
 from vmtestbed.ganeti.hookpack_install import VENV
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 
+from hookpack.actions.pinning.threads import qmp_vcpu_tids
 from hookpack.adapters import qmp as qmp_adapter
-from hookpack.pinning.threads import qmp_vcpu_tids
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 

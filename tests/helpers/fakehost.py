@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from hookpack.pinning.topology import format_cpulist
+from hookpack.actions.pinning.topology import format_cpulist
 
 
 def write_sysfs(root: Path, nodes: int, cores_per_node: int, threads: int,

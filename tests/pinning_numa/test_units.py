@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from hookpack.pinning import memory as pmemory
-from hookpack.pinning.allocate import FLOATING, PINNED, Policy, Request, plan_instance
-from hookpack.pinning.cpuset import process_cpuset
-from hookpack.pinning.node import mask_cpus, observe_node, read_back
-from hookpack.pinning.threads import observe_process, read_process, vhost_kthreads
-from hookpack.pinning.topology import read_topology
+from hookpack.actions.pinning import memory as pmemory
+from hookpack.actions.pinning.allocate import FLOATING, PINNED, Policy, Request, plan_instance
+from hookpack.actions.pinning.cpuset import process_cpuset
+from hookpack.actions.pinning.node import mask_cpus, observe_node, read_back
+from hookpack.actions.pinning.threads import observe_process, read_process, vhost_kthreads
+from hookpack.actions.pinning.topology import read_topology
 from tests.helpers.fakehost import write_qemu, write_sysfs
 
 
@@ -253,12 +253,12 @@ def test_the_move_helper_exit_codes_and_the_bounded_wait():
         child.kill()
         child.wait()
     assert pmemory._main([str(child.pid), "0", "0"]) == errno.ESRCH
-    done = subprocess.Popen([sys.executable, "-m", "hookpack.pinning.memory", "x"])
+    done = subprocess.Popen([sys.executable, "-m", "hookpack.actions.pinning.memory", "x"])
     assert pmemory._wait(done, lambda: 30.0) == pmemory.HELPER_FAILED
 
 
 def test_rebalance_keeps_clear_of_every_cpu_a_cpu_mask_names(host):
-    from hookpack.pinning.node import rebalance
+    from hookpack.actions.pinning.node import rebalance
 
     kvm, proc = host / "kvm", host / "proc"
     write_qemu(proc, kvm, "masked.example.test", 100, 2, {100: {0, 1}, 101: {0, 1}},

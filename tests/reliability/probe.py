@@ -22,8 +22,8 @@ import subprocess
 import sys
 
 from hookpack.action import Paths
-from hookpack.actions.shaping import SETTINGS, reconcile
-from hookpack.cli import load
+from hookpack.actions.shaping.action import SETTINGS, reconcile
+from hookpack.config import load
 from tests.shaping.conftest import parse_nft
 
 FOREIGN = "relload-fw"

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hookpack.actions.pinning import node as pnode
+from hookpack.actions.pinning.allocate import Policy
+from hookpack.actions.pinning.threads import qmp_vcpu_tids, running_instances
 from hookpack.adapters.qmp import QmpUnavailable
 from hookpack.adapters.qmp import session as qmp_session
-from hookpack.pinning import node as pnode
-from hookpack.pinning.allocate import Policy
-from hookpack.pinning.threads import qmp_vcpu_tids, running_instances
 from tests.conftest import SAMPLES, load_sample
 from tests.helpers.ganeti_env import instance_env
 from tests.shaping.topo import Node

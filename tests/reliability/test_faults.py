@@ -444,8 +444,8 @@ def test_another_run_holding_the_shaping_lock_is_a_bounded_wait(netns_shaper, sa
     kernel write. Without the lock around the reconcile, it would shape at once."""
     import json
 
+    from hookpack.actions.shaping import classifier, legacy
     from hookpack.locks import node_lock
-    from hookpack.shaping import classifier, legacy
 
     netns_shaper.node.add_tap("rltap2")
     netns_shaper.node.nic(NAME, 0, "rltap2")

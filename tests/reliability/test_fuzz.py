@@ -24,14 +24,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from hookpack import registry, validate
+from hookpack.actions.pinning.topology import parse_cpulist
+from hookpack.actions.shaping.model import parse_rate
+from hookpack.actions.shaping.policy import Defaults, PolicyStore, from_tags
 from hookpack.config import CORE_SCHEMA, load_config
 from hookpack.emulator import run_hooks
 from hookpack.env import parse_env
 from hookpack.errors import HookpackError
-from hookpack.pinning.topology import parse_cpulist
 from hookpack.roles import resolve_roles
-from hookpack.shaping.model import parse_rate
-from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
 from tests.conftest import load_sample, sample_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +154,7 @@ def _load_everything(path: Path) -> None:
         if spec.section == "shaping":
             Defaults.from_settings(values)
         if spec.section == "pinning":
-            from hookpack.actions.pinning import policy_from
+            from hookpack.actions.pinning.action import policy_from
 
             policy_from(values)
 

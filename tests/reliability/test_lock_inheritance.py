@@ -2,8 +2,8 @@
 held until that child exits too, so the next run cannot read the rules halfway.
 
 Shaping's one remaining child process is the once-per-boot removal of the earlier
-classifier's iptables rules (hookpack/shaping/legacy.py, started from
-``hookpack.actions.shaping._legacy`` under the node's shaping lock, ``pass_fds`` =
+classifier's iptables rules (hookpack/actions/shaping/legacy.py, started from
+``hookpack.actions.shaping.action._legacy`` under the node's shaping lock, ``pass_fds`` =
 the held lock). The netdev marks and the HTB tree are written over netlink in-process.
 
 The iptables tools here are two small scripts put first on PATH, a stand-in for the
@@ -46,7 +46,7 @@ exec sleep "$HOLD_SECONDS"
 """
 HOLDER = """
 import os, pathlib, sys, threading, time
-from hookpack.actions import shaping
+from hookpack.actions.shaping import action as shaping
 from hookpack.action import Paths
 run = pathlib.Path(sys.argv[1])
 paths = Paths(**{name: run for name in Paths.__dataclass_fields__})

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from hookpack.actions.shaping.model import parse_rate
+from hookpack.actions.shaping.policy import Defaults, PolicyStore, from_tags
 from hookpack.emulator import run_hooks
-from hookpack.shaping.model import parse_rate
-from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
 from tests.helpers import secretscan
 
 REPO = Path(__file__).resolve().parents[2]

@@ -474,7 +474,7 @@ _MID_APPLY = """
 import json, subprocess, sys
 from pathlib import Path
 from hookpack.action import Paths
-from hookpack.actions.shaping import SETTINGS, _session
+from hookpack.actions.shaping.action import SETTINGS, _session
 from hookpack.config import load_config
 cfg = load_config(Path(sys.argv[1]), required=True)
 settings, paths = cfg.section("shaping", SETTINGS), Paths.from_config(cfg)

@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hookpack.actions.dns import fqdn, instance_ips, ptr_name, zone_for
+from hookpack.actions.dns.action import fqdn, instance_ips, ptr_name, zone_for
 from hookpack.env import parse_env
 from tests.helpers.ganeti_env import instance_env
 

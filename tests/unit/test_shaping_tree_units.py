@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from hookpack.shaping import tc
-from hookpack.shaping.leaf import leaf_for
-from hookpack.shaping.model import (
+from hookpack.actions.shaping import tc
+from hookpack.actions.shaping.leaf import leaf_for
+from hookpack.actions.shaping.model import (
     INSTANCE_BIT,
     PRIO_HOST,
     PRIO_VM,
@@ -16,7 +16,7 @@ from hookpack.shaping.model import (
     uplink_classes,
     vm_class,
 )
-from hookpack.shaping.policy import Defaults, from_tags
+from hookpack.actions.shaping.policy import Defaults, from_tags
 
 MBIT = 10**6 // 8
 

@@ -6,9 +6,8 @@ import re
 
 import pytest
 
-from hookpack.errors import BadInput, ConfigError
-from hookpack.shaping import legacy, nft, tc
-from hookpack.shaping.model import (
+from hookpack.actions.shaping import legacy, nft, tc
+from hookpack.actions.shaping.model import (
     MINOR_FIRST,
     QUANTUM_MAX,
     QUANTUM_MIN,
@@ -18,8 +17,9 @@ from hookpack.shaping.model import (
     format_rate,
     parse_rate,
 )
-from hookpack.shaping.policy import Defaults, PolicyStore, from_tags
-from hookpack.shaping.reconcile import Settings, read_nics, same_class
+from hookpack.actions.shaping.policy import Defaults, PolicyStore, from_tags
+from hookpack.actions.shaping.reconcile import Settings, read_nics, same_class
+from hookpack.errors import BadInput, ConfigError
 
 
 @pytest.mark.parametrize(("text", "rate"), [
@@ -236,7 +236,7 @@ def test_htb_class_encoding_round_trips_through_the_reply_parser():
 
 
 def test_settings_need_an_uplink():
-    from hookpack.actions.shaping import SETTINGS
+    from hookpack.actions.shaping.action import SETTINGS
 
     raw = {k: f.default for k, f in SETTINGS.items()}
     with pytest.raises(ConfigError, match="uplink"):

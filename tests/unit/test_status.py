@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from hookpack import status
+from hookpack.actions.shaping import tc
+from hookpack.actions.shaping.counters import Counters, counters
 from hookpack.config import load_config
 from hookpack.runstats import record_run
-from hookpack.shaping import tc
-from hookpack.shaping.counters import Counters, counters
 from tests.helpers.status_schema import check_status
 
 INST = "web1.example.test"
@@ -246,7 +246,7 @@ def test_render_formats_one_block_per_instance():
 
 
 def test_an_action_crashing_is_an_error_field(tmp_path, write_config, monkeypatch):
-    from hookpack.actions import pinning
+    from hookpack.actions.pinning import action as pinning
 
     def boom(cfg, paths, names):
         raise RuntimeError("bug")

@@ -42,8 +42,9 @@ def add_outbox_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="config file (default: $HOOKPACK_CONFIG or "
-                   "/etc/hookpack/hookpack.toml)")
+    from hookpack.config import add_config_arg
+
+    add_config_arg(p)
 
 
 def _ids(p: argparse.ArgumentParser) -> None:
@@ -60,9 +61,9 @@ def _json(p: argparse.ArgumentParser) -> None:
 def _setup(ns: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from hookpack import registry
     from hookpack.action import Paths
-    from hookpack.actions import announce
+    from hookpack.actions.announce import action as announce
     from hookpack.actions.announce.delivery import Secrets
-    from hookpack.cli import load
+    from hookpack.config import load
     from hookpack.outbox import Outbox
 
     cfg = load(ns)

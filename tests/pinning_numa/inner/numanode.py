@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from hookpack.actions.pinning.memory import node_usage
+from hookpack.actions.pinning.topology import read_topology
 from hookpack.dispatch import dispatch
-from hookpack.pinning.memory import node_usage
-from hookpack.pinning.topology import read_topology
 from tests.helpers.pinning import NODE, start_env
 
 SYS = Path("/sys")

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from hookpack.action import Paths
-from hookpack.actions.pinning import status as pinning_status
+from hookpack.actions.pinning.action import status as pinning_status
+from hookpack.actions.pinning.memory import describe_usage, node_usage
 from hookpack.config import load_config
-from hookpack.pinning.memory import describe_usage, node_usage
 from hookpack.result import Outcome
 from tests.pinning_numa.inner.numanode import allowed, qmp, rss_kib, share_on, threads, topology
 

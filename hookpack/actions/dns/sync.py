@@ -1,0 +1,179 @@
+"""`hookpack dns sync [INSTANCE|--all] [--dry-run]`: bring PowerDNS in step with Ganeti.
+
+For what the hooks could not do (a post hook that failed, PowerDNS down at the time):
+reads the instances and their NIC addresses from Ganeti (`gnt-instance list`, so on
+the master), computes each one's A/AAAA and PTR RRsets as the dns action would, and
+also removes what hookpack's marks say it wrote for addresses or instances that are
+gone. Records without hookpack's mark are never changed (a conflict is reported).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from hookpack.actions.dns.action import (
+    SETTINGS,
+    Plan,
+    choose_marks,
+    fqdn,
+    make_client,
+    make_plan,
+    marks_note,
+    owner_name,
+    ptr_name,
+    zone_for,
+)
+from hookpack.errors import ActionError, BadInput
+
+if TYPE_CHECKING:
+    import argparse
+
+    from hookpack.adapters.powerdns import Client, RRset
+
+GNT_INSTANCE_LIST = ["gnt-instance", "list", "--no-headers", "--separator=|",
+                     "-o", "name,nic.ips"]
+
+
+def ganeti_instances(run: Callable[..., Any] = subprocess.run) -> dict[str, list[str]]:
+    """Instance name -> its valid NIC addresses, in NIC order, from Ganeti."""
+    try:
+        done = run(GNT_INSTANCE_LIST, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ActionError(f"cannot run gnt-instance list: {err}; run this on the master") \
+            from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ActionError(f"gnt-instance list failed ({last}); run this on the master")
+    return parse_instance_list(done.stdout)
+
+
+def parse_instance_list(text: str) -> dict[str, list[str]]:
+    instances: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, _, field = line.partition("|")
+        ips: list[str] = []
+        for item in field.split(","):
+            try:
+                ip = str(ipaddress.ip_address(item.strip()))
+            except ValueError:
+                continue  # "-", "None", empty: a NIC without an address
+            if ip not in ips:
+                ips.append(ip)
+        instances[owner_name(name.strip())] = ips
+    return instances
+
+
+def wanted(rrset: RRset, owner: str, ips: list[str] | None) -> bool:
+    """Whether the instance ``owner`` (addresses ``ips``, None: gone) wants ``rrset``."""
+    if ips is None:
+        return False
+    if rrset.type in ("A", "AAAA"):
+        kind = "AAAA" if rrset.type == "AAAA" else "A"
+        return rrset.name.lower() == fqdn(owner) and any(
+            ("AAAA" if ":" in ip else "A") == kind for ip in ips)
+    if rrset.type == "PTR":
+        return rrset.name.lower() in {ptr_name(ip) for ip in ips}
+    return True
+
+
+def sync_plan(client: Client, settings: Mapping[str, Any], instances: Mapping[str, list[str]],
+              only: str | None, timeout: float) -> Plan:
+    """The changes that bring PowerDNS in step with ``instances`` (or only ``only``)."""
+    from hookpack.adapters.powerdns import MANAGED_TYPES, Change
+
+    plan = Plan()
+    keys: set[tuple[str, str]] = set()
+
+    def take(sub: Plan) -> None:
+        for changes in sub.changes.values():
+            for change in changes:
+                if (change.name, change.type) not in keys:
+                    keys.add((change.name, change.type))
+                    plan.add(change)
+        plan.conflicts += [c for c in sub.conflicts if c not in plan.conflicts]
+
+    targets = {only: instances.get(only)} if only else dict(instances)
+    for name, ips in sorted(targets.items()):
+        if ips is not None:
+            take(make_plan(client, settings, name, name, [], ips, lambda: timeout))
+    stale = Plan()
+    for zone in [*settings["forward_zones"], *settings["reverse_zones"]]:
+        for rrset in client.zone_rrsets(fqdn(zone), timeout):
+            owner = rrset.owner()
+            if owner is None or rrset.type not in MANAGED_TYPES:
+                continue
+            owner = owner_name(owner)
+            if only and owner != only:
+                continue
+            if not wanted(rrset, owner, instances.get(owner)):
+                stale.add(Change(zone_for(rrset.name, [zone]) or fqdn(zone), rrset.name,
+                                 rrset.type, "DELETE"))
+    take(stale)
+    return plan
+
+
+def add_cli(dns: Any) -> None:
+    from hookpack.config import add_config_arg
+
+    p = dns.add_parser("sync", help="bring PowerDNS in step with Ganeti's instances (on the "
+                       "master), e.g. after a failed post hook")
+    p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this instance")
+    p.add_argument("--all", action="store_true", help="every instance, and remove hookpack's "
+                   "records of instances that are gone")
+    p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
+    p.add_argument("--json", action="store_true", help="the result as one JSON object")
+    add_config_arg(p)
+    p.set_defaults(handler=cmd_sync)
+
+
+def cmd_sync(ns: argparse.Namespace) -> int:
+    from hookpack.actions.dns.action import _NoRedact
+    from hookpack.config import load
+    from hookpack.validate import instance_name
+
+    if bool(ns.instance) == bool(ns.all):
+        raise BadInput("name one INSTANCE or give --all (not both)")
+    settings = load(ns).section("dns", SETTINGS)
+    if not settings["forward_zones"] and not settings["reverse_zones"]:
+        raise ActionError("dns: no forward_zones or reverse_zones configured")
+    only = owner_name(instance_name(ns.instance)) if ns.instance else None
+    instances = ganeti_instances()
+    client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
+    timeout = float(settings["timeout"])
+    choose_marks(client, settings, timeout)
+    as_json = getattr(ns, "json", False)
+    if not as_json:
+        print(f"dns sync: {marks_note(client)}")
+        if only and only not in instances:
+            print(f"dns sync: {only} is not an instance of this cluster: its records go")
+    plan = sync_plan(client, settings, instances, only, timeout)
+    return report(plan, client, dry_run=ns.dry_run, timeout=timeout,
+                  scope=only or f"{len(instances)} instance(s)", as_json=as_json)
+
+
+def report(plan: Plan, client: Client, *, dry_run: bool, timeout: float, scope: str,
+           as_json: bool = False) -> int:
+    changes = [c for zone in plan.changes.values() for c in zone]
+    done: list[str] = [] if dry_run else plan.apply(client, lambda: timeout)
+    if as_json:
+        print(json.dumps({"scope": scope, "dry_run": dry_run, "records": marks_note(client),
+                          "would_change" if dry_run else "changed":
+                          [c.describe() for c in changes] if dry_run else done,
+                          "conflicts": list(plan.conflicts)}, sort_keys=True))
+        return 1 if plan.conflicts else 0
+    for change in changes if dry_run else ():
+        print(f"would   {change.describe()}")
+    for line in done:
+        print(f"changed {line}")
+    for conflict in plan.conflicts:
+        print(f"conflict {conflict}")
+    verb = "would change" if dry_run else "changed"
+    print(f"dns sync: {scope}: {verb} {len(changes)} RRset(s), {len(plan.conflicts)} "
+          f"conflict(s){' (dry run: nothing applied)' if dry_run else ''}")
+    return 1 if plan.conflicts else 0

@@ -1,0 +1,1 @@
+"""The netbox action (action.py): a NetBox VM in step with each instance."""

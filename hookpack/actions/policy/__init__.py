@@ -1,0 +1,1 @@
+"""The policy action (action.py): the pre-hook name gate."""

@@ -1,0 +1,1 @@
+"""The record action (action.py): one JSON line per hook run."""

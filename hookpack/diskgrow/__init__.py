@@ -1,1 +1,0 @@
-"""Helpers of the disk-grow action: planning (pure), storage and node observation."""
