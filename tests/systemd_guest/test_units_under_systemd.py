@@ -297,8 +297,10 @@ def test_shaping_is_in_place_after_the_rollout(lab):
 
 def test_periodic_shaping_timer_puts_back_what_was_removed(lab):
     started = lab.prop("hookpack-shaping-reconcile.service", "ExecMainStartTimestampMonotonic")
-    lab.sh(f"tc qdisc del dev {TAP} root")
-    assert not lab.tap_qdisc()
+    # gone, read back in the same shell (the timer fires every RECONCILE_S: a separate
+    # read may already see its repair)
+    shown = lab.sh(f"tc qdisc del dev {TAP} root && tc qdisc show dev {TAP} root")
+    assert f"htb {HANDLE}" not in shown, shown
     lab.wait("the reconcile timer re-created the tap's qdisc", lambda: bool(lab.tap_qdisc()),
              timeout=RECONCILE_S * 6)
     assert lab.prop("hookpack-shaping-reconcile.service",
