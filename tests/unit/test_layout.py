@@ -13,6 +13,7 @@ import ast
 import importlib
 import importlib.util
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -28,16 +29,21 @@ FILE_SUFFIXES = {"toml", "prom", "log", "json", "lock", "conf", "py", "service",
 CITED_PATH = re.compile(r"(?<![\w/.-])hookpack/[\w/]+\.py\b")
 
 
+def tracked(*trees: str) -> list[Path]:
+    """The files of ``trees`` as git tracks them: never build outputs (venvs, the
+    testbed's cache with whole root filesystems), in a clean clone or a used checkout."""
+    out = subprocess.run(["git", "ls-files", "-z", "--", *trees], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(ROOT / name for name in out.split("\0") if name)
+
+
 def python_files() -> list[Path]:
     files: list[Path] = []
-    for tree in TREES:
-        for path in sorted((ROOT / tree).rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts:
-                continue
-            if path == Path(__file__).resolve():
-                continue  # its probes name missing modules on purpose
-            if path.suffix == ".py" or (not path.suffix and _python_script(path)):
-                files.append(path)
+    for path in tracked(*TREES):
+        if not path.is_file() or path == Path(__file__).resolve():
+            continue  # (this file's probes name missing modules on purpose)
+        if path.suffix == ".py" or (not path.suffix and _python_script(path)):
+            files.append(path)
     return files
 
 
@@ -213,8 +219,7 @@ def test_each_action_is_one_folder_with_one_registry_line() -> None:
 
 
 def test_docs_cite_existing_paths() -> None:
-    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
-            *sorted((ROOT / "vm-testbed").rglob("*.md"))]
+    docs = [p for p in tracked("README.md", "docs", "vm-testbed") if p.suffix == ".md"]
     missing = [f"{rel(doc)}: {cited}" for doc in docs
                for cited in CITED_PATH.findall(doc.read_text())
                if not (ROOT / cited).is_file()]
