@@ -44,7 +44,9 @@ def mix(rng: random.Random, node: RelNode, names: list[str], first: bool) -> lis
     stopped = [n for n in names if n not in running]
     if first:
         return [(rng.choice(ARRIVE), n) for n in rng.sample(stopped, BURST)]
-    arrivals = rng.randint(3, min(len(stopped), 7))
+    # enough arrivals that the rest of the burst finds running instances to act on
+    least = max(3, BURST - len(running))
+    arrivals = rng.randint(least, max(least, min(len(stopped), 7)))
     ops = [(op, None) for op in ARRIVE] + [(rng.choice(ARRIVE), None)
                                            for _ in range(arrivals - 2)]
     stay = [*LEAVE, *STAY] + [rng.choice(LEAVE + STAY) for _ in range(BURST - arrivals - 5)]
