@@ -3,7 +3,7 @@
 hookpack is installed from a wheel into a fresh venv (as bench/hook_latency.py does);
 the installed entry runs through the emulator (cleared environment, cwd /, closed stdin)
 on the recorded migrate environment of node1 (the master). Receivers are real local
-HTTP servers (tests/helpers/receivers.py). Medians over RUNS runs of:
+HTTP servers (vm-testbed/vmtestbed/receivers.py). Medians over RUNS runs of:
 
   baseline  the same hook with announce enabled but `migrations = "none"` (env parsed,
             action imported, skipped): the no-op hook, measured in the same run;
@@ -33,13 +33,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "vm-testbed"))  # vmtestbed: the receivers
+
+from vmtestbed.receivers import GRAFANA_TOKEN, HMAC_KEY, Receiver  # noqa: E402
 
 from bench.hook_latency import SAMPLES, wheel_venv  # noqa: E402
 from bench.results import Results  # noqa: E402
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.env import read_env_dump  # noqa: E402
 from hookpack.hooksinstall import install  # noqa: E402
-from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY, Receiver  # noqa: E402
 
 RUNS = 31
 CAP = 0.5

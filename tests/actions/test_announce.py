@@ -1,5 +1,5 @@
 """announce: hooks run through the emulator on the recorded migrate environments, real
-local HTTP receivers (tests/helpers/receivers.py), the real outbox on disk."""
+local HTTP receivers (vm-testbed/vmtestbed/receivers.py), the real outbox on disk."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from vmtestbed.receivers import GRAFANA_TOKEN, HMAC_KEY, SLACK_PATH, Receiver
 
 from hookpack.cli import main as cli
 from hookpack.emulator import run_hooks
 from hookpack.hooksinstall import ENTRY_NAME
 from hookpack.outbox import Outbox
 from tests.helpers.entries import actions_entry
-from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY, SLACK_PATH, Receiver
 
 CAP = 0.5  # attempt_timeout in these tests
 

@@ -1,4 +1,4 @@
-"""The outbox's promises against the real local receivers (tests/helpers/receivers.py):
+"""The outbox's promises against the real local receivers (vm-testbed/vmtestbed/receivers.py):
 a permanent refusal is dead-lettered and visible, Retry-After is honoured, an event the
 spool cannot hold (a full tmpfs made by the test) is logged whole and can be replayed."""
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from vmtestbed import pdns
 
 from hookpack.adapters.powerdns import Change, Client
 from hookpack.emulator import run_hooks
-from tests.helpers import pdns
 from tests.helpers.entries import actions_entry
 from tests.helpers.ganeti_env import instance_env
 

@@ -6,13 +6,13 @@ real `gnt-instance list`: tests/ganeti/test_dns_lab.py)."""
 from __future__ import annotations
 
 import pytest
+from vmtestbed import pdns
 
 from hookpack.actions.dns.action import SETTINGS, choose_marks
 from hookpack.actions.dns.sync import parse_instance_list, report, sync_plan
 from hookpack.adapters.powerdns import Change
 from hookpack.config import load_config
 from tests.actions.test_dns_pdns import _foreign, hook
-from tests.helpers import pdns
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vmtestbed import pdns
 
 from hookpack.adapters.powerdns import Change
 from hookpack.dispatch import dispatch
@@ -21,7 +22,6 @@ from hookpack.emulator import pre_aborts, run_hooks
 from hookpack.errors import BadInput
 from hookpack.result import Outcome
 from hookpack.validate import instance_name
-from tests.helpers import pdns
 from tests.helpers.entries import actions_entry
 from tests.helpers.ganeti_env import instance_env
 from tests.helpers.netbox_fake import FakeNetBox

@@ -19,13 +19,13 @@ import subprocess
 import time
 
 import pytest
+from vmtestbed import pdns
 
 from hookpack import registry
 from hookpack.dispatch import dispatch
 from hookpack.hooksinstall import ENTRY_NAME
 from hookpack.result import Outcome
 from tests.actions.test_policy_checks import NAME, policy_hooks, pre  # noqa: F401
-from tests.helpers import pdns
 from tests.helpers.ganeti_env import instance_env
 from tests.helpers.netbox_fake import FakeNetBox
 

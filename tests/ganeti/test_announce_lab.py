@@ -1,7 +1,7 @@
 """Real Ganeti lab: a live `gnt-instance migrate` gives exactly one region annotation, one
 Slack message and one webhook call, all sent from the master; no other node sends.
 
-The receivers (tests/helpers/receivers.py: the same shape checks as the unit tests) run
+The receivers (vm-testbed/vmtestbed/receivers.py: the same shape checks as the unit tests) run
 inside the master's network namespace on its cluster-network address 198.51.100.1, which
 every node reaches: a request from another node would show its own address as peer.
 Every node gets the same announce config, so only the role check keeps node2 quiet.
@@ -16,18 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
+from vmtestbed import receivers
 from vmtestbed.ganeti.hookpack_install import LAB_CONFIG
 from vmtestbed.ganeti.layout import instance_ip, instance_name
+from vmtestbed.receivers import GRAFANA_TOKEN, HMAC_KEY
 
 from tests.ganeti.scenario import MASTER
-from tests.helpers.receivers import GRAFANA_TOKEN, HMAC_KEY
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
 INST, IP = instance_name(8), instance_ip(8)
 N1, N2 = MASTER, "node2.example.test"
 MASTER_IP = "198.51.100.1"
-RECEIVERS = Path(__file__).resolve().parents[1] / "helpers" / "receivers.py"
+RECEIVERS = Path(receivers.__file__)
 VENV_HOOKPACK = "/opt/hookpack-lab/venv/bin/hookpack"
 
 

@@ -13,11 +13,11 @@ import signal
 from pathlib import Path
 
 import pytest
+from vmtestbed import pdns
 from vmtestbed.ganeti.hookpack_install import LAB_CONFIG
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 
 from tests.ganeti.scenario import MASTER
-from tests.helpers import pdns
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
@@ -31,24 +31,11 @@ ZONE, REVZONE = "example.test.", "100.51.198.in-addr.arpa."
 
 def _api(lab, server, method: str, path: str, body: object = None) -> object:
     """One PowerDNS API call made from inside the master's network namespace."""
-    script = (
-        "import json, sys, urllib.request\n"
-        "method, url, key, body = sys.argv[1:5]\n"
-        "req = urllib.request.Request(url, method=method, headers={'X-API-Key': key, "
-        "'Content-Type': 'application/json'}, data=body.encode() if body else None)\n"
-        "raw = urllib.request.urlopen(req, timeout=5).read()\n"
-        "print(raw.decode() or 'null')\n")
-    r = lab.run_on(MASTER, ["python3", "-c", script, method, server.url + path,
-                            server.api_key, json.dumps(body) if body is not None else ""],
-                   check=True, timeout=30)
-    return json.loads(r.stdout)
+    return pdns.api(server, method, path, body, wrap=lab.node(MASTER).nsenter([]))
 
 
 def _rrsets(lab, server, zone: str, name: str) -> dict[str, set[str]]:
-    data = _api(lab, server, "GET",
-                f"/api/v1/servers/localhost/zones/{zone}?rrset_name={name}")
-    return {r["type"]: {x["content"] for x in r["records"]} for r in data["rrsets"]
-            if r["name"] == name}
+    return pdns.rrsets(server, zone, name, wrap=lab.node(MASTER).nsenter([]))
 
 
 def _ptr(ip: str) -> str:

@@ -16,7 +16,7 @@ import time
 import pytest
 from vmtestbed.ganeti.hookpack_install import VENV
 from vmtestbed.ganeti.layout import instance_ip, instance_name
-from vmtestbed.shapemeter import IperfServers, class_bytes, client_argv, parse, within
+from vmtestbed.shapemeter import IperfServers, class_bytes, measure_shell_until_within, within
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
@@ -95,12 +95,10 @@ def test_the_guests_traffic_runs_at_its_rates(lab, tmp_path):
     failures = []
     with IperfServers(server.netns, server.ip, (IPERF_PORT,), tmp_path):
         for direction, reverse, rate in (("from-vm", False, 20), ("to-vm", True, 40)):
-            command = " ".join(client_argv(server.ip, IPERF_PORT, 5, 1, reverse))
-            attempts = []
-            for _ in range(ATTEMPTS):
-                attempts.append(parse(lab.guest_run(INST, command, timeout=90), direction))
-                if within(attempts[-1].wire, rate):
-                    break
+            attempts = measure_shell_until_within(
+                lambda command, timeout: lab.guest_run(INST, command, timeout=timeout),
+                server.ip, IPERF_PORT, rate, reverse=reverse, label=direction,
+                attempts=ATTEMPTS)
             print("\n".join(str(m) for m in attempts))
             if not within(attempts[-1].wire, rate):
                 failures.append((rate, [str(m) for m in attempts]))

@@ -29,10 +29,10 @@ import hookpack.emulator
 
 # label -> value. The values are the ones the tests themselves use (grep for them).
 SECRETS: dict[str, str] = {
-    "slack webhook token": "sEcReTtOkEn123",  # tests/helpers/receivers.py SLACK_PATH
+    "slack webhook token": "sEcReTtOkEn123",  # vm-testbed/vmtestbed/receivers.py SLACK_PATH
     "grafana token": "glsa_sEcReTgRaFaNaToKeN_0123",  # receivers.GRAFANA_TOKEN
     "webhook hmac key": "hmac-sEcReT-kEy-456",  # receivers.HMAC_KEY
-    "powerdns api key": "test-api-key-123",  # tests/helpers/pdns.py default
+    "powerdns api key": "test-api-key-123",  # vm-testbed/vmtestbed/pdns.py default
     "netbox token": "0123456789abcdef0123456789abcdef01234567",  # netbox_fake default
     "reliability webhook secret": "fuzz-webhook-secret-0001",  # tests/reliability
     "reliability pdns key": "rel-pdns-KEY-secret-77",  # tests/reliability

@@ -23,7 +23,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +122,23 @@ def measure_until_within(flows: Sequence[Flow], targets: Sequence[float | None],
         history.append(got)
         if all(t is None or within(m.wire, t, tolerance)
                for m, t in zip(got, targets, strict=True)):
+            break
+    return history
+
+
+def measure_shell_until_within(run: Callable[[str, float], str], server_ip: str, port: int,
+                               target: float, *, reverse: bool = False, label: str = "",
+                               seconds: int = 5, omit: int = 1, attempts: int = 3,
+                               tolerance: float = 0.05) -> list[Measurement]:
+    """One iperf3 client at a time through ``run`` (a shell: a Ganeti guest's console,
+    ``run(command, timeout)`` -> its output), repeated up to ``attempts`` times until the
+    wire rate is within ``tolerance`` of ``target`` Mbit/s. Returns every attempt (the
+    last is the one to judge), as :func:`measure_until_within` does for netns flows."""
+    command = " ".join(client_argv(server_ip, port, seconds, omit, reverse))
+    history: list[Measurement] = []
+    for _ in range(attempts):
+        history.append(parse(run(command, seconds + omit + 84), label))
+        if within(history[-1].wire, target, tolerance):
             break
     return history
 

@@ -130,7 +130,8 @@ def known_hosts(lab: Lab) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inventory(lab: Lab, wheel: Path, config: dict[str, Any]) -> dict[str, Any]:
+def inventory(lab: Lab, wheel: Path, config: dict[str, Any],
+              secrets: dict[str, str] | None = None) -> dict[str, Any]:
     """The lab's inventory: every node, connection over ssh as root, node-private paths."""
     return {"ganeti_nodes": {
         "hosts": {n.name: {"ansible_host": n.spec.ip} for n in lab.nodes},
@@ -144,13 +145,16 @@ def inventory(lab: Lab, wheel: Path, config: dict[str, Any]) -> dict[str, Any]:
             "hookpack_wheel": str(wheel),
             "hookpack_wheelhouse": str(WHEELHOUSE),
             "hookpack_config": config,
+            "hookpack_secrets": secrets or {},
         },
     }}
 
 
-def prepare(lab: Lab, config: dict[str, Any] | None = None, wheel: Path | None = None) -> Path:
+def prepare(lab: Lab, config: dict[str, Any] | None = None, wheel: Path | None = None,
+            secrets: dict[str, str] | None = None) -> Path:
     """Wheels (unless given), known_hosts, inventory, stand-in directories; return the
-    inventory file."""
+    inventory file. ``secrets``: the role's ``hookpack_secrets`` (name -> value, written
+    to ``<config dir>/secrets/<name>``)."""
     if not (VENV_BIN / "ansible-playbook").exists():
         raise LabError(f"{VENV_BIN / 'ansible-playbook'} is missing: run scripts/setup")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -159,7 +163,8 @@ def prepare(lab: Lab, config: dict[str, Any] | None = None, wheel: Path | None =
     wheel = wheel or build_wheels()
     (WORK / "known_hosts").write_text(known_hosts(lab))
     inv = WORK / "inventory.yml"  # JSON is YAML
-    inv.write_text(json.dumps(inventory(lab, wheel, config or lab_config()), indent=2) + "\n")
+    inv.write_text(json.dumps(inventory(lab, wheel, config or lab_config(), secrets), indent=2)
+                   + "\n")
     for node in lab.nodes:
         node.run(["mkdir", "-p", *STAND_INS], check=True)
     return inv

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 SLACK_PATH = "/services/T0HOOKPACK/B0HOOKPACK/sEcReTtOkEn123"
-GRAFANA_TOKEN = "glsa_sEcReTgRaFaNaToKeN_0123"
+GRAFANA_TOKEN = "glsa_sEcReTgRaFaNaToKeN_0123"  # noqa: S105 - a test token, known to the receivers
 HMAC_KEY = "hmac-sEcReT-kEy-456"
 GRAFANA_KEYS = {"time", "timeEnd", "tags", "text", "dashboardUID", "panelId"}
 
@@ -186,13 +186,15 @@ class Receiver:
 
 
 def main() -> None:
-    """``python3 receivers.py HOST JOURNAL``: the three receivers on HOST until killed;
-    prints their URLs as JSON (the lab test runs this inside a node's namespace)."""
+    """``python3 receivers.py HOST JOURNAL [KIND,...]``: the receivers (default: all
+    three) on HOST until killed; prints their URLs as JSON (the lab test and the Ganeti
+    demo run this inside a node's namespace)."""
     import sys
     import time
 
     host, journal = sys.argv[1], sys.argv[2]
-    made = {kind: Receiver(kind, host, journal) for kind in ("slack", "grafana", "webhook")}
+    kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["slack", "grafana", "webhook"]
+    made = {kind: Receiver(kind, host, journal) for kind in kinds}
     print(json.dumps({kind: r.url for kind, r in made.items()}), flush=True)
     while True:
         time.sleep(3600)

@@ -1,24 +1,31 @@
-"""A real PowerDNS Authoritative server (Debian's pdns-server + gsqlite3) for tests.
+"""A real PowerDNS Authoritative server (Debian's pdns-server + gsqlite3) for the tests
+and the Ganeti demo.
 
 Started on loopback (or an address inside a namespace, with ``wrap``) on free ports,
 with its own config dir and a sqlite database created from the schema file the
-Debian package ships; stopped by pid at teardown.
+Debian package ships; stopped by pid at teardown. :func:`api` and :func:`rrsets` talk to
+its HTTP API from inside the namespace (standard library only: the demo runs without
+hookpack installed); :meth:`Pdns.client` is hookpack's own client, for the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hookpack.adapters.powerdns import Client, PowerDnsError
+if TYPE_CHECKING:  # hookpack is imported only by the tests' calls (client())
+    from hookpack.adapters.powerdns import Client
 
 PDNS_SERVER = "/usr/sbin/pdns_server"
 SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
@@ -58,6 +65,8 @@ class Pdns:
         return f"http://{self.address}:{self.api_port}"
 
     def client(self) -> Client:
+        from hookpack.adapters.powerdns import Client
+
         return Client(self.url, self.api_key, timeout=3.0)
 
     def stop(self) -> None:
@@ -134,10 +143,42 @@ def _wait_ready(server: Pdns, wrap: Sequence[str]) -> None:
                 if probe.returncode == 0:
                     return
             else:
-                server.client().request("GET", "/api/v1/servers/localhost", timeout=5)
+                url = server.url + "/api/v1/servers/localhost"  # http to our own server
+                req = urllib.request.Request(url, headers={"X-API-Key": server.api_key})  # noqa: S310
+                urllib.request.urlopen(req, timeout=5).close()  # noqa: S310
                 return
-        except PowerDnsError as err:
+        except (OSError, subprocess.TimeoutExpired) as err:  # URLError is an OSError
             last = err
         time.sleep(0.2)
     log = (server.directory / "pdns.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"pdns_server did not come up in 60 s: {last}\npdns.log:\n{log}")
+
+
+_API_SCRIPT = (
+    "import json, sys, urllib.request\n"
+    "method, url, key, body = sys.argv[1:5]\n"
+    "req = urllib.request.Request(url, method=method, headers={'X-API-Key': key, "
+    "'Content-Type': 'application/json'}, data=body.encode() if body else None)\n"
+    "raw = urllib.request.urlopen(req, timeout=5).read()\n"
+    "print(raw.decode() or 'null')\n")
+
+
+def api(server: Pdns, method: str, path: str, body: object = None,
+        wrap: Sequence[str] = ()) -> Any:
+    """One PowerDNS API call, made under ``wrap`` (inside the server's namespace)."""
+    r = subprocess.run([*wrap, "python3", "-c", _API_SCRIPT, method, server.url + path,
+                        server.api_key, json.dumps(body) if body is not None else ""],
+                       capture_output=True, text=True, timeout=30, check=False,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise RuntimeError(f"PowerDNS API {method} {path}: {r.stderr.strip()[-800:]}")
+    return json.loads(r.stdout)
+
+
+def rrsets(server: Pdns, zone: str, name: str,
+           wrap: Sequence[str] = ()) -> dict[str, set[str]]:
+    """``name``'s records in ``zone`` as PowerDNS serves them: type -> contents."""
+    data = api(server, "GET", f"/api/v1/servers/localhost/zones/{zone}?rrset_name={name}",
+               wrap=wrap)
+    return {r["type"]: {x["content"] for x in r["records"]} for r in data["rrsets"]
+            if r["name"] == name}
