@@ -278,3 +278,23 @@ def test_disk_is_found_by_identity_not_by_index_after_a_hot_remove(node, hooks, 
     assert int(inst.console.run("cat /sys/block/vda/size")) * 512 == 64 * MIB
     assert first.backend.path.stat().st_size == 64 * MIB
     assert second.backend.path.stat().st_size == 48 * MIB
+
+
+def test_a_link_repointed_to_storage_qemu_does_not_hold_is_refused(node, hooks, sample):
+    """The storage must be what QEMU holds open for the disk: a link QEMU opened, later
+    pointed elsewhere, is not read as the disk's size (nor is another disk's index link,
+    which QEMU holds too); the hook fails naming the paths and writes nothing."""
+    root, _ = hooks
+    first, second = DiskSpec(FileDisk(size_mib=64)), DiskSpec(FileDisk(size_mib=32))
+    inst = node.start_instance("dg-moved.example.test", disks=[first, second],
+                               variant="3.0")
+    other = node.root / "elsewhere.img"
+    with other.open("wb") as f:
+        f.truncate(48 * MIB)
+    link = node.disk_link(inst.name, 1)
+    link.unlink()
+    link.symlink_to(other)  # the second disk's link now names a file QEMU never opened
+    line = run_hook(root, grow_env(sample, inst, second, 48))
+    assert f": failed: disk 0: none of {link} is open in QEMU (pid {inst.pid})" in line, line
+    assert int(inst.console.run("cat /sys/block/vdb/size")) * 512 == 32 * MIB
+    assert second.backend.path.stat().st_size == 32 * MIB

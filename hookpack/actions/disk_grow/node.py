@@ -76,11 +76,11 @@ def disk_link(paths: Paths, name: str, index: int) -> Path:
 def storage_link(paths: Paths, name: str, index: int, qemu_id: str | None,
                  opened: str) -> Path:
     """Where one disk's storage is, found by the disk's identity: the path QEMU opened
-    for it (``query-block``'s ``file``), else the link the runtime file gives for its
-    QEMU id, else ``instance-disks/<inst>:<index>``; the first of these that QEMU holds
-    open (its ``/proc/<pid>/fd``). The index alone is the last resort: after a disk is
-    hot-removed Ganeti renumbers the disks, but the links keep the names they were made
-    with (so ``<inst>:<index>`` is another disk's, or none)."""
+    for it (``query-block``'s ``file``) or the link the runtime file gives for its QEMU
+    id, the first of these that QEMU holds open (its ``/proc/<pid>/fd``). The index link
+    ``instance-disks/<inst>:<index>`` only when nothing names the disk: after a hot-remove
+    Ganeti renumbers the disks while the links keep their names, so ``<inst>:<index>``
+    can be another disk's (one QEMU holds open too)."""
     candidates = [Path(opened)] if opened.startswith("/") else []
     if qemu_id:
         try:
@@ -88,18 +88,20 @@ def storage_link(paths: Paths, name: str, index: int, qemu_id: str | None,
         except ActionError:
             disks = []
         candidates += [Path(d.link) for d in disks if d.qemu_id == qemu_id and d.link]
-    candidates.append(disk_link(paths, name, index))
+    candidates = list(dict.fromkeys(candidates))
+    if not candidates:
+        return disk_link(paths, name, index)
     pid = qemu_pid(paths, name)
     held = open_files(paths, pid) if pid else None
-    for path in dict.fromkeys(candidates):
+    for path in candidates:
         key = _file_key(path)
         if key is not None and (held is None or key in held):
             return path
-    if held is not None and any(_file_key(c) for c in candidates):
-        shown = ", ".join(str(c) for c in dict.fromkeys(candidates))
-        raise ActionError(f"none of {shown} is open in QEMU (pid {pid}): cannot tell which "
-                          "storage is this disk's")
-    return candidates[-1]
+    if held is None or not any(_file_key(c) for c in candidates):
+        return candidates[0]  # read_storage names what is missing
+    shown = ", ".join(str(c) for c in candidates)
+    raise ActionError(f"none of {shown} is open in QEMU (pid {pid}): cannot tell which "
+                      "storage is this disk's")
 
 
 def open_files(paths: Paths, pid: int) -> set[tuple[int, ...]] | None:
