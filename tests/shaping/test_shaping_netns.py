@@ -122,11 +122,7 @@ def test_second_apply_makes_zero_kernel_writes(shaper):
 
 
 def test_changing_one_instance_touches_only_its_objects(shaper):
-    s = shaper()
-    _setup(s, "tap0", "tap1")
-    s.node.nic("a.example.test", 0, "tap0")
-    s.node.nic("b.example.test", 0, "tap1")
-    s.cli("apply", "--all")
+    s = _a_and_b_shaped(shaper())
     before = s.classes()
     marks_before = s.marks()
     # NIC hotplug on b: a second tap
@@ -147,15 +143,24 @@ def test_changing_one_instance_touches_only_its_objects(shaper):
     assert marks["tap2"]["mark"] == 0x12 and marks["tap2"]["device"] == "tap2"
 
 
-def test_stop_removes_the_instance_and_nothing_else(shaper):
-    s = shaper()
+def _a_and_b_shaped(s):
+    """Instances a (tap0, class 4850:10) and b (tap1, 4850:11), shaped."""
     _setup(s, "tap0", "tap1")
     s.node.nic("a.example.test", 0, "tap0")
     s.node.nic("b.example.test", 0, "tap1")
     s.cli("apply", "--all")
-    # Ganeti stops a: QEMU gone, tap destroyed, nic/ files removed
+    return s
+
+
+def _stop_a(s) -> None:
+    """What Ganeti does when it stops a: QEMU gone, tap destroyed, nic/ files removed."""
     s.node.nic("a.example.test", 0, None)
     s.node.del_link("tap0")
+
+
+def test_stop_removes_the_instance_and_nothing_else(shaper):
+    s = _a_and_b_shaped(shaper())
+    _stop_a(s)
     out = s.cli("apply", "a.example.test")
     assert not out["failures"]
     assert set(s.classes()) == {"4850:1", "4850:2", "4850:11"}
@@ -171,13 +176,8 @@ def test_stop_finds_the_class_when_the_kernel_took_the_tap_chain(shaper):
     """Linux before 6.16 (Debian 12's 6.1) deletes a tap's netdev base chain with the
     tap; 6.16 and later keep it. Done here by hand as 6.1 does: the record chain
     mark/<tap> still names the class, and the stop hook removes it."""
-    s = shaper()
-    _setup(s, "tap0", "tap1")
-    s.node.nic("a.example.test", 0, "tap0")
-    s.node.nic("b.example.test", 0, "tap1")
-    s.cli("apply", "--all")
-    s.node.nic("a.example.test", 0, None)
-    s.node.del_link("tap0")
+    s = _a_and_b_shaped(shaper())
+    _stop_a(s)
     if "chain tap0 " in s.node.run("nft", "list", "table", "netdev", "hookpack"):
         s.node.run("nft", "delete", "chain", "netdev", "hookpack", "tap0")
     assert s.marks()["tap0"]["device"] is None and s.marks()["tap0"]["mark"] == 0x10
@@ -213,11 +213,7 @@ def test_marks_of_the_single_chain_layout_are_taken_over(shaper):
 def test_two_taps_with_one_mark_are_split(shaper):
     """Two NICs marked alike would share one class (one tenant inside another's limit):
     the reconcile gives the second its own mark and class."""
-    s = shaper()
-    _setup(s, "tap0", "tap1")
-    s.node.nic("a.example.test", 0, "tap0")
-    s.node.nic("b.example.test", 0, "tap1")
-    s.cli("apply", "--all")
+    s = _a_and_b_shaped(shaper())
     s.node.run("nft", "-f", "-", input=(
         "flush chain netdev hookpack mark/tap1\n"
         "add rule netdev hookpack mark/tap1 meta mark set meta mark & 0xffff0000 | 0x10 "
@@ -408,11 +404,7 @@ def test_migrate_source_drops_and_target_builds(shaper):
 
 
 def test_clear_then_boot_apply_restores_everything(shaper):
-    s = shaper()
-    _setup(s, "tap0", "tap1")
-    s.node.nic("a.example.test", 0, "tap0")
-    s.node.nic("b.example.test", 0, "tap1")
-    s.cli("apply", "--all")
+    s = _a_and_b_shaped(shaper())
     classes, marks = s.classes(), s.marks()
     out = s.cli("clear", "--all", "--yes")
     assert not out["failures"] and s.marks() == {}
