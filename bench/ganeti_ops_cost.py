@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "vm-testbed")]
 
+from bench.results import Results  # noqa: E402
 from vmtestbed.ganeti import hookpack_install  # noqa: E402
 from vmtestbed.ganeti.lab import Lab  # noqa: E402
 from vmtestbed.ganeti.layout import instance_ip, instance_name  # noqa: E402
@@ -102,7 +103,8 @@ def measure(lab: Lab, rounds: int) -> dict[tuple[str, bool], list[float]]:
     return times
 
 
-def report(times: dict[tuple[str, bool], list[float]], rounds: int) -> None:
+def report(times: dict[tuple[str, bool], list[float]], rounds: int,
+           results: Results) -> None:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     print(f"\nganeti ops cost, median of {rounds} rounds per mode, interleaved; commit {commit}, "
@@ -114,6 +116,10 @@ def report(times: dict[tuple[str, bool], list[float]], rounds: int) -> None:
         off = statistics.median(times[(label, False)])
         on = statistics.median(times[(label, True)])
         spread = [max(times[(label, m)]) - min(times[(label, m)]) for m in (False, True)]
+        results.add(f"{label}_without_s", off)
+        results.add(f"{label}_with_s", on)
+        results.add(f"{label}_added_ms", 1000 * (on - off))
+        results.add(f"{label}_added_pct", 100 * (on - off) / off)
         print(f"{label:10} {off:8.2f}s {on:8.2f}s {1000 * (on - off):+7.0f}ms "
               f"{100 * (on - off) / off:+6.1f}%   {spread[0]:.2f}s / {spread[1]:.2f}s")
 
@@ -122,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    results = Results("ganeti_ops_cost", rounds=args.rounds, statistic="median",
+                      timed="whole gnt-instance command on the master")
     with LabLock(wait=1800, who="bench/ganeti_ops_cost.py"):
         lab = Lab()
         brought_up = not lab.is_up
@@ -138,7 +146,8 @@ def main() -> None:
                 hookpack_install.install_on(node)  # the lab's own config and entries
             if brought_up:
                 lab.down()
-    report(times, args.rounds)
+    report(times, args.rounds, results)
+    results.save()
 
 
 if __name__ == "__main__":
