@@ -30,11 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "vm-testbed")]
 
-from bench.results import Results  # noqa: E402
 from vmtestbed.ganeti import hookpack_install  # noqa: E402
 from vmtestbed.ganeti.lab import Lab  # noqa: E402
 from vmtestbed.ganeti.layout import instance_ip, instance_name  # noqa: E402
 from vmtestbed.ganeti.lock import LabLock  # noqa: E402
+
+from bench.results import Results  # noqa: E402
 
 INDEX = 61
 INST = instance_name(INDEX)

@@ -44,6 +44,9 @@ def node(tmp_path_factory):
     (ganeti / "ssconf_release_version").write_text("3.0.2\n")
     (ganeti / "ssconf_node_list").write_text(system_fqdn() + "\n")  # doctor: node-name
     variables = {
+        # this machine is the test host: the role must not change its system Python
+        # (the default, deb, runs in the Debian 12 systemd guest: tests/systemd_guest)
+        "hookpack_install_method": "venv",
         "hookpack_home": str(root / "opt/hookpack"),
         "hookpack_bin_link": str(root / "bin/hookpack"),
         "hookpack_hooks_dir": str(hooks),

@@ -42,10 +42,10 @@ def run_inner(run_in_host_guest, nodes: int, vcpus: int, kernel_args: str = "",
 def test_two_numa_nodes(run_in_host_guest):
     run, counts = run_inner(run_in_host_guest, nodes=2, vcpus=4, deselect="isolated")
     assert run.rc == 0, run.output[-5000:]
-    assert counts.get("passed") == 8 and set(counts) == {"passed", "deselected"}, counts
+    assert counts.get("passed") == 9 and set(counts) == {"passed", "deselected"}, counts
 
 
 def test_four_numa_nodes_one_cpu_isolated(run_in_host_guest):
     run, counts = run_inner(run_in_host_guest, nodes=4, vcpus=8, kernel_args="isolcpus=7")
     assert run.rc == 0, run.output[-5000:]
-    assert counts.get("passed") == 9 and set(counts) == {"passed"}, counts
+    assert counts.get("passed") == 10 and set(counts) == {"passed"}, counts

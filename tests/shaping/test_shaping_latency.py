@@ -2,7 +2,7 @@
 fills its 10 Mbit/s class, with HTB's default pfifo and with hookpack's bounded leaf, in
 the same run (bench/shaping_latency.py). This kernel has no fq_codel: the leaf is the
 segmenting tbf fallback; the stock-kernel guest runs the same with fq_codel
-(tests/shaping_guest/test_in_guest.py::test_latency_under_load_in_guest).
+(tests/shaping_guest/test_in_guest.py::test_latency_in_guest).
 """
 
 from __future__ import annotations

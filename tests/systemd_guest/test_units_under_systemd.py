@@ -3,8 +3,13 @@
 One TCG guest per module (vmtestbed.systemd_guest: a bookworm rootfs from mmdebstrap,
 the Debian cloud kernel, virtio disk and net, sshd) in a network namespace of its own.
 hookpack is installed into it by the project's playbook (ansible/site.yml) over SSH,
-driven by Debian 12's own ansible-core (/usr/bin/ansible-playbook, 2.14). Nothing here
-is mocked; what the guest lacks of a Ganeti node is made by hand and says so:
+driven by Debian 12's own ansible-core (/usr/bin/ansible-playbook, 2.14), with the role's
+default install method: the .deb, built on the controller by scripts/build-deb and
+installed on the guest's system Python. Nothing here is mocked; what the guest lacks of
+a Ganeti node is made by hand and says so:
+
+- A package mirror: the guest reaches none, so what apt would fetch for the .deb
+  (python3-pynetbox) and what Ansible's apt module needs (python3-apt) are in its image.
 
 - Ganeti's files: ssconf_master_node, ssconf_master_candidates and ssconf_node_list
   naming this guest, an empty job queue, and for one instance ``inst1.example.test`` the
@@ -20,10 +25,8 @@ nftables.service is enabled in the guest: it flushes the whole ruleset at boot.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,20 +154,7 @@ class Lab:
             rf"class htb ({HANDLE}\w+) .*?rate (\S+)", out)]
 
 
-def build_wheels(work: Path) -> tuple[Path, Path]:
-    """hookpack's wheel and its dependencies' wheels (the guest reaches no index)."""
-    house = work / "wheelhouse"
-    dist = work / "dist"
-    dist.mkdir(parents=True)
-    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                    "-w", str(house), str(REPO)], check=True, env=env, timeout=600,
-                   capture_output=True, stdin=subprocess.DEVNULL)
-    (wheel,) = house.glob("hookpack-*.whl")
-    return Path(wheel.rename(dist / wheel.name)), house
-
-
-def write_inventory(lab: Lab, wheel: Path, house: Path) -> None:
+def write_inventory(lab: Lab) -> None:
     g = lab.guest
     pub = (g.image.rootfs / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
     (lab.work / "known_hosts").write_text(f"{FQDN},{g.ip} {' '.join(pub)}\n")
@@ -183,7 +173,7 @@ def write_inventory(lab: Lab, wheel: Path, house: Path) -> None:
         "ansible_ssh_common_args": (f"-o UserKnownHostsFile={lab.work / 'known_hosts'} "
                                     f"-o IdentitiesOnly=yes -o IdentityFile={g.key} "
                                     "-o ServerAliveInterval=15 -o ServerAliveCountMax=8"),
-        "hookpack_wheel": str(wheel), "hookpack_wheelhouse": str(house),
+        "hookpack_deb_build_dir": str(lab.work / "deb"),
         "hookpack_ganeti_data_dir": DATA_DIR,
         "hookpack_shaping_reconcile_interval": RECONCILE_S,
         "hookpack_outbox_flush_interval": OUTBOX_S,
@@ -218,15 +208,12 @@ def lab(tmp_path_factory) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
     image = build_systemd_image()
     timings["image (rootfs + ext4, cached after the first)"] = round(time.monotonic() - t0, 1)
     work = tmp_path_factory.mktemp("sysd")
-    t0 = time.monotonic()
-    wheel, house = build_wheels(work)
-    timings["wheels"] = round(time.monotonic() - t0, 1)
     with SystemdGuest(image) as guest:
         timings["boot"] = round(guest.boot_seconds or 0, 1)
         lab = Lab(guest, work, timings)
         try:
             make_ganeti_stand_ins(lab)
-            write_inventory(lab, wheel, house)
+            write_inventory(lab)
             yield lab
         finally:
             lab.close_ssh_masters()
@@ -244,6 +231,11 @@ def test_role_rolls_out_with_debian_ansible_core(lab):
         assert f"PASS unit {unit}: enabled, active" in out, re.findall(r"\w+ unit [^\"]*", out)
     for unit in UNITS:
         assert lab.sh(f"systemctl is-enabled {unit}").strip() == "enabled", unit
+    # the default install method: the Debian package on the system Python
+    assert lab.sh("dpkg-query -W -f '${Status}' hookpack").strip() == "install ok installed"
+    assert lab.sh("readlink -f /usr/local/sbin/hookpack").strip() == "/usr/bin/hookpack"
+    assert "/usr/lib/python3/dist-packages/hookpack/" in lab.sh(
+        "python3 -I -c 'import hookpack; print(hookpack.__file__)'")
     assert lab.sh(f"grep reconcile_interval {CONFIG}").strip() == \
         f"reconcile_interval = {RECONCILE_S}"
 
@@ -369,3 +361,6 @@ def test_absent_stops_and_removes_everything(lab):
     assert "MARK" not in mangle and "hookpack" not in mangle, mangle
     assert "hookpack" not in lab.sh("nft list tables"), lab.sh("nft list ruleset")
     assert lab.sh("ls /opt/hookpack /etc/hookpack 2>&1 || true").count("No such file") == 2
+    assert lab.sh("dpkg-query -W -f '${Status}' hookpack 2>/dev/null || echo purged"
+                  ).strip() == "purged"
+    assert "hookpack" not in lab.sh("ls -R /etc/ganeti/hooks")

@@ -28,13 +28,19 @@ def host_guest_image() -> HostGuestImage:
     return build_image()
 
 
+def run_once_more_on_lockup(image: HostGuestImage, argv: Sequence[str],
+                            **kwargs: Any) -> GuestRun:
+    """:func:`run_in_guest`, run a second time when the first hit a soft lockup."""
+    try:
+        return run_in_guest(argv, image=image, **kwargs)
+    except GuestKernelLockup as lockup:
+        warnings.warn(f"guest soft lockup, running once more: {lockup}", stacklevel=2)
+    return run_in_guest(argv, image=image, **kwargs)
+
+
 @pytest.fixture
 def run_in_host_guest(host_guest_image: HostGuestImage) -> RunInHostGuest:
     def run(argv: Sequence[str], **kwargs: Any) -> GuestRun:
-        try:
-            return run_in_guest(argv, image=host_guest_image, **kwargs)
-        except GuestKernelLockup as lockup:
-            warnings.warn(f"guest soft lockup, running once more: {lockup}", stacklevel=2)
-        return run_in_guest(argv, image=host_guest_image, **kwargs)
+        return run_once_more_on_lockup(host_guest_image, argv, **kwargs)
 
     return run

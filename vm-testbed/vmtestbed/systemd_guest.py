@@ -41,6 +41,9 @@ PACKAGES = (
     "systemd-sysv", "udev", "dbus", "openssh-server", "python3", "python3-venv", "sudo",
     "iproute2", "iptables", "nftables", "kmod", "procps",
     "linux-image-cloud-amd64", "initramfs-tools",
+    # no mirror in the guest: what apt brings for hookpack's .deb, what Ansible's apt
+    # module needs
+    "python3-pynetbox", "python3-apt",
 )
 HOSTNAME = "hpsys"
 DOMAIN = "example.test"

@@ -97,7 +97,7 @@ class Node:
 
     def start(self, name: str, *, vcpus: int = 1, mem_mib: int = 160, on_node: int | None = None,
               prealloc: bool = True, register: bool = True, extra: Sequence[str] = (),
-              qmp_path: Path | None = None) -> Inner:
+              qmp_path: Path | None = None, numactl: Sequence[str] = ()) -> Inner:
         for d in ("pid", "ctrl", "conf"):
             (self.kvm_dir / d).mkdir(parents=True, exist_ok=True)
         qmp_path = qmp_path or self.kvm_dir / "ctrl" / f"{name}.qmp"
@@ -108,7 +108,9 @@ class Node:
         if prealloc:
             argv.append("-mem-prealloc")
         if on_node is not None:  # first touch on that node: the memory starts there
-            argv = ["numactl", f"--cpunodebind={on_node}", "--", *argv]
+            numactl = (*numactl, f"--cpunodebind={on_node}")
+        if numactl:
+            argv = ["numactl", *numactl, "--", *argv]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         inner = Inner(name, proc.pid, qmp_path, proc)

@@ -102,6 +102,36 @@ def test_two_instances_land_on_different_nodes(node):
     assert_on_node(b, 1)
 
 
+def free_mib(numa_node: int) -> int:
+    meminfo = Path(f"/sys/devices/system/node/node{numa_node}/meminfo").read_text()
+    for line in meminfo.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == "MemFree:":
+            return int(parts[3]) >> 10
+    raise AssertionError(meminfo)
+
+
+def test_a_node_without_the_memory_is_passed_over(node):
+    """Every node has the CPUs; the first node, the one the default placement (pack)
+    takes between equal nodes, is left without the instance's memory free (a QEMU held
+    there by numactl --membind takes all but 32 MiB of it): the instance goes to the
+    next node, and its memory with it."""
+    first, second = NODES[0], NODES[1]
+    control = node.start("mem-control.example.test")
+    assert node.hook(control.name).outcome is Outcome.CHANGED
+    assert_on_node(control, first)  # with the memory there, the first node is taken
+    node.stop(control)
+
+    hog_mib = free_mib(first) - 32
+    node.start("mem-hog", mem_mib=hog_mib, register=False,
+               numactl=(f"--membind={first}", f"--cpunodebind={first}"))
+    print(f"node {first}: {free_mib(first)} MiB free beside a {hog_mib} MiB QEMU")
+    inst = node.start("mem-a.example.test", mem_mib=160)
+    result = node.hook(inst.name)
+    assert result.outcome is Outcome.CHANGED and f"NUMA node {second}" in result.message, result
+    assert_on_node(inst, second)
+
+
 def test_cpuset_restricted_qemu_gets_only_cpus_of_its_cpuset(node):
     cg = node.cgroup(f"hp-cpuset-{os.getpid()}")
     (cg / "cpuset.cpus").write_text(",".join(map(str, sorted(node_cpus(CPUSET_NODE)))))

@@ -142,6 +142,8 @@ def inventory(lab: Lab, wheel: Path, config: dict[str, Any],
                                        "-o IdentitiesOnly=yes -o IdentityFile=/root/.ssh/id_rsa",
             "ansible_remote_tmp": REMOTE_TMP,
             **LAB_PATHS,
+            # the nodes share this machine's /usr: a .deb would change its system Python
+            "hookpack_install_method": "venv",
             "hookpack_wheel": str(wheel),
             "hookpack_wheelhouse": str(WHEELHOUSE),
             "hookpack_config": config,
