@@ -13,6 +13,13 @@ hookpack's config for the "with" runs: shaping, pinning, disk-grow and policy on
 hooks on (no global scripts): the production shape, not the lab's record action.
 Goal (issue 21): at most 100 ms added to any operation.
 
+Beside the operation's time, the time Ganeti spent running hooks: two stopwatch scripts
+(`00-hpbench-a`, `zz-hpbench-z`) sit first and last in every hooks directory of every
+node, in both modes, and write when each node's run of that directory began and ended.
+Ganeti runs a phase's hooks on all its nodes at once, so a phase takes the longest of
+its nodes; "in hooks" is the sum over the operation's phases. What an operation gains
+beyond that is not hook run time (e.g. the migration stream through the shaped uplink).
+
 Run as root on a machine where the lab can run: python3 bench/ganeti_ops_cost.py [--rounds N]
 (uses a lab that is up, else brings one up and down again).
 """
@@ -83,9 +90,49 @@ def set_hooks(lab: Lab, on: bool) -> None:
             raise SystemExit(f"{node.name}: {count} hookpack entries with hooks {on}")
 
 
-def measure(lab: Lab, rounds: int) -> dict[tuple[str, bool], list[float]]:
+STOPWATCH = "/var/log/hookpack/hpbench-times"  # node-private in the lab
+STOPWATCH_SCRIPT = ("#!/bin/sh\necho \"$(date +%s.%N) {edge} $GANETI_HOOKS_PATH "
+                    "$GANETI_HOOKS_PHASE\" >> " + STOPWATCH + "\n")
+
+
+def set_stopwatches(lab: Lab, on: bool) -> None:
+    for node in lab.nodes:
+        if on:
+            script = "; ".join(
+                f"printf '%s' '{STOPWATCH_SCRIPT.format(edge=edge)}' > $d/{name}; "
+                f"chmod 755 $d/{name}" for edge, name in (("begin", "00-hpbench-a"),
+                                                          ("end", "zz-hpbench-z")))
+            lab.run_on(node, ["sh", "-c", f"for d in /etc/ganeti/hooks/*.d; do {script}; "
+                                          f"done; rm -f {STOPWATCH}"], check=True)
+        else:
+            lab.run_on(node, ["sh", "-c", "rm -f /etc/ganeti/hooks/*.d/00-hpbench-a "
+                                          f"/etc/ganeti/hooks/*.d/zz-hpbench-z {STOPWATCH}"])
+
+
+def seconds_in_hooks(lab: Lab) -> float:
+    """Sum over phases of the longest node's run of that phase's directory; resets."""
+    longest: dict[tuple[str, str], float] = {}
+    for node in lab.nodes:
+        lines = lab.run_on(node, ["sh", "-c", f"cat {STOPWATCH} 2>/dev/null; "
+                                              f": > {STOPWATCH}"]).stdout.split("\n")
+        began: dict[tuple[str, str], float] = {}
+        for line in lines:
+            parts = line.split()
+            if len(parts) != 4:
+                continue
+            when, edge, key = float(parts[0]), parts[1], (parts[2], parts[3])
+            if edge == "begin":
+                began[key] = when
+            elif key in began:
+                longest[key] = max(longest.get(key, 0.0), when - began.pop(key))
+    return sum(longest.values())
+
+
+def measure(lab: Lab, rounds: int) -> tuple[dict[tuple[str, bool], list[float]],
+                                            dict[tuple[str, bool], list[float]]]:
     times: dict[tuple[str, bool], list[float]] = {(op, on): [] for op, _, _ in OPS
                                                   for on in (False, True)}
+    hooks: dict[tuple[str, bool], list[float]] = {key: [] for key in times}
     for node in lab.nodes:
         lab.run_on(node, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"])
     lab.add_instance(INDEX, MASTER)
@@ -93,26 +140,30 @@ def measure(lab: Lab, rounds: int) -> dict[tuple[str, bool], list[float]]:
     for r in range(rounds):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
             set_hooks(lab, on)
+            set_stopwatches(lab, True)
             for label, argv, boots in OPS:
                 start = time.monotonic()
                 lab.gnt(*argv)
                 times[(label, on)].append(time.monotonic() - start)
+                hooks[(label, on)].append(seconds_in_hooks(lab))
                 if boots:
                     lab.wait_guest(INST, instance_ip(INDEX), timeout=300)
             print(f"round {r + 1}/{rounds} hooks {'on ' if on else 'off'}: " + ", ".join(
-                f"{label} {times[(label, on)][-1]:.2f} s" for label, _, _ in OPS), flush=True)
-    return times
+                f"{label} {times[(label, on)][-1]:.2f} s ({1000 * hooks[(label, on)][-1]:.0f} "
+                "ms in hooks)" for label, _, _ in OPS), flush=True)
+    return times, hooks
 
 
-def report(times: dict[tuple[str, bool], list[float]], rounds: int,
+def report(times: dict[tuple[str, bool], list[float]],
+           hooks: dict[tuple[str, bool], list[float]], rounds: int,
            results: Results) -> None:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     print(f"\nganeti ops cost, median of {rounds} rounds per mode, interleaved; commit {commit}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'operation':10} {'without':>9} {'with':>9} {'added':>9} {'%':>7}   "
-          "spread without / with (max - min)")
+    print(f"{'operation':10} {'without':>9} {'with':>9} {'added':>9} {'%':>7} "
+          f"{'in hooks without / with':>24}   spread without / with (max - min)")
     for label, _, _ in OPS:
         off = statistics.median(times[(label, False)])
         on = statistics.median(times[(label, True)])
@@ -121,8 +172,12 @@ def report(times: dict[tuple[str, bool], list[float]], rounds: int,
         results.add(f"{label}_with_s", on)
         results.add(f"{label}_added_ms", 1000 * (on - off))
         results.add(f"{label}_added_pct", 100 * (on - off) / off)
+        in_hooks = [1000 * statistics.median(hooks[(label, m)]) for m in (False, True)]
+        results.add(f"{label}_in_hooks_without_ms", in_hooks[0])
+        results.add(f"{label}_in_hooks_with_ms", in_hooks[1])
         print(f"{label:10} {off:8.2f}s {on:8.2f}s {1000 * (on - off):+7.0f}ms "
-              f"{100 * (on - off) / off:+6.1f}%   {spread[0]:.2f}s / {spread[1]:.2f}s")
+              f"{100 * (on - off) / off:+6.1f}% {in_hooks[0]:12.0f}ms / {in_hooks[1]:.0f}ms"
+              f"   {spread[0]:.2f}s / {spread[1]:.2f}s")
 
 
 def main() -> None:
@@ -139,15 +194,16 @@ def main() -> None:
             lab.up(nodes=2, owner="cli")
             lab.install_hookpack()
         try:
-            times = measure(lab, args.rounds)
+            times, hooks = measure(lab, args.rounds)
         finally:
+            set_stopwatches(lab, False)
             lab.gnt("gnt-instance", "remove", "-f", "--shutdown-timeout=0", INST, check=False)
             for node in lab.nodes:
                 lab.run_on(node, [HOOKPACK, "shaping", "clear", "--all", "--yes"])
                 hookpack_install.install_on(node)  # the lab's own config and entries
             if brought_up:
                 lab.down()
-    report(times, args.rounds, results)
+    report(times, hooks, args.rounds, results)
     results.save()
 
 

@@ -288,10 +288,19 @@ def test_shaping_is_in_place_after_the_rollout(lab):
 
 
 def test_periodic_shaping_timer_puts_back_what_was_removed(lab):
-    started = lab.prop("hookpack-shaping-reconcile.service", "ExecMainStartTimestampMonotonic")
-    # gone, read back in the same shell (the timer fires every RECONCILE_S: a separate
-    # read may already see its repair)
-    shown = lab.sh(f"tc qdisc del dev {TAP} root && tc qdisc show dev {TAP} root")
+    # Removed between two runs of the timer's service, in one shell (the timer fires
+    # every RECONCILE_S): a run still going when the qdisc goes could put it back
+    # without a new run, so the removal waits until no run is going; the start time of
+    # the last run is read before and after that check, and must be the same.
+    svc = "hookpack-shaping-reconcile.service"
+    shown = lab.sh(
+        "while :; do "
+        f"a=$(systemctl show -P ExecMainStartTimestampMonotonic {svc}); "
+        f"state=$(systemctl show -P ActiveState {svc}); "
+        f"b=$(systemctl show -P ExecMainStartTimestampMonotonic {svc}); "
+        '[ "$state" = inactive ] && [ "$a" = "$b" ] && break; sleep 0.2; done; '
+        f'echo "started=$a"; tc qdisc del dev {TAP} root && tc qdisc show dev {TAP} root')
+    started = re.search(r"^started=(\d+)$", shown, re.MULTILINE).group(1)
     assert f"htb {HANDLE}" not in shown, shown
     lab.wait("the reconcile timer re-created the tap's qdisc", lambda: bool(lab.tap_qdisc()),
              timeout=RECONCILE_S * 6)
@@ -360,7 +369,8 @@ def test_absent_stops_and_removes_everything(lab):
     mangle = lab.sh("iptables-save -t mangle; ip6tables-save -t mangle")
     assert "MARK" not in mangle and "hookpack" not in mangle, mangle
     assert "hookpack" not in lab.sh("nft list tables"), lab.sh("nft list ruleset")
-    assert lab.sh("ls /opt/hookpack /etc/hookpack 2>&1 || true").count("No such file") == 2
+    assert lab.sh("ls /opt/hookpack /etc/hookpack /var/cache/hookpack 2>&1 || true"
+                  ).count("No such file") == 3
     assert lab.sh("dpkg-query -W -f '${Status}' hookpack 2>/dev/null || echo purged"
                   ).strip() == "purged"
     assert "hookpack" not in lab.sh("ls -R /etc/ganeti/hooks")
