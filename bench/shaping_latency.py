@@ -13,7 +13,11 @@ record to bench/results/shaping_latency.json (bench/results.py) with keys
 ``<mode>_p50_ms``, ``<mode>_p95_ms``, ``<mode>_max_ms``, ``<mode>_loss`` and
 ``<mode>_goodput_mbit`` for each mode run. Target (#16): p95 <= 20 ms with the bounded
 leaf. Usage (root): .venv/bin/python bench/shaping_latency.py
-[--seconds 8] [--modes default,auto]
+[--seconds 8] [--modes default,auto] [--in-guest]
+
+``--in-guest``: the same run inside the stock-kernel test guest (vmtestbed.hostguest,
+TCG; Debian's kernel has fq_codel, this machine's has not); the record is written here,
+with the guest's kernel in its parameters.
 """
 
 from __future__ import annotations
@@ -137,30 +141,57 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--modes", default="default,auto", help="default, auto, tbf, bfifo, "
                     "fq_codel, idle (comma-separated)")
+    ap.add_argument("--in-guest", action="store_true", help="run in the stock-kernel guest")
+    ap.add_argument("--no-save", action="store_true", help="print only (the guest's side)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)")
         return 2
+    if args.in_guest:
+        return run_in_guest(args)
     rows = run(args.seconds, args.modes.split(","))
-    for r in rows:
+    report(args, rows, where=f"this machine, kernel {os.uname().release}")
+    return 0
+
+
+def run_in_guest(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(REPO / "vm-testbed"))
+    from vmtestbed.hostguest import build_image
+    from vmtestbed.hostguest import run_in_guest as guest_run
+
+    image = build_image()
+    run = guest_run([PY, str(Path(__file__).resolve()), "--seconds", str(args.seconds),
+                     "--modes", args.modes, "--no-save"], cwd=REPO, image=image,
+                    env={"PYTHONUNBUFFERED": "1"}, timeout=600)
+    print(run.output.strip())
+    lines = [x for x in run.output.splitlines() if x.startswith("RESULT ")]
+    if run.rc or not lines:
+        print(f"guest run failed (rc {run.rc})")
+        return 1
+    rows = json.loads(lines[-1][len("RESULT "):])["modes"]
+    report(args, rows, where=f"stock-kernel guest (TCG), kernel {image.kernel_version}",
+           echo=False)
+    return 0
+
+
+def report(args: argparse.Namespace, rows: list[dict], where: str, echo: bool = True) -> None:
+    for r in rows if echo else ():
         print(f"leaf {r['leaf_setting']:8} ({r['leaf']}): ping RTT p50 {r['p50_ms']} ms, "
               f"p95 {r['p95_ms']} ms, max {r['max_ms']} ms, loss {r['loss']:.1%} of "
               f"{r['sent']}; upload {r['upload_goodput_mbit']} Mbit/s goodput (class 10 Mbit/s)")
     results = Results("shaping_latency", seconds=args.seconds, modes=args.modes,
                       leaves={r["leaf_setting"]: r["leaf"] for r in rows},
-                      classifier=os.environ.get("SHAPEPROOF_CLASSIFIER", "auto"))
+                      classifier=os.environ.get("SHAPEPROOF_CLASSIFIER", "auto"), where=where)
     for r in rows:
         mode = r["leaf_setting"]
         for key in ("p50_ms", "p95_ms", "max_ms", "loss"):
             results.add(f"{mode}_{key}", r[key])
         results.add(f"{mode}_goodput_mbit", r["upload_goodput_mbit"])
         results.add(f"{mode}_samples", r["samples"])
-    print("RESULT " + json.dumps({"seconds": args.seconds, "modes": rows}))  # the guest test
-    try:
+    if echo:  # read by the guest test and by --in-guest
+        print("RESULT " + json.dumps({"seconds": args.seconds, "modes": rows}))
+    if not args.no_save:
         results.save()
-    except OSError as err:  # read-only checkout (the stock-kernel guest): RESULT carries it
-        print(f"results not saved: {err}")
-    return 0
 
 
 if __name__ == "__main__":
