@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
@@ -160,6 +159,8 @@ def _from_error(error: BaseException) -> Result:
         return Result.failed(f"cannot import a dependency: {type(error).__name__}: {error}; "
                              "reinstall hookpack with its dependencies")
     if os.environ.get("HOOKPACK_DEBUG"):
+        import traceback  # only after a crash: kept off the hook's hot path
+
         traceback.print_exception(error)
     return Result.failed(f"internal error: {type(error).__name__}: {error}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,8 @@ from hookpack.errors import BadInput, ConfigError
 from hookpack.result import Result
 
 if TYPE_CHECKING:  # the hot path imports these lazily
+    import argparse
+
     from hookpack.actions.pinning.allocate import Plan, Policy
     from hookpack.actions.pinning.node import Outcome
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext, Paths
 from hookpack.config import Field, add_config_arg
 from hookpack.errors import BadInput
 from hookpack.result import Result
+
+if TYPE_CHECKING:  # the CLI's types; the hook's hot path does not import argparse
+    import argparse
 
 SETTINGS = {
     "uplink": Field(str, "", "The public interface the instances' traffic leaves by (not "

@@ -21,7 +21,6 @@ release and boot id (modules can appear after a reboot or a kernel upgrade).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -74,6 +73,8 @@ def probe_in_child(probe_here: Any = None) -> dict[str, Any]:
 
 
 def _probe_here() -> dict[str, Any]:
+    import ctypes  # the probe runs in a child, rarely: kept off the hook's hot path
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()

@@ -20,7 +20,6 @@ a throwaway network namespace, cached in ``<run_dir>/shaping-leaf.json``.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 from pathlib import Path
@@ -40,6 +39,8 @@ TBF_RATE = 10**12 // 8
 
 def _probe_here() -> dict[str, bool]:
     """In a fresh network namespace: can a qdisc of each kind be made on loopback?"""
+    import ctypes  # the probe runs in a child, rarely: kept off the hook's hot path
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")

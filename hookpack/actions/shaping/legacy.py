@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +44,8 @@ class Tools:
 
 def detect(preferred: str = "auto") -> Tools | None:
     """The host's iptables backend (None: no iptables installed, nothing to clean)."""
+    import shutil  # off the hook's hot path: only when legacy rules are looked for
+
     found = shutil.which("iptables")
     if found is None and preferred == "auto":
         return None
@@ -96,6 +96,8 @@ def parse(text: str) -> Found:
 
 
 def _run(argv: list[str], text: str | None, timeout: float) -> tuple[int, str, str]:
+    import subprocess  # off the hook's hot path (as above)
+
     try:
         proc = subprocess.run(argv, input=text, capture_output=True, text=True,
                               timeout=timeout, check=False, pass_fds=held_lock_fds())
@@ -106,6 +108,8 @@ def _run(argv: list[str], text: str | None, timeout: float) -> tuple[int, str, s
 
 def cleanup(tools: Tools | None, timeout: float = 10.0) -> tuple[list[str], list[str]]:
     """Delete hookpack's old mangle objects in both families: (changes, notes)."""
+    import shutil  # off the hook's hot path (as above)
+
     changes: list[str] = []
     notes: list[str] = []
     if tools is None:

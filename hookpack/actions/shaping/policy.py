@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +131,8 @@ class PolicyStore:
             pass
         self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         # a short temporary name: an instance name may take 253 of the 255 bytes
+        import tempfile  # only when tags change: kept off the hook's hot path
+
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tags.")
         with os.fdopen(fd, "w") as f:
             f.write(text)
