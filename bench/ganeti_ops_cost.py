@@ -95,9 +95,18 @@ STOPWATCH_SCRIPT = ("#!/bin/sh\necho \"$(date +%s.%N) {edge} $GANETI_HOOKS_PATH 
                     "$GANETI_HOOKS_PHASE\" >> " + STOPWATCH + "\n")
 
 
+# The hooks directories of OPS' operations: made when missing (without hookpack's entries
+# Ganeti's tree may not have them), so both modes run the same stopwatches.
+OP_HPATHS = ("instance-reboot", "instance-migrate", "disk-grow", "instance-stop",
+             "instance-start")
+
+
 def set_stopwatches(lab: Lab, on: bool) -> None:
+    dirs = " ".join(f"/etc/ganeti/hooks/{hpath}-{phase}.d" for hpath in OP_HPATHS
+                    for phase in ("pre", "post"))
     for node in lab.nodes:
         if on:
+            lab.run_on(node, ["mkdir", "-p", *dirs.split()], check=True)
             script = "; ".join(
                 f"printf '%s' '{STOPWATCH_SCRIPT.format(edge=edge)}' > $d/{name}; "
                 f"chmod 755 $d/{name}" for edge, name in (("begin", "00-hpbench-a"),
