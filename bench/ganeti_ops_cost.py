@@ -102,11 +102,11 @@ OP_HPATHS = ("instance-reboot", "instance-migrate", "disk-grow", "instance-stop"
 
 
 def set_stopwatches(lab: Lab, on: bool) -> None:
-    dirs = " ".join(f"/etc/ganeti/hooks/{hpath}-{phase}.d" for hpath in OP_HPATHS
-                    for phase in ("pre", "post"))
+    dirs = [f"/etc/ganeti/hooks/{hpath}-{phase}.d" for hpath in OP_HPATHS
+            for phase in ("pre", "post")]
     for node in lab.nodes:
         if on:
-            lab.run_on(node, ["mkdir", "-p", *dirs.split()], check=True)
+            lab.run_on(node, ["mkdir", "-p", *dirs], check=True)
             script = "; ".join(
                 f"printf '%s' '{STOPWATCH_SCRIPT.format(edge=edge)}' > $d/{name}; "
                 f"chmod 755 $d/{name}" for edge, name in (("begin", "00-hpbench-a"),

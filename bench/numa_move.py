@@ -18,7 +18,6 @@ the ratio is the like-for-like figure.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.results import Results  # noqa: E402
+from bench.results import Results, read_result, result_line  # noqa: E402
 from hookpack.actions.pinning.memory import node_usage  # noqa: E402
 
 RUNS = 7
@@ -91,8 +90,8 @@ def inner() -> None:
         inside = statistics.median(results["syscall"])
         print(f"  (of that, helper process + migrate_pages + wait: {inside:.3f} s/GiB; the "
               "rest is the outer Python start and the numa_maps reads)")
-        print("RESULT " + json.dumps({"baseline_s_per_gib": base, "hookpack_s_per_gib": mine,
-                                      "ratio": mine / base, "helper_s_per_gib": inside}))
+        print(result_line({"baseline_s_per_gib": base, "hookpack_s_per_gib": mine,
+                           "ratio": mine / base, "helper_s_per_gib": inside}))
     finally:
         qemu.kill()
         qemu.wait()
@@ -111,11 +110,11 @@ def main() -> None:
     print(run.output.strip())
     print(f"(in the hostguest: TCG, 2 NUMA nodes x 1 vCPU x 1024 MiB; whole guest run "
           f"{run.total:.0f} s)")
-    lines = [x for x in run.output.splitlines() if x.startswith("RESULT ")]
-    if run.rc == 0 and lines:
+    figures = read_result(run.output)
+    if run.rc == 0 and figures:
         results = Results("numa_move", runs=RUNS, mib=MIB, statistic="median",
                           where="hostguest, TCG, 2 NUMA nodes")
-        for key, value in json.loads(lines[-1][len("RESULT "):]).items():
+        for key, value in figures.items():
             results.add(key, value)
         results.save()
     sys.exit(run.rc)

@@ -22,6 +22,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -82,3 +83,20 @@ class Results:
         shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
         print(f"results appended to {shown}")
         return path
+
+
+# A bench run inside a test guest cannot keep its record (the guest's view of the
+# checkout is not this one's): it prints one RESULT line, and the side that started the
+# guest reads it back and saves the record.
+RESULT_PREFIX = "RESULT "
+
+
+def result_line(figures: object) -> str:
+    return RESULT_PREFIX + json.dumps(figures)
+
+
+def read_result(output: str) -> Any | None:
+    """The last RESULT line's value in a run's output, None when there is none."""
+    lines = [x for x in output.splitlines() if x.startswith(RESULT_PREFIX)]
+    return json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else None
+

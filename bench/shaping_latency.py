@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.results import Results  # noqa: E402
+from bench.results import Results, read_result, result_line  # noqa: E402
 from tests.shaping.topo import Node  # noqa: E402
 
 PY = sys.executable
@@ -164,11 +164,11 @@ def run_in_guest(args: argparse.Namespace) -> int:
                      "--modes", args.modes, "--no-save"], cwd=REPO, image=image,
                     env={"PYTHONUNBUFFERED": "1"}, timeout=600)
     print(run.output.strip())
-    lines = [x for x in run.output.splitlines() if x.startswith("RESULT ")]
-    if run.rc or not lines:
+    result = read_result(run.output)
+    if run.rc or not result:
         print(f"guest run failed (rc {run.rc})")
         return 1
-    rows = json.loads(lines[-1][len("RESULT "):])["modes"]
+    rows = result["modes"]
     report(args, rows, where=f"stock-kernel guest (TCG), kernel {image.kernel_version}",
            echo=False)
     return 0
@@ -189,7 +189,7 @@ def report(args: argparse.Namespace, rows: list[dict], where: str, echo: bool = 
         results.add(f"{mode}_goodput_mbit", r["upload_goodput_mbit"])
         results.add(f"{mode}_samples", r["samples"])
     if echo:  # read by the guest test and by --in-guest
-        print("RESULT " + json.dumps({"seconds": args.seconds, "modes": rows}))
+        print(result_line({"seconds": args.seconds, "modes": rows}))
     if not args.no_save:
         results.save()
 

@@ -10,7 +10,6 @@ tests must not have.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 import pytest
 from vmtestbed.hostguest import GuestRun, HostGuestImage
 from vmtestbed.hostguest_plugin import run_once_more_on_lockup
+
+from bench.results import read_result
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -190,8 +191,9 @@ def test_latency_in_guest(guest_steps):
     issue's absolute target (p95 <= 20 ms) is a machine figure, not asserted: under TCG on
     this shared 2-core machine even an idle guest's p95 varies; the bench records it."""
     result = step(guest_steps, "latency")
-    (line,) = [x for x in result.output.splitlines() if x.startswith("RESULT ")]
-    default, bounded = json.loads(line[len("RESULT "):])["modes"]
+    figures = read_result(result.output)
+    assert figures, result.output[-3000:]
+    default, bounded = figures["modes"]
     assert bounded["leaf"].startswith("fq_codel"), bounded
     assert default["leaf"].startswith("pfifo"), default
     assert bounded["loss"] <= 0.02, bounded
