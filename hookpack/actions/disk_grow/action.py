@@ -38,11 +38,12 @@ def run(ctx: ActionContext) -> Result:
     name = instance_name(instance.name)
     index = device_index(grow.disk, "disk index")
     disk = next((d for d in instance.disks if d.index == index), None)
-    if node.qemu_pid(ctx.paths, name) is None:
+    pid = node.qemu_pid(ctx.paths, name)
+    if pid is None:
         return Result.skipped("instance not running on this node (no live QEMU)")
     timeout = min(float(ctx.settings["qmp_timeout"]),
                   ctx.deadline.remaining() - DEADLINE_MARGIN)
-    outcome = _grow_one(ctx.paths, name, index, disk.qemu_id if disk else None,
+    outcome = _grow_one(ctx.paths, name, pid, index, disk.qemu_id if disk else None,
                         disk.size_mib if disk else None, timeout, apply=True)
     return _result(outcome)
 
@@ -53,7 +54,7 @@ def _result(outcome: DiskOutcome) -> Result:
     return Result(outcome.outcome, outcome.message)
 
 
-def _grow_one(paths: Paths, name: str, index: int, qemu_id: str | None,
+def _grow_one(paths: Paths, name: str, pid: int, index: int, qemu_id: str | None,
               expected_mib: int | None, timeout: float, *, apply: bool) -> DiskOutcome:
     """One disk, its own QMP session. QMP trouble becomes an outcome, never an exception."""
     from hookpack.adapters.qmp import QmpBusy, QmpError, QmpUnavailable
@@ -62,7 +63,7 @@ def _grow_one(paths: Paths, name: str, index: int, qemu_id: str | None,
     try:
         with _qmp(paths, name, timeout) as qmp:
             return grow_disk(qmp, index, qemu_id, str(link),
-                             _storage_reader(paths, name, index, qemu_id), expected_mib,
+                             _storage_reader(paths, name, pid, index, qemu_id), expected_mib,
                              apply=apply)
     except QmpUnavailable as err:
         return DiskOutcome(index, Outcome.SKIPPED, f"disk {index}: no QEMU to talk to ({err})")
@@ -75,10 +76,10 @@ def _grow_one(paths: Paths, name: str, index: int, qemu_id: str | None,
         return DiskOutcome(index, Outcome.FAILED, f"disk {index}: {err}")
 
 
-def _storage_reader(paths: Paths, name: str, index: int,
+def _storage_reader(paths: Paths, name: str, pid: int, index: int,
                     qemu_id: str | None) -> Callable[[BlockNode], node.Storage]:
     def read(block: BlockNode) -> node.Storage:
-        where = node.storage_link(paths, name, index, qemu_id or block.name, block.file)
+        where = node.storage_link(paths, name, pid, index, qemu_id or block.name, block.file)
         return node.read_storage(where, paths.sysfs_root)
     return read
 
@@ -127,7 +128,8 @@ def _cli_setup(ns: argparse.Namespace) -> tuple[Paths, Deadline, float]:
 def cmd_resize(ns: argparse.Namespace) -> int:
     paths, deadline, qmp_timeout = _cli_setup(ns)
     name = instance_name(ns.instance)
-    if node.qemu_pid(paths, name) is None:
+    pid = node.qemu_pid(paths, name)
+    if pid is None:
         raise BadInput(f"instance {name}: not running on this node (no live QEMU)")
     disks = node.runtime_disks(paths, name)
     if ns.disk is not None:
@@ -139,7 +141,7 @@ def cmd_resize(ns: argparse.Namespace) -> int:
     rows = []
     for disk in disks:
         timeout = min(qmp_timeout, deadline.remaining())
-        outcome = _grow_one(paths, name, disk.index, disk.qemu_id, None, timeout,
+        outcome = _grow_one(paths, name, pid, disk.index, disk.qemu_id, None, timeout,
                             apply=not ns.dry_run)
         rows.append({"instance": name, "disk": disk.index, "outcome": outcome.outcome.value,
                      "message": outcome.message})
@@ -158,12 +160,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
     paths, deadline, qmp_timeout = _cli_setup(ns)
     drift = 0
     rows: list[dict[str, Any]] = []
-    for name, _pid in node.running_instances(paths):
+    for name, pid in node.running_instances(paths):
         try:
             disks = node.runtime_disks(paths, name)
             with _qmp(paths, name, min(qmp_timeout, deadline.remaining())) as qmp:
                 for disk in disks:
-                    outcome = _check_disk(qmp, name, disk, paths)
+                    outcome = _check_disk(qmp, name, pid, disk, paths)
                     drift |= outcome.outcome is not Outcome.NOCHANGE
                     rows.append({"instance": name, "disk": disk.index,
                                  "ok": outcome.outcome is Outcome.NOCHANGE,
@@ -180,11 +182,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
     return 1 if drift else 0
 
 
-def _check_disk(qmp: Any, name: str, disk: node.RuntimeDisk, paths: Paths) -> DiskOutcome:
+def _check_disk(qmp: Any, name: str, pid: int, disk: node.RuntimeDisk,
+                paths: Paths) -> DiskOutcome:
     link = node.disk_link(paths, name, disk.index)
     try:
         outcome = grow_disk(qmp, disk.index, disk.qemu_id, str(link),
-                            _storage_reader(paths, name, disk.index, disk.qemu_id), None,
+                            _storage_reader(paths, name, pid, disk.index, disk.qemu_id), None,
                             apply=False)
     except ActionError as err:
         return DiskOutcome(disk.index, Outcome.FAILED, f"disk {disk.index}: {err}")

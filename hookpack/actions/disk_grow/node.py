@@ -73,7 +73,7 @@ def disk_link(paths: Paths, name: str, index: int) -> Path:
     return paths.instance_disks_dir / f"{name}:{index}"
 
 
-def storage_link(paths: Paths, name: str, index: int, qemu_id: str | None,
+def storage_link(paths: Paths, name: str, pid: int, index: int, qemu_id: str | None,
                  opened: str) -> Path:
     """Where one disk's storage is, found by the disk's identity: the path QEMU opened
     for it (``query-block``'s ``file``) or the link the runtime file gives for its QEMU
@@ -91,8 +91,7 @@ def storage_link(paths: Paths, name: str, index: int, qemu_id: str | None,
     candidates = list(dict.fromkeys(candidates))
     if not candidates:
         return disk_link(paths, name, index)
-    pid = qemu_pid(paths, name)
-    held = open_files(paths, pid) if pid else None
+    held = open_files(paths, pid)
     for path in candidates:
         key = _file_key(path)
         if key is not None and (held is None or key in held):
