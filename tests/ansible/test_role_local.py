@@ -187,6 +187,28 @@ def test_role_upgrade_while_hooks_run_in_a_loop(node, tmp_path):
     assert len(list((home / "versions").iterdir())) == 2  # the previous build is kept
 
 
+def test_config_tag_pushes_the_config_alone_and_notifies_the_handlers(node, tmp_path):
+    root, variables, _ = node
+    changed = {"hookpack_config": {**variables["hookpack_config"], "log": {
+        "syslog": False, "syslog_facility": "local3"}}}
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    config = Path(variables["hookpack_config_dir"]) / "hookpack.toml"
+    assert 'syslog_facility = "local3"' not in config.read_text()
+    result = play(root, "-e", f"@{tmp_path / 'changed.json'}", "--tags", "hookpack_config")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert recap(result)["changed"] == 1, result.stdout[-4000:]
+    assert 'syslog_facility = "local3"' in config.read_text()
+    tasks = re.findall(r"^TASK \[hookpack : (.*?)\]", result.stdout, re.MULTILINE)
+    assert "Write the config" in tasks and "Find Ganeti's master (ssconf)" in tasks
+    assert not {"Install the units", "Install the hook entries (only where they differ)",
+                "Run hookpack doctor"} & set(tasks), tasks
+    handlers = re.findall(r"^RUNNING HANDLER \[hookpack : (.*?)\]", result.stdout, re.MULTILINE)
+    assert {"Restart the job watcher", "Re-apply shaping"} <= set(handlers), result.stdout
+    # put the config back as the other tests left it
+    assert play(root, "--tags", "hookpack_config").returncode == 0
+    assert 'syslog_facility = "local3"' not in config.read_text()
+
+
 def test_absent_removes_what_the_role_created_and_nothing_else(node):
     root, variables, before = node
     result = play(root, "-e", "hookpack_state=absent")
