@@ -74,7 +74,7 @@ def test_tcg_guest_through_tap_bridge_uplink(boot_guest, kvmnode, netnode, tmp_p
 
 def test_two_tcg_guests_at_once_each_get_their_own_rate(boot_guest, kvmnode, netnode, tmp_path,
                                                        record):
-    """Isolation with real guests: 100 and 300 Mbit/s, both sending (then receiving) at once."""
+    """Isolation with real guests: 50 and 150 Mbit/s, both sending (then receiving) at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     from vmtestbed.shapemeter import IperfServers
