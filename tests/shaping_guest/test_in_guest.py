@@ -27,8 +27,10 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 INNER = Path(__file__).resolve().parent / "inner"
-PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-          "-o", "addopts="]
+# No Hypothesis plugin in the guest (no test there uses it): its import is half of
+# pytest's start, 1.5-11 s a start under TCG here.
+PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+          "-q", "-rA", "-o", "addopts="]
 
 # Tests of tests/shaping/ that are about the host kernel (no cls_fw there) or the
 # CLASSIFY path by design; their fw counterparts are in inner/test_hookpack_fw.py.

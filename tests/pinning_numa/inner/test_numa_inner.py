@@ -214,7 +214,7 @@ def test_vhost_net_worker_goes_with_the_emulator_threads(node):
 
 
 def test_isolated_cpus_only_for_dedicated_vcpus(node):
-    """Run only in the 4-node guest (booted with isolcpus=7); the 2-node run deselects it."""
+    """Needs the guest booted with isolcpus=7 (tests/pinning_numa/test_numa_in_guest.py)."""
     (iso,) = sorted(TOPO.isolated)
     home = TOPO.node_of(iso)
     # default: nobody uses an isolated CPU, not even a floating instance
