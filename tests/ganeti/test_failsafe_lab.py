@@ -2,7 +2,8 @@
 
 One lab; the install is broken on every node in turn (interpreter missing, hookpack not
 importable, a dependency not importable, config invalid). In each state
-`gnt-instance add`, `startup`, `migrate` and `gnt-node modify` succeed, and the entry's
+`gnt-instance add`, `startup` and `gnt-node modify` succeed (and `migrate`, in the first
+state only: the same entry script stands in every hooks directory; CI time), and the entry's
 one line is in the log file the entry writes to (the lab's nodes have no syslog daemon;
 the same line goes to syslog through `logger` where there is one). The lab's install
 comes back at the end.
@@ -86,6 +87,9 @@ EXPECTED = {  # a line each broken state leaves in the master's log
 }
 
 
+MIGRATE_IN = "interpreter missing"
+
+
 @pytest.mark.parametrize("state", list(EXPECTED))
 def test_ganeti_operations_succeed_on_a_broken_install(state, lab, ganeti_timings):
     index = 40 + list(EXPECTED).index(state)
@@ -95,7 +99,8 @@ def test_ganeti_operations_succeed_on_a_broken_install(state, lab, ganeti_timing
     try:
         lab.add_instance(index, MASTER, start=False)
         lab.gnt("gnt-instance", "startup", name)
-        lab.gnt("gnt-instance", "migrate", "-f", name)
+        if state == MIGRATE_IN:
+            lab.gnt("gnt-instance", "migrate", "-f", name)
         other = next(n.name for n in lab.nodes if n.name != MASTER)
         lab.gnt("gnt-node", "modify", "--drained=no", other)
     finally:
@@ -109,7 +114,9 @@ def test_ganeti_operations_succeed_on_a_broken_install(state, lab, ganeti_timing
         assert all(" failed: " in line and "did not run" not in line for line in lines)
     else:
         hpaths = {line.split(" for ", 1)[1].split(":", 1)[0] for line in lines}
-        assert {"instance-add/pre", "instance-start/pre", "instance-migrate/pre",
-                "node-modify/pre", "instance-migrate/post"} <= hpaths
+        want = {"instance-add/pre", "instance-start/pre", "node-modify/pre"}
+        if state == MIGRATE_IN:
+            want |= {"instance-migrate/pre", "instance-migrate/post"}
+        assert want <= hpaths, hpaths
         # one line per entry run: never a traceback
     assert "Traceback" not in log
