@@ -99,4 +99,3 @@ def read_result(output: str) -> Any | None:
     """The last RESULT line's value in a run's output, None when there is none."""
     lines = [x for x in output.splitlines() if x.startswith(RESULT_PREFIX)]
     return json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else None
-

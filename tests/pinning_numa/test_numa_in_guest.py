@@ -8,10 +8,11 @@ pass; none may be skipped.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.guestpytest import GUEST_PYTEST
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -25,9 +26,7 @@ MODULES = ("tun", "vhost_net")
 
 
 def run_inner(run_in_host_guest, nodes: int, vcpus: int, kernel_args: str = ""):
-    # no Hypothesis plugin in the guest: no inner test uses it, and it is slow to import
-    argv = [sys.executable, "-m", "pytest", str(INNER), "-p", "no:cacheprovider",
-            "-p", "no:hypothesispytest", "-q", "-rA", "-s", "-o", "addopts=", "--tb=short"]
+    argv = [*GUEST_PYTEST, str(INNER), "-q", "-rA", "-s", "--tb=short"]
     run = run_in_host_guest(argv, cwd=REPO, timeout=1200, modules=MODULES, vcpus=vcpus,
                             memory_mib=2048, numa_nodes=nodes, kernel_args=kernel_args,
                             env={"HPG_GUEST": "1", "NUMA_NODES": str(nodes),

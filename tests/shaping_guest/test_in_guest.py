@@ -22,15 +22,13 @@ from vmtestbed.hostguest import GuestRun, HostGuestImage
 from vmtestbed.hostguest_plugin import run_once_more_on_lockup
 
 from bench.results import read_result
+from tests.helpers.guestpytest import GUEST_PYTEST
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 INNER = Path(__file__).resolve().parent / "inner"
-# No Hypothesis plugin in the guest (no test there uses it): its import is half of
-# pytest's start, 1.5-11 s a start under TCG here.
-PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
-          "-q", "-rA", "-o", "addopts="]
+PYTEST = [*GUEST_PYTEST, "-q", "-rA"]
 
 # Tests of tests/shaping/ that are about the host kernel (no cls_fw there) or the
 # CLASSIFY path by design; their fw counterparts are in inner/test_hookpack_fw.py.

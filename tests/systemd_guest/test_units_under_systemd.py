@@ -333,9 +333,9 @@ def test_a_config_change_restarts_the_watcher_and_reapplies_shaping(lab):
     inventory["ganeti_nodes"]["vars"]["hookpack_config"]["shaping"]["ingress_rate"] = "25mbit"
     changed = lab.work / "inventory-changed.json"
     changed.write_text(json.dumps(inventory))
-    # the role's config-only push (`--tags hookpack_config`): the handlers are the same
-    # as for a whole run (tests/ansible/test_role_local.py checks that the tag runs only
-    # preflight and the config), in a third of the guest's time
+    # the role's config-only push (`--tags hookpack_config`, fewer tasks than a whole
+    # run; tests/ansible/test_role_local.py checks which run): the same handlers, and on
+    # systemd they read the node's unit list, which the preflight works out
     out = lab.play("config change", "-i", str(changed), "--tags", "hookpack_config")
     assert "RUNNING HANDLER [hookpack : Re-apply shaping]" in out
     assert "RUNNING HANDLER [hookpack : Restart the job watcher]" in out
