@@ -1,8 +1,8 @@
 """The pytest command a test guest runs (the host's userspace, the stock kernel).
 
 No cache and no addopts (the guest's run is the host's test's business), and no
-Hypothesis plugin: no test run in a guest uses it, and its import is most of pytest's
-start, which TCG stretches to seconds (bench/guest_pytest_start.py measures it).
+Hypothesis plugin: no test run in a guest uses it, and its import adds to every start
+of pytest, which TCG stretches (bench/guest_pytest_start.py measures by how much).
 """
 
 from __future__ import annotations
