@@ -14,8 +14,10 @@ hookpack cases (the shell entry decides, from facts baked in at install):
   - the config changed since install: facts not trusted, Python's quick gate decides.
 What the fail-safe shell costs when there is work (the record action on): the shell
 entry against the former entry (`#!<venv python> -I` + `from hookpack.hook import main`),
-same config, same action.
+same config, same action; and the same shell entry handing the run to a warm hook server
+(`hookpack hook-server` from the same venv, started before the runs, hookpack/hookserver.py).
 Target (issue #21): a directory with nothing to do costs about a shell start.
+Figures go to bench/results/hook_latency.json.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests/fixtures/ganeti-env-samples"
 sys.path.insert(0, str(REPO))
 
+from bench.results import Results  # noqa: E402
 from hookpack.emulator import run_hooks  # noqa: E402
 from hookpack.env import read_env_dump  # noqa: E402
 from hookpack.hooksinstall import ENTRY_NAME, GLOBAL_PRE_ENTRY, install  # noqa: E402
@@ -107,6 +110,7 @@ def main() -> None:
         "whole pre directory, nothing": (node2, [GLOBAL_PRE_ENTRY, ENTRY_NAME], False),
         "config changed since install": (node2 + policy, [ENTRY_NAME], True),
         "record on: shell entry": (node2 + record, [ENTRY_NAME], False),
+        "record on: hook server": (node2 + record, [ENTRY_NAME], False),
     }
     roots = {"baseline sh exit 0": _entry_dir(work / "sh", "#!/bin/sh\nexit 0\n"),
              "baseline python -I pass": _entry_dir(work / "py", f"#!{python} -I\npass\n")}
@@ -114,7 +118,9 @@ def main() -> None:
         root = work / label.replace(" ", "_").replace(",", "")
         config = root / "hookpack.toml"
         root.mkdir()
-        config.write_text("[log]\nsyslog = false\n" + config_text)
+        # run_dir: the hook server's socket (only the server case starts one)
+        config.write_text("[log]\nsyslog = false\n" + config_text.replace(
+            "[paths]\n", f'[paths]\nrun_dir = "{root}/run"\n'))
         install(root / "hooks", python=python, config=str(config),
                 entries={name: ["instance-add-pre.d"] for name in names})
         if touch:
@@ -125,13 +131,41 @@ def main() -> None:
     config = roots["record on: shell entry"].parent / "hookpack.toml"
     roots["record on: former python entry"] = _entry_dir(
         work / "former", former.format(python=python, config=str(config)))
-    results = interleaved_medians({label: (lambda r=root: _run_checked(r, pre_env))
-                                   for label, root in roots.items()})
+    server = start_server(python, roots["record on: hook server"])
+    try:
+        results = interleaved_medians({label: (lambda r=root: _run_checked(r, pre_env))
+                                       for label, root in roots.items()})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     python_ms, sh_ms = results["baseline python -I pass"], results["baseline sh exit 0"]
+    record = Results("hook_latency", runs=RUNS, statistic="median",
+                     timed="whole hooks directory run by the emulator, cases interleaved")
     print(f"hook latency, median of {RUNS} runs each, whole process (emulator), "
           f"load {os.getloadavg()[0]:.1f}")
     for label, ms in results.items():
         print(f"{label:32} {ms:6.1f} ms  {ms / sh_ms:4.2f}x sh  {ms / python_ms:4.2f}x python")
+        key = label.replace("record on: ", "record ").replace(",", "").replace(" ", "_")
+        record.add(f"{key}_ms".replace("-", "_"), ms)
+    served, own = results["record on: hook server"], results["record on: shell entry"]
+    print(f"the hook server: {served:.1f} ms against {own:.1f} ms for the entry's own "
+          f"Python, ratio {own / served:.2f}")
+    record.add("record_own_python_per_server_x", own / served)
+    record.save()
+
+
+def start_server(python: str, hooks_root: Path) -> subprocess.Popen[bytes]:
+    """`hookpack hook-server` from the bench's venv, for that case's config."""
+    config = hooks_root.parent / "hookpack.toml"
+    server = subprocess.Popen([str(Path(python).parent / "hookpack"), "hook-server",
+                               "--config", str(config)], stdout=subprocess.DEVNULL)
+    sock = hooks_root.parent / "run/hookserver.sock"
+    give_up = time.monotonic() + 30
+    while not sock.is_socket():
+        if server.poll() is not None or time.monotonic() > give_up:
+            raise SystemExit("hook server did not come up")
+        time.sleep(0.05)
+    return server
 
 
 if __name__ == "__main__":

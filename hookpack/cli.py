@@ -118,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.set_defaults(handler=cmd_actions)
 
-    from hookpack import jobwatch
+    from hookpack import hookserver, jobwatch
 
     jobwatch.add_cli(sub)
+    hookserver.add_cli(sub)
 
     for spec in registry.ACTIONS:
         if spec.cli:

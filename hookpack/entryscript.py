@@ -22,12 +22,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Python run by the entry (`python -I -c BOOTSTRAP mark kind config entry`). Kept free of
-# hookpack imports until the try: a missing hookpack is reported, not raised. It must not
-# contain a single quote (it is embedded in a single-quoted shell string).
+# Python run by the entry (`python -I -S -c BOOTSTRAP mark kind config server limit entry`).
+# With -S it starts in a third of the time; when a hook server answers on `server`
+# (hookpack/hookserver.py) it only hands the run over, with no import beyond `_socket`;
+# otherwise it sets up the site directories as a normal start would and runs hookpack
+# itself. Kept free of hookpack imports until the try: a missing hookpack is reported,
+# not raised. It must not contain a single quote (it is embedded in a single-quoted shell
+# string).
 BOOTSTRAP = """\
 import os, sys
-mark, kind, config, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4:]
+mark, kind, config, server, limit = sys.argv[1:6]
+sys.argv = sys.argv[6:]
 def finish(result):
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -36,12 +41,50 @@ def finish(result):
             pass
     os.write(1, ("\\n" + mark + str(result)).encode("utf-8", "replace"))
     os._exit(0)
+def leave(code, line=""):
+    if line:
+        os.write(2, ("hookpack: " + line + "\\n").encode("utf-8", "replace"))
+    os._exit(code)
+def hand_over():
+    import _socket
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    try:
+        conn.settimeout(2.0)
+        conn.connect(server)
+        mask = os.umask(0)
+        os.umask(mask)
+        fields = [b"hookpack-hook-1", os.fsencode(sys.executable), kind.encode(),
+                  os.fsencode(config), limit.encode(), b"%o" % mask, os.getcwdb(),
+                  b"%d" % len(sys.argv)] + [os.fsencode(a) for a in sys.argv]
+        fields += [k + b"=" + v for k, v in os.environb.items()]
+        conn.send(b"\\0".join(fields))
+        if conn.recv(64) != b"ok":
+            return
+        fds = (1).to_bytes(4, sys.byteorder) + (2).to_bytes(4, sys.byteorder)
+        conn.sendmsg([b"go"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    except OSError:
+        return
+    try:
+        conn.settimeout(float(limit) + 5)
+        answer = conn.recv(65536)
+    except OSError as err:
+        answer = str(err).encode()
+    if answer.startswith(b"result "):
+        finish(answer[7:].decode("utf-8", "replace"))
+    if answer.startswith(b"exit ") and answer[5:].isdigit():
+        leave(int(answer[5:]))
+    leave(70, "the hook server ended the run without an answer: " + repr(answer[:200]))
+if server:
+    hand_over()
+if sys.flags.no_site:
+    import site
+    site.main()
 try:
     if kind == "global":
         from hookpack.globalhooks import entry
     else:
         from hookpack.hook import entry
-    result = entry(config)
+    result = entry(config or None)
 except BaseException as err:
     what = "import hookpack" if isinstance(err, ImportError) else "run hookpack"
     text = " ".join(str(err).split())
@@ -49,6 +92,8 @@ except BaseException as err:
 finish(result)
 """
 
+SERVER_SOCKET = "hookserver.sock"  # in paths.run_dir
+DEFAULT_SERVER = "/run/hookpack/" + SERVER_SOCKET
 # The schema's largest hook.deadline (hookpack/config.py).
 MAX_DEADLINE = 600.0
 
@@ -71,6 +116,7 @@ hp_run={run}
 hp_roles={roles}
 hp_node={node}
 hp_limit={limit}
+hp_server={server}
 hp_boot='{bootstrap}'
 hp_nl='
 '
@@ -169,8 +215,10 @@ hp_mark="@hookpack-result-$$:"
 # Bounded even when Python hangs before hookpack's own deadline runs (a hung import):
 # hook.deadline + 10 s while the facts hold, else the schema's largest deadline + 10 s.
 hp_facts_hold || hp_limit={max_limit}
-hp_out=$(exec 2>&1; timeout -k 2 "$hp_limit" "$hp_py" -I -c "$hp_boot" "$hp_mark" "$hp_kind" \
-    "$hp_config_arg" "$0"; exit $?)
+# A warm hook server (hookpack/hookserver.py) runs it when its socket is there.
+[ -S "$hp_server" ] || hp_server=
+hp_out=$(exec 2>&1; timeout -k 2 "$hp_limit" "$hp_py" -I -S -c "$hp_boot" "$hp_mark" "$hp_kind" \
+    "$hp_config_arg" "$hp_server" "$hp_limit" "$0"; exit $?)
 hp_rc=$?
 case $hp_out in
 *"$hp_mark"*)
@@ -207,6 +255,7 @@ class EntryFacts:
     enabled: frozenset[str] = frozenset()  # action names enabled
     node: str = ""  # this node's name, lower case, when Ganeti's node list confirms it
     deadline: float = MAX_DEADLINE  # hook.deadline
+    server: str = DEFAULT_SERVER  # the hook server's socket (paths.run_dir)
 
 
 def shell_quote(value: str) -> str:
@@ -224,5 +273,6 @@ def render(directory: str, kind: str, python: str, facts: EntryFacts,
         facility=shell_quote(facts.facility), logfile=shell_quote(facts.logfile),
         global_enabled=int(facts.global_enabled), run=shell_quote(" ".join(run)),
         roles=shell_quote(" ".join(roles)), node=shell_quote(facts.node),
-        limit=math.ceil(facts.deadline) + 10, max_limit=math.ceil(MAX_DEADLINE) + 10,
+        limit=math.ceil(facts.deadline) + 10, server=shell_quote(facts.server),
+        max_limit=math.ceil(MAX_DEADLINE) + 10,
         bootstrap=BOOTSTRAP)

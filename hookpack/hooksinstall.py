@@ -85,7 +85,8 @@ def read_facts(config: str | None) -> EntryFacts:
                           if cfg.section_enabled(s.section, s.enabled_by_default)),
         node=confirmed_node_name(cfg.core["node"]["fqdn"],
                                  Path(cfg.core["paths"]["ganeti_data_dir"])),
-        deadline=cfg.deadline)
+        deadline=cfg.deadline,
+        server=str(cfg.path_of("run_dir") / entryscript.SERVER_SOCKET))
 
 
 def _stat_key(path: str) -> tuple[int, int, int] | None:
