@@ -1,13 +1,15 @@
 """Benchmark: what hookpack's hooks add to real Ganeti operations (issue 21).
 
 In the real 2-node Ganeti lab (vm-testbed/vmtestbed/ganeti), one running instance
-(sharedfile) goes through reboot, migrate, grow-disk, shutdown and startup, with
-hookpack's hook entries installed on every node and without them (`hookpack hooks
-uninstall`), the two modes taking turns round by round (the order swapped each round,
-so load drifts and the migrate direction hit both alike). Timed: the whole `gnt-instance`
+(sharedfile) goes through reboot, migrate, grow-disk, shutdown and startup in three
+modes: without hookpack's hook entries (`hookpack hooks uninstall`), with them and the
+hook server running on every node (`hookpack hook-server`, as the role's unit runs it:
+the production shape), and with them but no hook server (each run starts its own
+Python). The modes take turns round by round (the order rotated each round, so load
+drifts and the migrate direction hit all alike). Timed: the whole `gnt-instance`
 command on the master, as an operator sees it. The guest is waited for (untimed) after
 every operation that boots it, so a shutdown always finds a booted guest. Printed per
-operation: the median without and with, the ms added and the %.
+operation: the median per mode, the ms added (with the server; and without it) and the %.
 
 hookpack's config for the "with" runs: shaping, pinning, disk-grow and policy on, global
 hooks on (no global scripts): the production shape, not the lab's record action.
@@ -73,7 +75,11 @@ OPS = [
 ]
 
 
-def set_hooks(lab: Lab, on: bool) -> None:
+MODES = ("without", "with", "noserver")  # no entries / entries + server / entries alone
+
+
+def set_mode(lab: Lab, mode: str) -> None:
+    on = mode != "without"
     for node in lab.nodes:
         if on:
             config = lab.node_file(node, "/etc/hookpack/hookpack.toml")
@@ -84,10 +90,14 @@ def set_hooks(lab: Lab, on: bool) -> None:
         else:
             lab.run_on(node, [HOOKPACK, "hooks", "uninstall", "--root", "/etc/ganeti/hooks"],
                        check=True)
+        if mode == "with":
+            hookpack_install.start_hook_server(node)
+        else:
+            hookpack_install.stop_hook_server(node)
         entries = lab.run_on(node, ["sh", "-c", "ls /etc/ganeti/hooks/*.d | grep -c hookpack"])
         count = int(entries.stdout.strip() or 0)
         if (count > 0) != on:
-            raise SystemExit(f"{node.name}: {count} hookpack entries with hooks {on}")
+            raise SystemExit(f"{node.name}: {count} hookpack entries in mode {mode}")
 
 
 STOPWATCH = "/var/log/hookpack/hpbench-times"  # node-private in the lab
@@ -137,56 +147,56 @@ def seconds_in_hooks(lab: Lab) -> float:
     return sum(longest.values())
 
 
-def measure(lab: Lab, rounds: int) -> tuple[dict[tuple[str, bool], list[float]],
-                                            dict[tuple[str, bool], list[float]]]:
-    times: dict[tuple[str, bool], list[float]] = {(op, on): [] for op, _, _ in OPS
-                                                  for on in (False, True)}
-    hooks: dict[tuple[str, bool], list[float]] = {key: [] for key in times}
+Series = dict[tuple[str, str], list[float]]  # (operation, mode) -> one figure per round
+
+
+def measure(lab: Lab, rounds: int) -> tuple[Series, Series]:
+    times: Series = {(op, mode): [] for op, _, _ in OPS for mode in MODES}
+    hooks: Series = {key: [] for key in times}
     for node in lab.nodes:
         lab.run_on(node, ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"])
     lab.add_instance(INDEX, MASTER)
     lab.wait_guest(INST, instance_ip(INDEX), timeout=300)
     for r in range(rounds):
-        for on in ((False, True) if r % 2 == 0 else (True, False)):
-            set_hooks(lab, on)
+        for mode in MODES[r % 3:] + MODES[:r % 3]:
+            set_mode(lab, mode)
             set_stopwatches(lab, True)
             for label, argv, boots in OPS:
                 start = time.monotonic()
                 lab.gnt(*argv)
-                times[(label, on)].append(time.monotonic() - start)
-                hooks[(label, on)].append(seconds_in_hooks(lab))
+                times[(label, mode)].append(time.monotonic() - start)
+                hooks[(label, mode)].append(seconds_in_hooks(lab))
                 if boots:
                     lab.wait_guest(INST, instance_ip(INDEX), timeout=300)
-            print(f"round {r + 1}/{rounds} hooks {'on ' if on else 'off'}: " + ", ".join(
-                f"{label} {times[(label, on)][-1]:.2f} s ({1000 * hooks[(label, on)][-1]:.0f} "
+            print(f"round {r + 1}/{rounds} {mode:8}: " + ", ".join(
+                f"{label} {times[(label, mode)][-1]:.2f} s ({1000 * hooks[(label, mode)][-1]:.0f} "
                 "ms in hooks)" for label, _, _ in OPS), flush=True)
     return times, hooks
 
 
-def report(times: dict[tuple[str, bool], list[float]],
-           hooks: dict[tuple[str, bool], list[float]], rounds: int,
-           results: Results) -> None:
+def report(times: Series, hooks: Series, rounds: int, results: Results) -> None:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     print(f"\nganeti ops cost, median of {rounds} rounds per mode, interleaved; commit {commit}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load "
           f"{os.getloadavg()[0]:.1f}")
     print(f"{'operation':10} {'without':>9} {'with':>9} {'added':>9} {'%':>7} "
-          f"{'in hooks without / with':>24}   spread without / with (max - min)")
+          f"{'no server':>10} {'added':>9}   in hooks without / with / no server")
     for label, _, _ in OPS:
-        off = statistics.median(times[(label, False)])
-        on = statistics.median(times[(label, True)])
-        spread = [max(times[(label, m)]) - min(times[(label, m)]) for m in (False, True)]
-        results.add(f"{label}_without_s", off)
-        results.add(f"{label}_with_s", on)
-        results.add(f"{label}_added_ms", 1000 * (on - off))
-        results.add(f"{label}_added_pct", 100 * (on - off) / off)
-        in_hooks = [1000 * statistics.median(hooks[(label, m)]) for m in (False, True)]
-        results.add(f"{label}_in_hooks_without_ms", in_hooks[0])
-        results.add(f"{label}_in_hooks_with_ms", in_hooks[1])
-        print(f"{label:10} {off:8.2f}s {on:8.2f}s {1000 * (on - off):+7.0f}ms "
-              f"{100 * (on - off) / off:+6.1f}% {in_hooks[0]:12.0f}ms / {in_hooks[1]:.0f}ms"
-              f"   {spread[0]:.2f}s / {spread[1]:.2f}s")
+        med = {mode: statistics.median(times[(label, mode)]) for mode in MODES}
+        off = med["without"]
+        for mode in MODES:
+            results.add(f"{label}_{mode}_s", med[mode])
+            results.add(f"{label}_in_hooks_{mode}_ms",
+                        1000 * statistics.median(hooks[(label, mode)]))
+        for mode, key in (("with", "added"), ("noserver", "noserver_added")):
+            results.add(f"{label}_{key}_ms", 1000 * (med[mode] - off))
+            results.add(f"{label}_{key}_pct", 100 * (med[mode] - off) / off)
+        in_hooks = " / ".join(f"{1000 * statistics.median(hooks[(label, m)]):.0f}"
+                              for m in MODES)
+        print(f"{label:10} {off:8.2f}s {med['with']:8.2f}s {1000 * (med['with'] - off):+7.0f}ms "
+              f"{100 * (med['with'] - off) / off:+6.1f}% {med['noserver']:9.2f}s "
+              f"{1000 * (med['noserver'] - off):+7.0f}ms   {in_hooks} ms")
 
 
 def main() -> None:

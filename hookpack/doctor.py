@@ -46,7 +46,7 @@ def run_checks(cfg: Config) -> list[Check]:
     checks = [ganeti_version(paths), node_name_check(cfg, paths), kvm_dir_check(paths),
               *hooks_installed(paths), entry_facts_check(cfg, paths),
               *config_checks(cfg), *secret_checks(cfg), *qmp_checks(paths), numa_check(cfg, paths),
-              outbox_check(paths), *unit_checks(cfg)]
+              outbox_check(paths), hook_server_check(paths), *unit_checks(cfg)]
     for spec in registry.ACTIONS:
         if not cfg.section_enabled(spec.section, spec.enabled_by_default):
             continue
@@ -375,6 +375,22 @@ def _reserved_problem(cfg: Config, topo: Topology) -> str:
 
 
 OUTBOX_STALE_S = 3600.0
+
+
+def hook_server_check(paths: Paths) -> Check:
+    """Is a hook server taking the hook runs (hookpack/hookserver.py)? Without it they
+    still run, each in a Python of its own: slower, not broken."""
+    from hookpack.entryscript import SERVER_SOCKET
+    from hookpack.hookserver import serving_pid
+
+    socket = paths.run_dir / SERVER_SOCKET
+    pid = serving_pid(socket)
+    if pid is not None and socket.is_socket():
+        return Check("hook server", PASS, f"serving {socket} (pid {pid})")
+    return Check("hook server", WARN, f"not running ({socket}): each hook run with work starts "
+                 "a Python of its own",
+                 "systemctl enable --now hookpack-hook-server.service (the role does, "
+                 "hookpack_enable_hook_server)")
 
 
 def outbox_check(paths: Paths, now: float | None = None) -> Check:

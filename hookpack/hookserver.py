@@ -54,8 +54,7 @@ MAGIC = b"hookpack-hook-1"
 MAX_REQUEST = 1 << 20  # an environment of Ganeti's is a few KiB
 ACK_TIMEOUT = 2.0  # seconds the client waits for "ok" (the same figure is in BOOTSTRAP)
 GO_TIMEOUT = 5.0
-# Modules never imported ahead: `python -m hookpack` would run the CLI.
-NOT_WARMED = ("hookpack.__main__",)
+STALE_CHECK = 10.0  # seconds between looks at the install while no hook comes
 
 
 class _Stop(Exception):
@@ -131,7 +130,7 @@ def warm_up(out: Callable[[str], None]) -> int:
     """Import every hookpack module now, so no hook run pays for it; returns the count."""
     count = 0
     for info in pkgutil.walk_packages(hookpack.__path__, "hookpack."):
-        if info.name in NOT_WARMED:
+        if info.name.endswith(".__main__"):  # importing it runs the CLI
             continue
         try:
             importlib.import_module(info.name)
@@ -183,15 +182,22 @@ def serve(path: Path, *, out: Callable[[str], None] = print,
     out(f"hook-server: serving {path} (pid {os.getpid()}, {count} modules imported ahead)")
     if ready:
         ready()
+    listener.settimeout(STALE_CHECK)
     try:
         while True:
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                if identity.stale():
+                    stopping.append(signal.SIGHUP)
+                    break
+                continue
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     time.sleep(0.1)
                     continue
                 raise
+            conn.setblocking(True)
             try:
                 _fork_supervisor(conn, listener, identity)
             finally:
@@ -215,7 +221,25 @@ def _single_instance(path: Path) -> int:
     except OSError:
         os.close(fd)
         raise OSError(errno.EADDRINUSE, f"another hook server holds {path}.lock") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, b"%d\n" % os.getpid())  # who serves: `doctor`, and the lab's restart
     return fd
+
+
+def serving_pid(path: Path) -> int | None:
+    """The pid of the server holding ``path``'s lock, or None when none does."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)
+    return None  # the lock was free: nobody serves
 
 
 def _unlink_if_ours(path: Path, inode: int) -> None:

@@ -8,7 +8,9 @@ way the Ansible role decides (docs/ansible.md):
   when shaping is enabled;
 - ``hookpack-outbox-flush.timer``: when announce is enabled (it queues to the outbox);
 - ``hookpack-jobwatch.service``: on the master and every master candidate
-  (``ssconf_master_candidates``) while global hooks are enabled.
+  (``ssconf_master_candidates``) while global hooks are enabled;
+- ``hookpack-hook-server.service`` is optional (hooks run without it, slower): reported
+  when installed, and `doctor`'s "hook server" check says whether one serves.
 
 A unit that is expected fails the check when it is missing, disabled or failed; a unit
 that is not expected is only reported when it failed. Hosts without systemd as init
@@ -28,7 +30,8 @@ from hookpack.roles import normalize_host, system_fqdn
 
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 ALL_UNITS = ("hookpack-shaping.service", "hookpack-shaping-reconcile.timer",
-             "hookpack-outbox-flush.timer", "hookpack-jobwatch.service")
+             "hookpack-outbox-flush.timer", "hookpack-jobwatch.service",
+             "hookpack-hook-server.service")
 PROPERTIES = ("Id", "LoadState", "UnitFileState", "ActiveState", "SubState")
 TIMEOUT_S = 10.0
 

@@ -131,7 +131,8 @@ def test_installed_hooks_run_under_ganetis_rules(node):
 def test_units_pass_systemd_analyze_verify(node):
     _root, variables, _ = node
     units = sorted(Path(variables["hookpack_systemd_dir"]).glob("hookpack-*"))
-    assert [u.name for u in units] == ["hookpack-jobwatch.service",
+    assert [u.name for u in units] == ["hookpack-hook-server.service",
+                                       "hookpack-jobwatch.service",
                                        "hookpack-outbox-flush.service",
                                        "hookpack-outbox-flush.timer"]
     result = subprocess.run(["systemd-analyze", "verify", *map(str, units)],
@@ -203,7 +204,8 @@ def test_config_tag_pushes_the_config_alone_and_notifies_the_handlers(node, tmp_
     assert not {"Install the units", "Install the hook entries (only where they differ)",
                 "Run hookpack doctor"} & set(tasks), tasks
     handlers = re.findall(r"^RUNNING HANDLER \[hookpack : (.*?)\]", result.stdout, re.MULTILINE)
-    assert {"Restart the job watcher", "Re-apply shaping"} <= set(handlers), result.stdout
+    assert {"Restart the job watcher", "Restart the hook server",
+            "Re-apply shaping"} <= set(handlers), result.stdout
     # put the config back as the other tests left it
     assert play(root, "--tags", "hookpack_config").returncode == 0
     assert 'syslog_facility = "local3"' not in config.read_text()

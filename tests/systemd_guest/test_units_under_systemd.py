@@ -51,7 +51,8 @@ RECONCILE_S = 10
 OUTBOX_S = 5
 HANDLE = "4850:"
 UNITS = ("hookpack-shaping.service", "hookpack-shaping-reconcile.timer",
-         "hookpack-outbox-flush.timer", "hookpack-jobwatch.service")
+         "hookpack-outbox-flush.timer", "hookpack-jobwatch.service",
+         "hookpack-hook-server.service")
 
 FAKE_INSTANCE = f"""#!/bin/sh
 # test stand-in for a Ganeti instance start: bridge, uplink, the instance's tap
@@ -227,7 +228,7 @@ def test_role_rolls_out_with_debian_ansible_core(lab):
     out = lab.play("present")
     # hookpack doctor ran at the end and saw the units it expects here
     for unit in ("hookpack-shaping.service", "hookpack-shaping-reconcile.timer",
-                 "hookpack-jobwatch.service"):
+                 "hookpack-jobwatch.service", "hookpack-hook-server.service"):
         assert f"PASS unit {unit}: enabled, active" in out, re.findall(r"\w+ unit [^\"]*", out)
     for unit in UNITS:
         assert lab.sh(f"systemctl is-enabled {unit}").strip() == "enabled", unit
@@ -238,6 +239,27 @@ def test_role_rolls_out_with_debian_ansible_core(lab):
         "python3 -I -c 'import hookpack; print(hookpack.__file__)'")
     assert lab.sh(f"grep reconcile_interval {CONFIG}").strip() == \
         f"reconcile_interval = {RECONCILE_S}"
+
+
+def test_hook_runs_go_through_the_hook_server(lab):
+    """A global post script writes its cgroup: a run the server took is in the server's
+    unit's cgroup (its workers are its children), a run of the entry's own Python is not."""
+    env = ("env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin GANETI_HOOKS_VERSION=2 "
+           "GANETI_HOOKS_PHASE=post GANETI_HOOKS_PATH=instance-start "
+           f"GANETI_OP_CODE=OP_INSTANCE_STARTUP GANETI_INSTANCE_NAME={INSTANCE} "
+           f"GANETI_INSTANCE_PRIMARY={FQDN} GANETI_MASTER={FQDN} GANETI_DATA_DIR={DATA_DIR} ")
+    entry = "/etc/ganeti/hooks/instance-start-post.d/99-hookpack-global"
+    out = lab.sh("mkdir -p /etc/ganeti/hooks/global-post.d && printf '#!/bin/sh\\ncat "
+                 "/proc/self/cgroup > /tmp/hook-cgroup\\n' > /etc/ganeti/hooks/global-post.d/"
+                 f"10-cgroup && chmod 755 /etc/ganeti/hooks/global-post.d/10-cgroup && "
+                 f"{env} {entry} && cat /tmp/hook-cgroup && systemctl stop "
+                 f"hookpack-hook-server.service && {env} {entry} && cat /tmp/hook-cgroup; "
+                 "systemctl start hookpack-hook-server.service; "
+                 "rm -rf /etc/ganeti/hooks/global-post.d /tmp/hook-cgroup")
+    served, own = out.strip().split("\n")
+    assert "hookpack-hook-server.service" in served, out
+    assert "hookpack-hook-server.service" not in own, out
+    assert lab.sh("systemctl is-active hookpack-hook-server.service").strip() == "active"
 
 
 def test_units_follow_the_firewall_and_the_configured_paths(lab):
@@ -355,7 +377,8 @@ def test_boot_unit_restores_shaping_after_a_reboot(lab):
     shaping = int(lab.prop("hookpack-shaping.service", "ExecMainStartTimestampMonotonic"))
     assert 0 < nft < shaping
     assert "changed" in lab.sh("journalctl -b -u hookpack-shaping.service -o cat")
-    assert lab.sh("systemctl is-active hookpack-jobwatch.service").strip() == "active"
+    for unit in ("hookpack-jobwatch.service", "hookpack-hook-server.service"):
+        assert lab.sh(f"systemctl is-active {unit}").strip() == "active", unit
 
 
 def test_absent_stops_and_removes_everything(lab):

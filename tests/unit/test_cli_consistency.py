@@ -20,6 +20,7 @@ NO_JSON = {
     "metrics": "Prometheus' text format is the result",
     "config reference": "prints the Markdown reference",
     "jobwatch": "a daemon: its output is log lines",
+    "hook-server": "a daemon: its output is log lines",
 }
 
 

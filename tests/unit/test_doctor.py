@@ -15,6 +15,7 @@ from hookpack.hooksinstall import install
 from hookpack.outbox import Outbox, event_id, now_ms
 from hookpack.roles import system_fqdn
 from tests.helpers.fakehost import write_sysfs
+from tests.unit.test_hookserver import Server
 
 
 def _doctor(config_path):
@@ -41,14 +42,22 @@ def _ready(tmp_path, config=None):
 def test_ready_node_passes(tmp_path, write_config):
     config = write_config()
     _ready(tmp_path, config)
-    checks = _doctor(config)
+    server = Server(config, tmp_path / "run_dir")  # as the role's unit runs it
+    try:
+        checks = _doctor(config)
+    finally:
+        server.stop()
     assert {name: c.status for name, c in checks.items()} == {
         "ganeti": PASS, "node-name": PASS, "paths": PASS, "hooks": PASS, "hook-facts": PASS,
         "hook-names": PASS, "config-mode": PASS, "config": PASS, "secrets": PASS, "qmp": PASS,
-        "numa": PASS, "outbox": PASS,
+        "numa": PASS, "outbox": PASS, "hook server": PASS,
         "units": PASS}  # no systemd as PID 1 here: "not a systemd host"
     assert checks["ganeti"].message == "Ganeti 3.0.2"
     assert checks["qmp"].message.startswith("no running instance")
+    assert checks["hook server"].message == (
+        f"serving {tmp_path / 'run_dir/hookserver.sock'} (pid {server.pid})")
+    check = _doctor(config)["hook server"]  # stopped: hooks still run, each in its own Python
+    assert check.status == WARN and check.message.startswith("not running"), check
 
 
 def test_entry_with_missing_interpreter_or_not_executable_fails(tmp_path, write_config):

@@ -37,7 +37,8 @@ def render(name: str, venv: Path, **overrides: object) -> str:
 
 
 def test_the_role_ships_every_unit():
-    assert UNITS == ["hookpack-jobwatch.service", "hookpack-outbox-flush.service",
+    assert UNITS == ["hookpack-hook-server.service", "hookpack-jobwatch.service",
+                     "hookpack-outbox-flush.service",
                      "hookpack-outbox-flush.timer", "hookpack-shaping-reconcile.service",
                      "hookpack-shaping-reconcile.timer", "hookpack-shaping.service"]
 
