@@ -162,8 +162,7 @@ def bind(path: Path) -> socket.socket:
     return listener
 
 
-def serve(path: Path, *, out: Callable[[str], None] = print,
-          ready: Callable[[], None] | None = None) -> int:
+def serve(path: Path, *, out: Callable[[str], None] = print) -> int:
     lock = _single_instance(path)
     count = warm_up(out)
     identity = Identity()
@@ -180,8 +179,6 @@ def serve(path: Path, *, out: Callable[[str], None] = print,
         signal.signal(signum, stop)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors reap themselves
     out(f"hook-server: serving {path} (pid {os.getpid()}, {count} modules imported ahead)")
-    if ready:
-        ready()
     listener.settimeout(STALE_CHECK)
     try:
         while True:
@@ -199,7 +196,7 @@ def serve(path: Path, *, out: Callable[[str], None] = print,
                 raise
             conn.setblocking(True)
             try:
-                _fork_supervisor(conn, listener, identity)
+                _fork_supervisor(conn, (listener.fileno(), lock), identity)
             finally:
                 conn.close()
     except _Stop:
@@ -250,7 +247,10 @@ def _unlink_if_ours(path: Path, inode: int) -> None:
         pass
 
 
-def _fork_supervisor(conn: socket.socket, listener: socket.socket, identity: Identity) -> None:
+def _fork_supervisor(conn: socket.socket, servers_fds: tuple[int, int],
+                     identity: Identity) -> None:
+    """Fork the run's supervisor; it leaves the listener and the server's lock behind
+    (a run still going must not keep a restarted server from taking them)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     try:
@@ -261,12 +261,23 @@ def _fork_supervisor(conn: socket.socket, listener: socket.socket, identity: Ide
         return
     code = 1
     try:
-        listener.close()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for fd in servers_fds:
+            os.close(fd)
+        _detach_from_servers_streams()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         code = supervise(conn, identity)
     finally:
         os._exit(code)
+
+
+def _detach_from_servers_streams() -> None:
+    """The supervisor writes nothing; it must not hold the server's stdout (the journal,
+    or a pipe someone reads to its end) for as long as a run lasts."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def supervise(conn: socket.socket, identity: Identity) -> int:

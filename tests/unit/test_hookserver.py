@@ -277,3 +277,34 @@ def test_identity_sees_a_replaced_file_and_another_interpreter_dir(tmp_path):
     (tmp_path / "__init__.py").unlink()
     (tmp_path / "__init__.py").write_text("")
     assert identity.stale()
+
+
+def test_a_server_restarted_while_a_run_is_under_way_comes_up_and_the_run_finishes(
+        hooks, server_for, post_env, tmp_path):
+    """As `systemctl restart` with KillMode=process: the old server stops, its run goes on
+    and ends well, the new server takes the lock and the socket at once."""
+    import threading
+
+    root = hooks(NODE1)
+    directory = root / "global-post.d"
+    directory.mkdir()
+    started = tmp_path / "started"
+    script = directory / "10-slow"
+    script.write_text(f"#!/bin/sh\ntouch {started}\nsleep 10\necho slow run done >&2\n")
+    script.chmod(0o755)
+    first = server_for(tmp_path / "hookpack.toml")
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(
+        run_hooks(root, "disk-grow", "post", post_env)))
+    runner.start()
+    give_up = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < give_up
+        time.sleep(0.05)
+    assert "hook-server: stopped" in first.stop()
+    second = server_for(tmp_path / "hookpack.toml")  # waits for its socket: up at once
+    assert runner.is_alive()  # the first server's run is still going
+    runner.join(timeout=60)
+    entry = _global_entry(results)
+    assert entry.status == "success" and "slow run done" in entry.output, entry.output
+    assert second.proc.poll() is None
