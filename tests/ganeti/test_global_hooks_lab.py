@@ -1,6 +1,7 @@
 """Global hooks on the real Ganeti 3.0.2 lab: the synchronous entries around a
-grow-disk on every node, and `hookpack jobwatch` on the master for an error, an
-opcode without hooks, a job whose process is killed, and a watcher restart."""
+grow-disk on every node (run by each node's hook server), and `hookpack jobwatch` on the
+master for an error, an opcode without hooks, a job whose process is killed, and a
+watcher restart."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmtestbed.ganeti.hookpack_install import VENV
+from vmtestbed.ganeti.hookpack_install import HOOK_SERVER_SOCKET, VENV
 from vmtestbed.ganeti.layout import instance_name
 
 from tests.ganeti.hooktable import expected_nodes
@@ -30,8 +31,14 @@ CURSOR = "/var/lib/hookpack/jobwatch.json"
 SLOW = "/var/log/hookpack/global-slow"  # while it exists, each report takes 2 s more
 SCRIPT = f"""#!/usr/bin/python3
 import json, os, socket, time
+pid, ancestors = os.getppid(), []
+while pid > 1:
+    ancestors.append(pid)
+    with open(f"/proc/{{pid}}/status") as status:
+        pid = int(next(l for l in status if l.startswith("PPid:")).split()[1])
 with open({REPORTS!r}, "a") as f:
-    f.write(json.dumps({{"node": socket.gethostname(), "env": dict(os.environ)}}) + "\\n")
+    f.write(json.dumps({{"node": socket.gethostname(), "env": dict(os.environ),
+                        "ancestors": ancestors}}) + "\\n")
 if os.path.exists({SLOW!r}):
     time.sleep(2)
 """
@@ -150,10 +157,14 @@ def test_grow_disk_runs_global_hooks_around_its_own_on_every_node(lab):
     want = expected_nodes("disk-grow", master=MASTER, primary="node2.example.test")
     seen: dict[str, set[str]] = {"pre": set(), "post": set()}
     for node in lab.nodes:
+        # the lab runs the hook server on every node (vmtestbed.ganeti.hookpack_install)
+        server = int(lab.run_on(node, ["cat", f"{HOOK_SERVER_SOCKET}.lock"],
+                                check=True).stdout)
         for r in reports(lab, node.name):
             env = r["env"]
             if env.get("GANETI_HOOKS_PATH") != "disk-grow" or "GANETI_OP_STATUS" in env:
                 continue
+            assert server in r["ancestors"], (node.name, server, r["ancestors"])
             assert env["GANETI_INSTANCE_NAME"] == INST
             phase = env["GANETI_HOOKS_PHASE"]
             seen[phase].add(r["node"])
