@@ -149,12 +149,14 @@ def test_rollout_converges_and_a_second_run_changes_nothing(rollout: Rollout, be
                                    f"{ar.LAB_PATHS['hookpack_config_dir']}/hookpack.toml"])
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         # no systemd as PID 1 in the lab: the unit files are installed, nothing enabled;
-        # jobwatch on every master candidate (the role reads ssconf_master_candidates)
+        # jobwatch on every master candidate (the role reads ssconf_master_candidates),
+        # the hook server on every node
         units = sorted(p.name for p in lab.node_file(node, "/var/lib/hookpack/systemd").iterdir())
-        expected = ["hookpack-outbox-flush.service", "hookpack-outbox-flush.timer"]
+        expected = ["hookpack-hook-server.service", "hookpack-outbox-flush.service",
+                    "hookpack-outbox-flush.timer"]
         candidates = lab.node_file(node, "/var/lib/ganeti/ssconf_master_candidates")
         if node == MASTER or node in candidates.read_text().split():
-            expected.insert(0, "hookpack-jobwatch.service")
+            expected.insert(1, "hookpack-jobwatch.service")
         assert units == expected, (node, units)
     assert "Enable and start the units" in first.stdout  # listed, skipped: not systemd
 
