@@ -341,9 +341,13 @@ def _run_worker(request: Request, fds: list[int]) -> bytes:
     """Fork the worker, wait for its answer up to the entry's limit; what to tell the client."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        os._exit(_worker(request, fds, write_end))
+    if pid == 0:  # the worker: never returns
+        code = 1
+        try:
+            os.close(read_end)
+            code = _worker(request, fds, write_end)
+        finally:
+            os._exit(code)
     os.close(write_end)
     answer, status = _await(pid, read_end, request.limit)
     os.close(read_end)
@@ -355,22 +359,30 @@ def _run_worker(request: Request, fds: list[int]) -> bytes:
 
 
 def _await(pid: int, read_end: int, limit: float) -> tuple[bytes, int | None]:
-    """The worker's answer and exit status; (b"", None) when it was killed at ``limit``."""
-    chunks: list[bytes] = []
+    """The worker's answer (one line) and exit status; (b"", None) when it was killed at
+    ``limit``. The line ends the reading, not the pipe's end: a child the worker forked
+    may still hold the pipe."""
+    answer = b""
     give_up = time.monotonic() + limit
-    while True:
+    while not answer.endswith(b"\n"):
         left = give_up - time.monotonic()
         if left <= 0 or not select.select([read_end], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return b"", None
+            return _kill(pid)
         chunk = os.read(read_end, 65536)
         if not chunk:
             break
-        chunks.append(chunk)
+        answer += chunk
+    # The worker ends right after its answer (os._exit); the supervisor's alarm bounds
+    # this wait should it not.
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    return b"".join(chunks), code if code >= 0 else 128 - code  # killed: as a shell says
+    return answer.rstrip(b"\n"), code if code >= 0 else 128 - code  # killed: as a shell says
+
+
+def _kill(pid: int) -> tuple[bytes, None]:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return b"", None
 
 
 def _worker(request: Request, fds: list[int], answer_fd: int) -> int:
@@ -389,7 +401,7 @@ def _worker(request: Request, fds: list[int], answer_fd: int) -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed stream: the answer still goes back
             stream.flush()
-    os.write(answer_fd, result.encode("utf-8", "replace"))
+    os.write(answer_fd, " ".join(result.split()).encode("utf-8", "replace") + b"\n")
     return 0
 
 

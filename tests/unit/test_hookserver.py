@@ -253,6 +253,25 @@ def test_the_supervisor_kills_a_worker_at_the_entrys_limit():
         os.waitpid(pid, os.WNOHANG)  # killed and reaped
 
 
+def test_the_answer_line_ends_the_wait_while_a_child_of_the_worker_holds_the_pipe():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            if os.fork() == 0:  # the worker's own child, still holding the pipe
+                time.sleep(3)
+                os._exit(0)
+            os.write(write_end, b"0\n")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    start = time.monotonic()
+    assert _await(pid, read_end, 30) == (b"0", 0)
+    assert time.monotonic() - start < 2.5  # not the grandchild's 3 s, nor the limit
+    os.close(read_end)
+
+
 def test_requests_are_parsed_strictly():
     good = b"\0".join([b"hookpack-hook-1", b"/usr/bin/python3", b"actions", b"", b"40",
                        b"22", b"/", b"1", b"/x/50-hookpack", b"A=1", b"B=x=y"])
