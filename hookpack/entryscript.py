@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hookpack.config import CORE_SCHEMA
+
 # Python run by the entry (`python -I -S -c BOOTSTRAP mark kind config server limit entry`).
 # With -S it starts in a third of the time; when a hook server answers on `server`
 # (hookpack/hookserver.py) it only hands the run over, with no import beyond `_socket`;
@@ -93,7 +95,7 @@ finish(result)
 """
 
 SERVER_SOCKET = "hookserver.sock"  # in paths.run_dir
-DEFAULT_SERVER = "/run/hookpack/" + SERVER_SOCKET
+DEFAULT_SERVER = f"{CORE_SCHEMA['paths']['run_dir'].default}/{SERVER_SOCKET}"
 # The schema's largest hook.deadline (hookpack/config.py).
 MAX_DEADLINE = 600.0
 

@@ -45,6 +45,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import hookpack
@@ -61,19 +62,16 @@ class _Stop(Exception):
     pass
 
 
+@dataclass(frozen=True)
 class Request:
-    __slots__ = ("argv", "config", "cwd", "env", "interpreter", "kind", "limit", "umask")
-
-    def __init__(self, interpreter: bytes, kind: str, config: str, limit: float, umask: int,
-                 cwd: bytes, argv: list[bytes], env: list[tuple[bytes, bytes]]) -> None:
-        self.interpreter = interpreter
-        self.kind = kind
-        self.config = config
-        self.limit = limit
-        self.umask = umask
-        self.cwd = cwd
-        self.argv = argv
-        self.env = env
+    interpreter: bytes
+    kind: str
+    config: str
+    limit: float
+    umask: int
+    cwd: bytes
+    argv: list[bytes]
+    env: list[tuple[bytes, bytes]]
 
 
 def parse_request(data: bytes) -> Request | None:
