@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.results import Results, read_result, result_line  # noqa: E402
+from bench.results import Results, result_line, run_inner_in_guest  # noqa: E402
 from tests.helpers.guestpytest import GUEST_PYTEST  # noqa: E402
 
 RUNS = 5
@@ -54,21 +54,14 @@ def main() -> None:
     if "--inner" in sys.argv:
         inner()
         return
-    sys.path.insert(0, str(REPO / "vm-testbed"))
-    from vmtestbed.hostguest import run_in_guest
-
-    run = run_in_guest([sys.executable, str(Path(__file__).resolve()), "--inner"],
-                       cwd=REPO, modules=(), env={"PYTHONPATH": str(REPO)}, timeout=900)
-    print(run.output.strip())
-    print(f"(in the hostguest: TCG, 2 vCPUs; whole guest run {run.total:.0f} s)")
-    figures = read_result(run.output)
-    if run.rc == 0 and figures:
+    rc, figures = run_inner_in_guest(Path(__file__), "TCG, 2 vCPUs")
+    if rc == 0 and figures:
         results = Results("guest_pytest_start", runs=RUNS, statistic="median",
                           suites=list(SUITES), where="hostguest, TCG, 2 vCPUs")
         for key, value in figures.items():
             results.add(key, value)
         results.save()
-    sys.exit(run.rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

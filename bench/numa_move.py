@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.results import Results, read_result, result_line  # noqa: E402
+from bench.results import Results, result_line, run_inner_in_guest  # noqa: E402
 from hookpack.actions.pinning.memory import node_usage  # noqa: E402
 
 RUNS = 7
@@ -101,23 +101,15 @@ def main() -> None:
     if "--inner" in sys.argv:
         inner()
         return
-    sys.path.insert(0, str(REPO / "vm-testbed"))
-    from vmtestbed.hostguest import run_in_guest
-
-    run = run_in_guest([sys.executable, str(Path(__file__).resolve()), "--inner"],
-                       cwd=REPO, vcpus=2, memory_mib=2048, numa_nodes=2, modules=(),
-                       env={"PYTHONPATH": str(REPO)}, timeout=900)
-    print(run.output.strip())
-    print(f"(in the hostguest: TCG, 2 NUMA nodes x 1 vCPU x 1024 MiB; whole guest run "
-          f"{run.total:.0f} s)")
-    figures = read_result(run.output)
-    if run.rc == 0 and figures:
+    rc, figures = run_inner_in_guest(Path(__file__), "TCG, 2 NUMA nodes x 1 vCPU x 1024 MiB",
+                                     vcpus=2, memory_mib=2048, numa_nodes=2)
+    if rc == 0 and figures:
         results = Results("numa_move", runs=RUNS, mib=MIB, statistic="median",
                           where="hostguest, TCG, 2 NUMA nodes")
         for key, value in figures.items():
             results.add(key, value)
         results.save()
-    sys.exit(run.rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

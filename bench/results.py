@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,3 +100,17 @@ def read_result(output: str) -> Any | None:
     """The last RESULT line's value in a run's output, None when there is none."""
     lines = [x for x in output.splitlines() if x.startswith(RESULT_PREFIX)]
     return json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else None
+
+
+def run_inner_in_guest(script: Path, where: str, **guest: Any) -> tuple[int, Any | None]:
+    """Run ``script --inner`` in the hostguest (vmtestbed.hostguest.run_in_guest, with
+    ``guest`` for its size), print its output; (its exit code, its RESULT figures)."""
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "vm-testbed"))
+    from vmtestbed.hostguest import run_in_guest
+
+    run = run_in_guest([sys.executable, str(script.resolve()), "--inner"], cwd=repo,
+                       modules=(), env={"PYTHONPATH": str(repo)}, timeout=900, **guest)
+    print(run.output.strip())
+    print(f"(in the hostguest: {where}; whole guest run {run.total:.0f} s)")
+    return run.rc, read_result(run.output)

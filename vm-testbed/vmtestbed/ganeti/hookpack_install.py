@@ -65,31 +65,39 @@ HOOK_SERVER_LOG = "/var/log/hookpack/hook-server.log"
 
 def start_hook_server(node: Node, venv: Path = VENV, timeout: float = 60) -> int:
     """(Re)start `hookpack hook-server` in the node, as the role's unit runs it on a
-    systemd node; returns its pid. The one this lab started before is stopped first (its
-    pid from the server's lock file); the lab's `down` kills it with the node."""
-    stop_hook_server(node, timeout)
+    systemd node; returns its pid. The one serving before is stopped first; the lab's
+    `down` kills it with the node."""
+    stop_hook_server(node, venv, timeout)
     node.run(["sh", "-c", f"mkdir -p {Path(HOOK_SERVER_LOG).parent} && setsid -f "
                           f"{venv / 'bin/hookpack'} hook-server >>{HOOK_SERVER_LOG} 2>&1 "
                           "</dev/null"], check=True)
-    probe = ("import socket, sys, time\n"
-             "end = time.monotonic() + float(sys.argv[2])\n"
-             "while True:\n"
-             "    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
-             "    try:\n"
-             "        s.connect(sys.argv[1]); break\n"
-             "    except OSError:\n"
-             "        if time.monotonic() > end: sys.exit('hook server did not come up')\n"
-             "        time.sleep(0.05)\n"
-             "print(open(sys.argv[1] + '.lock').read().strip())\n")
-    out = node.run(["/usr/bin/python3", "-c", probe, HOOK_SERVER_SOCKET, str(timeout)],
-                   check=True, timeout=timeout + 10)
-    return int(out.stdout.strip())
+    return int(_server_pid(node, venv, "up", timeout))
 
 
-def stop_hook_server(node: Node, timeout: float = 60) -> None:
-    """Stop the hook server this lab started in the node, if one runs (its pid from its
-    lock file, checked to be a hook server's)."""
-    node.run(["sh", "-c", f"pid=$(cat {HOOK_SERVER_SOCKET}.lock 2>/dev/null) && "
-                          "grep -qa hook-server /proc/$pid/cmdline 2>/dev/null && "
-                          "kill $pid && while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
-                          "true"], check=True, timeout=timeout)
+def stop_hook_server(node: Node, venv: Path = VENV, timeout: float = 60) -> None:
+    """Stop the hook server serving in the node, if one does."""
+    _server_pid(node, venv, "down", timeout)
+
+
+# hookpack's own answer to "who serves" (the pid holding the socket's lock, the same
+# reading as `hookpack doctor`): wait until one does ("up", printing its pid), or stop it
+# and wait until none does ("down").
+_SERVER_PID = """\
+import os, signal, sys, time
+from pathlib import Path
+from hookpack.hookserver import serving_pid
+sock, want, end = Path(sys.argv[1]), sys.argv[2], time.monotonic() + float(sys.argv[3])
+if want == "down" and (pid := serving_pid(sock)):
+    os.kill(pid, signal.SIGTERM)
+while (serving_pid(sock) is None or not sock.is_socket()) == (want == "up"):
+    if time.monotonic() > end:
+        sys.exit(f"hook server not {want} after {sys.argv[3]} s")
+    time.sleep(0.05)
+print(serving_pid(sock) or "")
+"""
+
+
+def _server_pid(node: Node, venv: Path, want: str, timeout: float) -> str:
+    out = node.run([str(venv / "bin/python"), "-c", _SERVER_PID, HOOK_SERVER_SOCKET, want,
+                    str(timeout)], check=True, timeout=timeout + 10)
+    return out.stdout.strip()
