@@ -24,6 +24,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from vmtestbed import netbox as vmtestbed_netbox
 
 import hookpack.emulator
 
@@ -34,6 +35,8 @@ SECRETS: dict[str, str] = {
     "webhook hmac key": "hmac-sEcReT-kEy-456",  # receivers.HMAC_KEY
     "powerdns api key": "test-api-key-123",  # vm-testbed/vmtestbed/pdns.py default
     "netbox token": "0123456789abcdef0123456789abcdef01234567",  # netbox_fake default
+    "real netbox v1 token": vmtestbed_netbox.TOKEN,  # the real NetBox's (vmtestbed.netbox)
+    "real netbox v2 secret": vmtestbed_netbox.TOKEN_V2_SECRET,
     "reliability webhook secret": "fuzz-webhook-secret-0001",  # tests/reliability
     "reliability pdns key": "rel-pdns-KEY-secret-77",  # tests/reliability
 }

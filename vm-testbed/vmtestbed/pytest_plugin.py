@@ -8,6 +8,9 @@ Register with ``pytest_plugins = ["vmtestbed.pytest_plugin"]`` in a conftest.
   ``netnode``.
 - ``boot_guest``: ``boot_guest(name=None, **start_instance_kwargs)`` boots a guest
   with one NIC and one 64 MiB file disk unless told otherwise.
+- ``netbox_server`` (session): a real NetBox 4.7 on loopback in the host's namespaces
+  (:func:`vmtestbed.netbox.running_netbox`), shared by every test that asks for it:
+  give the objects you create names of your own. The first use builds the cached tree.
 - ``leak_baseline`` (session, autouse): snapshot of testbed objects when the
   session starts; at its end anything new of this process is an error.
 
@@ -30,6 +33,7 @@ from vmtestbed import host, leaks
 from vmtestbed.disks import DiskSpec, FileDisk
 from vmtestbed.guest import GuestImage, build_guest_image
 from vmtestbed.kvmnode import KvmNode, NicSpec, RunningInstance
+from vmtestbed.netbox import NetBox, running_netbox
 from vmtestbed.netnode import NetNode
 
 BootGuest = Callable[..., RunningInstance]
@@ -60,6 +64,12 @@ def leak_baseline() -> Iterator[leaks.Snapshot]:
 @pytest.fixture(scope="session")
 def guest_image() -> GuestImage:
     return build_guest_image()
+
+
+@pytest.fixture(scope="session")
+def netbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetBox]:
+    with running_netbox(tmp_path_factory.mktemp("netbox")) as server:
+        yield server
 
 
 @pytest.fixture
