@@ -68,7 +68,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("dns", "hookpack.actions.dns.action", ("instance-add", "instance-rename",
                "instance-remove", "instance-modify"), ("post",), ("master",), "dns", cli=True),
     ActionSpec("netbox", "hookpack.actions.netbox.action", ("instance-add", "instance-rename",
-               "instance-remove", "instance-modify"), ("post",), ("master",), "netbox"),
+               "instance-remove", "instance-modify"), ("post",), ("master",), "netbox", cli=True),
     ActionSpec("announce", "hookpack.actions.announce.action", ("instance-migrate",
                "instance-failover"), ("pre", "post"), ("master",), "announce", cli=True),
     # instance-add too: an instance added with --start gets no instance-start hook.

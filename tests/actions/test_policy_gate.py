@@ -7,7 +7,8 @@ hook entry run in an empty network namespace (`unshare -n`, loopback down), wher
 API's host name cannot be resolved and no packet leaves. An unexpected exception and a
 check that ignores its own timeout cannot be produced by a real server: those two are
 injected in process (monkeypatched), and the tests say so. NetBox: the local FAKE
-(tests/helpers/netbox_fake.py; NetBox cannot run on this machine this session).
+(tests/helpers/netbox_fake.py) for a NetBox that stalls, which a real one does not do on
+demand.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def test_a_gate_that_never_started_before_the_deadline(write_config, monkeypatch
 def test_netbox_timeout_vetoes_when_closed_and_a_completed_check_allows(
         policy_hooks):  # noqa: F811
     with FakeNetBox() as netbox:  # a FAKE NetBox: see tests/helpers/netbox_fake.py
-        netbox.add("virtualization/clusters", name="c1")
+        netbox.add("virtualization/clusters", name="cluster1.example.test")
         netbox.add("virtualization/virtual-machines", name=NAME, cluster=1)
         root = policy_hooks("netbox_require_known = true\nnetbox_fail_closed = true",
                             netbox_url=netbox.url, key=netbox.token)

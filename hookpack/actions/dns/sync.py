@@ -34,39 +34,37 @@ if TYPE_CHECKING:
 
     from hookpack.adapters.powerdns import Client, RRset
 
-GNT_INSTANCE_LIST = ["gnt-instance", "list", "--no-headers", "--separator=|",
-                     "-o", "name,nic.ips"]
-
-
 def ganeti_instances(run: Callable[..., Any] = subprocess.run) -> dict[str, list[str]]:
     """Instance name -> its valid NIC addresses, in NIC order, from Ganeti."""
-    try:
-        done = run(GNT_INSTANCE_LIST, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ActionError(f"cannot run gnt-instance list: {err}; run this on the master") \
-            from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ActionError(f"gnt-instance list failed ({last}); run this on the master")
-    return parse_instance_list(done.stdout)
+    from hookpack.gntlist import instance_rows
+
+    return instances_of(instance_rows(["name", "nic.ips"], run))
 
 
 def parse_instance_list(text: str) -> dict[str, list[str]]:
+    from hookpack.gntlist import split_rows
+
+    return instances_of(split_rows(text, 2))
+
+
+def instances_of(rows: list[list[str]]) -> dict[str, list[str]]:
     instances: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        name, _, field = line.partition("|")
-        ips: list[str] = []
-        for item in field.split(","):
-            try:
-                ip = str(ipaddress.ip_address(item.strip()))
-            except ValueError:
-                continue  # "-", "None", empty: a NIC without an address
-            if ip not in ips:
-                ips.append(ip)
-        instances[owner_name(name.strip())] = ips
+    for name, field in rows:
+        instances[owner_name(name)] = nic_addresses(field)
     return instances
+
+
+def nic_addresses(field: str) -> list[str]:
+    """The valid addresses of a ``nic.ips`` field, in NIC order, without repeats."""
+    ips: list[str] = []
+    for item in field.split(","):
+        try:
+            ip = str(ipaddress.ip_address(item.strip()))
+        except ValueError:
+            continue  # "-", "None", empty: a NIC without an address
+        if ip not in ips:
+            ips.append(ip)
+    return ips
 
 
 def wanted(rrset: RRset, owner: str, ips: list[str] | None) -> bool:

@@ -150,11 +150,13 @@ def _dns_conflict(ctx: ActionContext, name: str) -> str:
 
 def _netbox_unknown(ctx: ActionContext, name: str) -> str:
     from hookpack.actions.netbox import action as netbox
+    from hookpack.actions.netbox.client import find_cluster
 
     settings = ctx.config.section("netbox", netbox.SETTINGS)
     api = netbox.connect(settings, ctx, _check_timeout(ctx, settings["timeout"]))
-    if netbox.find_vm(api, name) is None:
-        return f"NetBox does not know a virtual machine named {name!r}"
+    cluster = netbox.cluster_name(settings, ctx.env.pre.get("CLUSTER"))
+    if netbox.find_vm(api, name, find_cluster(api, cluster)) is None:
+        return f"NetBox does not know a virtual machine named {name!r} in cluster {cluster!r}"
     return ""
 
 
