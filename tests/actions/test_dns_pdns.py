@@ -110,6 +110,18 @@ def test_modify_changes_the_address_and_moves_the_ptr(zones, dns_hooks):
     assert zones.rrsets(REV6, nibbles) == {}
 
 
+def test_modify_as_ganeti_sends_it_removes_the_old_ptr(zones, dns_hooks):
+    """Ganeti builds a modify's environment, pre and post, from the NICs after the change
+    (found in the real lab): the old address is known only from hookpack's A record."""
+    root = dns_hooks()
+    hook(root, "instance-add", NAME, ["198.51.100.21"])
+    line = hook(root, "instance-modify", NAME, ["198.51.100.23"])
+    assert ": changed: " in line, line
+    assert zones.rrsets(FWD, NAME + ".") == {"A": {"198.51.100.23"}}
+    assert zones.rrsets(REV4, ptr4(21)) == {}
+    assert zones.rrsets(REV4, ptr4(23)) == {"PTR": {NAME + "."}}
+
+
 def test_rename_moves_records(zones, dns_hooks):
     root = dns_hooks()
     hook(root, "instance-add", NAME, ["198.51.100.21"])

@@ -119,7 +119,7 @@ def test_add_rename_modify_remove_keep_powerdns_and_netbox_in_step(both):
     _in_step(lab, dns, nb, NAME, IP, (NAME, IP))
     vm_id = nb.vm(NAME)["id"]
 
-    _gnt(lab, "gnt-instance", "rename", "--no-ip-check", "--no-name-check", NAME, RENAMED)
+    _gnt(lab, "gnt-instance", "rename", "-f", "--no-ip-check", "--no-name-check", NAME, RENAMED)
     _in_step(lab, dns, nb, RENAMED, IP, (NAME, IP))
     assert nb.vm(RENAMED)["id"] == vm_id  # the same VM, renamed
 

@@ -218,11 +218,14 @@ def make_plan(client: Client, settings: Mapping[str, Any], old: str | None, new:
     plan = Plan()
     ttl = int(settings["ttl"])
     ours = {owner_name(n) for n in (old, new) if n}
+    recorded: list[str] = []  # addresses in hookpack's own A/AAAA records of the instance
     for name in dict.fromkeys(n for n in (new, old) if n):
         zone, rrsets = forward_addresses(client, settings, name, timeout())
         if zone is None:
             continue
         by_type = {r.type: r for r in rrsets}
+        recorded += [ip for r in rrsets if r.type in ("A", "AAAA") and r.owner() is not None
+                     and owner_name(r.owner() or "") in ours for ip in r.contents]
         wanted_here = owner_name(name) == owner_name(new) if new else False
         if wanted_here and "CNAME" in by_type:
             plan.conflicts.append(f"{name} is a CNAME hookpack did not create; left alone")
@@ -232,7 +235,9 @@ def make_plan(client: Client, settings: Mapping[str, Any], old: str | None, new:
                 if wanted_here else frozenset()
             _reconcile(plan, zone, fqdn(name), rtype, by_type.get(rtype), desired,
                        ttl, owner_name(new) if new else "", ours, Change)
-    for ip in dict.fromkeys([*new_ips, *old_ips]):
+    # Ganeti gives a modify's hooks only the new NICs: the old addresses' PTRs are found
+    # through the A/AAAA records hookpack wrote for the instance.
+    for ip in dict.fromkeys([*new_ips, *old_ips, *_valid_ips(recorded)]):
         rname = ptr_name(ip)
         zone = zone_for(rname, settings["reverse_zones"])
         if zone is None:
@@ -243,6 +248,18 @@ def make_plan(client: Client, settings: Mapping[str, Any], old: str | None, new:
         _reconcile(plan, zone, rname, "PTR", current, desired, ttl,
                    owner_name(new) if new else "", ours, Change)
     return plan
+
+
+def _valid_ips(texts: list[str]) -> list[str]:
+    import ipaddress
+
+    valid = []
+    for text in texts:
+        try:
+            valid.append(str(ipaddress.ip_address(text.strip())))
+        except ValueError:
+            continue
+    return valid
 
 
 def _reconcile(plan: Plan, zone: str, name: str, rtype: str, current: RRset | None,
