@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hookpack.config import Config
 from hookpack.deadline import Deadline
@@ -43,3 +43,17 @@ class ActionContext:
 
     def has_role(self, *roles: Role) -> bool:
         return bool(self.roles.intersection(roles))
+
+
+class Redactor(Protocol):
+    """Where a secret read for a request is registered so that no log line shows it."""
+
+    def redact(self, secret: str) -> None: ...
+
+
+class NoRedact:
+    """For the CLI commands and doctor, which log no secret."""
+
+    @staticmethod
+    def redact(secret: str) -> None:
+        return None

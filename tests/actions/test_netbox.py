@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from hookpack.actions.netbox.client import Writes, connect, find_cluster
+from hookpack.action import NoRedact
+from hookpack.actions.netbox.client import Writes, connect
 from hookpack.actions.netbox.reconcile import NicSpec, VmSpec
 from hookpack.actions.netbox.sync import spec_of_row, sync
 from hookpack.emulator import run_hooks
@@ -237,13 +238,7 @@ def test_bad_token_is_refused_cleanly(nb, nb_hooks, token_file):
 
 def _sync_writes(netbox_server, token_file, dry_run: bool) -> Writes:
     settings = {"url": netbox_server.url, "token_file": str(token_file), "timeout": 10.0}
-    return Writes(connect(settings, _Quiet(), 10.0), dry_run=dry_run)
-
-
-class _Quiet:
-    @staticmethod
-    def redact(secret: str) -> None:
-        return None
+    return Writes(connect(settings, NoRedact(), 10.0), dry_run=dry_run)
 
 
 SETTINGS = {"disk_unit": "MB", "interface_name": "eth{index}"}
@@ -258,7 +253,7 @@ def test_sync_dry_run_then_sync_then_nothing_and_gone_instances_removed(
          "198.51.100.101"]),
              "b.example.test": VmSpec("b.example.test", 1, 128, 64, False,
                                       (NicSpec(0, "AA:00:00:00:01:02", None),))}
-    cluster_id = find_cluster(_sync_writes(netbox_server, token_file, True).api, nb.cluster)
+    cluster_id = nb.cluster_id
     dry = _sync_writes(netbox_server, token_file, True)
     assert sync(dry, SETTINGS, specs, cluster_id, None) == []
     assert "created VM a.example.test" in dry.lines and \

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hookpack.action import ActionContext
+from hookpack.action import ActionContext, NoRedact, Redactor
 from hookpack.config import Field, add_config_arg
 from hookpack.errors import ActionError, ConfigError
 from hookpack.result import Outcome, Result
@@ -88,7 +88,7 @@ def _timeout(ctx: ActionContext) -> float:
     return min(float(ctx.settings["timeout"]), ctx.deadline.remaining() - DEADLINE_MARGIN)
 
 
-def make_client(settings: Mapping[str, Any], ctx: ActionContext) -> Client:
+def make_client(settings: Mapping[str, Any], ctx: Redactor) -> Client:
     from hookpack.adapters.powerdns import Client
     from hookpack.config import read_secret
 
@@ -140,14 +140,18 @@ def zone_for(name: str, zones: Iterable[str]) -> str | None:
 
 def instance_ips(instance: Instance | None) -> list[str]:
     """The instance's NIC addresses, normalized, invalid ones left out, in NIC order."""
+    return valid_addresses(nic.ip for nic in instance.nics) if instance else []
+
+
+def valid_addresses(texts: Iterable[str | None]) -> list[str]:
+    """The addresses among ``texts``, normalized, in order, without repeats ("-", "None"
+    and empty ones left out)."""
     import ipaddress
 
-    if instance is None:
-        return []
     found: list[str] = []
-    for nic in instance.nics:
+    for text in texts:
         try:
-            ip = str(ipaddress.ip_address((nic.ip or "").strip()))
+            ip = str(ipaddress.ip_address((text or "").strip()))
         except ValueError:
             continue
         if ip not in found:
@@ -237,7 +241,7 @@ def make_plan(client: Client, settings: Mapping[str, Any], old: str | None, new:
                        ttl, owner_name(new) if new else "", ours, Change)
     # Ganeti gives a modify's hooks only the new NICs: the old addresses' PTRs are found
     # through the A/AAAA records hookpack wrote for the instance.
-    for ip in dict.fromkeys([*new_ips, *old_ips, *_valid_ips(recorded)]):
+    for ip in dict.fromkeys([*new_ips, *old_ips, *valid_addresses(recorded)]):
         rname = ptr_name(ip)
         zone = zone_for(rname, settings["reverse_zones"])
         if zone is None:
@@ -248,18 +252,6 @@ def make_plan(client: Client, settings: Mapping[str, Any], old: str | None, new:
         _reconcile(plan, zone, rname, "PTR", current, desired, ttl,
                    owner_name(new) if new else "", ours, Change)
     return plan
-
-
-def _valid_ips(texts: list[str]) -> list[str]:
-    import ipaddress
-
-    valid = []
-    for text in texts:
-        try:
-            valid.append(str(ipaddress.ip_address(text.strip())))
-        except ValueError:
-            continue
-    return valid
 
 
 def _reconcile(plan: Plan, zone: str, name: str, rtype: str, current: RRset | None,
@@ -303,7 +295,7 @@ def cmd_check(ns: argparse.Namespace) -> int:
     config = load(ns)
     settings = config.section("dns", SETTINGS)
 
-    client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
+    client = make_client(settings, NoRedact())
     if not settings["forward_zones"] and not settings["reverse_zones"]:
         raise ActionError("dns: no forward_zones or reverse_zones configured")
     zones: list[dict[str, Any]] = []
@@ -341,7 +333,7 @@ def doctor(cfg: Any, paths: Any) -> list[Any]:
         return [Check("dns", WARN, "no forward_zones or reverse_zones: nothing to keep in step",
                       "set [dns] forward_zones (and reverse_zones)")]
     try:
-        client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
+        client = make_client(settings, NoRedact())
     except ConfigError as err:
         return [Check("dns", FAIL, str(err), f"put the API key in {settings['api_key_file']}, "
                       "mode 600, owned by root")]
@@ -363,7 +355,3 @@ def doctor(cfg: Any, paths: Any) -> list[Any]:
     return checks
 
 
-class _NoRedact:
-    @staticmethod
-    def redact(secret: str) -> None:
-        return None

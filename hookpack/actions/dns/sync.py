@@ -9,7 +9,6 @@ gone. Records without hookpack's mark are never changed (a conflict is reported)
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 from collections.abc import Callable, Mapping
@@ -25,9 +24,10 @@ from hookpack.actions.dns.action import (
     marks_note,
     owner_name,
     ptr_name,
+    valid_addresses,
     zone_for,
 )
-from hookpack.errors import ActionError, BadInput
+from hookpack.errors import ActionError
 
 if TYPE_CHECKING:
     import argparse
@@ -50,21 +50,8 @@ def parse_instance_list(text: str) -> dict[str, list[str]]:
 def instances_of(rows: list[list[str]]) -> dict[str, list[str]]:
     instances: dict[str, list[str]] = {}
     for name, field in rows:
-        instances[owner_name(name)] = nic_addresses(field)
+        instances[owner_name(name)] = valid_addresses(field.split(","))
     return instances
-
-
-def nic_addresses(field: str) -> list[str]:
-    """The valid addresses of a ``nic.ips`` field, in NIC order, without repeats."""
-    ips: list[str] = []
-    for item in field.split(","):
-        try:
-            ip = str(ipaddress.ip_address(item.strip()))
-        except ValueError:
-            continue  # "-", "None", empty: a NIC without an address
-        if ip not in ips:
-            ips.append(ip)
-    return ips
 
 
 def wanted(rrset: RRset, owner: str, ips: list[str] | None) -> bool:
@@ -117,32 +104,24 @@ def sync_plan(client: Client, settings: Mapping[str, Any], instances: Mapping[st
 
 
 def add_cli(dns: Any) -> None:
-    from hookpack.config import add_config_arg
+    from hookpack.gntlist import add_sync_parser
 
-    p = dns.add_parser("sync", help="bring PowerDNS in step with Ganeti's instances (on the "
-                       "master), e.g. after a failed post hook")
-    p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this instance")
-    p.add_argument("--all", action="store_true", help="every instance, and remove hookpack's "
-                   "records of instances that are gone")
-    p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
-    p.add_argument("--json", action="store_true", help="the result as one JSON object")
-    add_config_arg(p)
-    p.set_defaults(handler=cmd_sync)
+    add_sync_parser(dns, "PowerDNS", "remove hookpack's records of instances that are gone",
+                    cmd_sync)
 
 
 def cmd_sync(ns: argparse.Namespace) -> int:
-    from hookpack.actions.dns.action import _NoRedact
+    from hookpack.action import NoRedact
     from hookpack.config import load
-    from hookpack.validate import instance_name
+    from hookpack.gntlist import sync_target
 
-    if bool(ns.instance) == bool(ns.all):
-        raise BadInput("name one INSTANCE or give --all (not both)")
+    target = sync_target(ns)
     settings = load(ns).section("dns", SETTINGS)
     if not settings["forward_zones"] and not settings["reverse_zones"]:
         raise ActionError("dns: no forward_zones or reverse_zones configured")
-    only = owner_name(instance_name(ns.instance)) if ns.instance else None
+    only = owner_name(target) if target else None
     instances = ganeti_instances()
-    client = make_client(settings, _NoRedact())  # type: ignore[arg-type]
+    client = make_client(settings, NoRedact())
     timeout = float(settings["timeout"])
     choose_marks(client, settings, timeout)
     as_json = getattr(ns, "json", False)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hookpack.action import ActionContext
+from hookpack.action import ActionContext, NoRedact
 from hookpack.actions.netbox.client import (
     NetBoxUnavailable,
-    NoRedact,
     Writes,
     connect,
     find_cluster,

@@ -6,27 +6,18 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from hookpack.errors import ActionError, ConfigError
+
+if TYPE_CHECKING:
+    from hookpack.action import Redactor
 
 TAG = "hookpack"  # slug of the tag marking what hookpack created in NetBox
 
 
 class NetBoxUnavailable(ActionError):
     """NetBox could not be asked (refused, timeout, HTTP error, bad token)."""
-
-
-class Redactor(Protocol):
-    def redact(self, secret: str) -> None: ...
-
-
-class NoRedact:
-    """For the CLI and doctor, which print no secret."""
-
-    @staticmethod
-    def redact(secret: str) -> None:
-        return None
 
 
 def connect(settings: Mapping[str, Any], redactor: Redactor, timeout: float) -> Any:
@@ -158,7 +149,7 @@ class Writes:
         """Change ``record``; ``line`` None: a step of another change, not reported."""
         if line:
             self.lines.append(line)
-        if not self.dry_run and record.id is not None:
+        if not self.dry_run:
             guard(line or f"update of {', '.join(sorted(diff))}",
                   partial(record.update, dict(diff)))
 

@@ -12,30 +12,28 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from hookpack.action import NoRedact
 from hookpack.actions.netbox.client import (
     TAG,
-    NoRedact,
     Writes,
     connect,
     find_cluster,
     listed,
 )
 from hookpack.actions.netbox.reconcile import NicSpec, VmSpec, is_up, reconcile, remove
-from hookpack.errors import BadInput
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
 FIELDS = ["name", "admin_state", "be/vcpus", "be/maxmem", "disk.sizes", "nic.macs", "nic.ips"]
 
 
-def ganeti_specs(run: Callable[..., Any] | None = None) -> dict[str, VmSpec]:
+def ganeti_specs() -> dict[str, VmSpec]:
     """Instance name -> what NetBox should hold for it, from Ganeti."""
     from hookpack.gntlist import instance_rows
 
-    rows = instance_rows(FIELDS, run) if run else instance_rows(FIELDS)
-    return {row[0]: spec_of_row(row) for row in rows}
+    return {row[0]: spec_of_row(row) for row in instance_rows(FIELDS)}
 
 
 def spec_of_row(row: list[str]) -> VmSpec:
@@ -82,29 +80,20 @@ def sync(w: Writes, settings: Mapping[str, Any], specs: Mapping[str, VmSpec],
 
 
 def add_cli(netbox: Any) -> None:
-    from hookpack.config import add_config_arg
+    from hookpack.gntlist import add_sync_parser
 
-    p = netbox.add_parser("sync", help="bring NetBox in step with Ganeti's instances (on the "
-                          "master), e.g. after a failed post hook")
-    p.add_argument("instance", nargs="?", metavar="INSTANCE", help="only this instance")
-    p.add_argument("--all", action="store_true", help="every instance, and delete hookpack's "
-                   "VMs of instances that are gone")
-    p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
-    p.add_argument("--json", action="store_true", help="the result as one JSON object")
-    add_config_arg(p)
-    p.set_defaults(handler=cmd_sync)
+    add_sync_parser(netbox, "NetBox", "delete hookpack's VMs of instances that are gone",
+                    cmd_sync)
 
 
 def cmd_sync(ns: argparse.Namespace) -> int:
     from hookpack.actions.netbox.action import SETTINGS, cluster_name, ganeti_cluster
     from hookpack.config import load
-    from hookpack.validate import instance_name
+    from hookpack.gntlist import sync_target
 
-    if bool(ns.instance) == bool(ns.all):
-        raise BadInput("name one INSTANCE or give --all (not both)")
+    only = sync_target(ns)
     cfg = load(ns)
     settings = cfg.section("netbox", SETTINGS)
-    only = instance_name(ns.instance) if ns.instance else None
     specs = ganeti_specs()
     api = connect(settings, NoRedact(), float(settings["timeout"]))
     cluster = cluster_name(settings, ganeti_cluster(cfg))
