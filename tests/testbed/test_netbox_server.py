@@ -10,6 +10,7 @@ was not written to. Nothing here skips: a missing tool or package fails the test
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
@@ -179,3 +180,37 @@ def test_in_a_fresh_network_namespace_and_nothing_survives(tmp_path, fresh_netns
     assert server.processes() == [], [(pid, _comm(pid)) for pid in server.processes()]
     assert _state_of_cache(tree) == cache_before, "the cached tree was written to"
     assert "Booting worker" in server.log.read_text()
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                children = {int(c) for c in task.read_text().split()}
+                todo += list(children - found)
+                found |= children
+    return found
+
+
+def test_serve_stops_netbox_on_sigterm(tmp_path):
+    """`vm-testbed netbox serve` killed with SIGTERM (kill, timeout, a service manager)
+    stops PostgreSQL, Redis and gunicorn as Ctrl-C does."""
+    serve = subprocess.Popen([sys.executable, "-m", "vmtestbed.netbox_cli", "serve"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONPATH": str(netbox.paths.TESTBED_DIR)})
+    try:
+        assert serve.stdout is not None
+        first = serve.stdout.readline()
+        assert "(up in " in first, first
+        server_pids = _descendants(serve.pid)
+        assert {"postgres", "redis-server", "gunicorn"} <= {_comm(p) for p in server_pids}
+        serve.terminate()
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+    left = [(pid, _comm(pid)) for pid in server_pids if _comm(pid)]
+    assert left == [], left

@@ -8,6 +8,7 @@ starts, printing each step's time; ``python -m vmtestbed.netbox_cli build`` does
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -44,6 +45,9 @@ def _build(rebuild: bool) -> int:
 
 
 def _serve(address: str, port: int | None) -> int:
+    # SIGTERM (kill, timeout, a service manager) stops NetBox as Ctrl-C does; without
+    # this Python would exit at once and leave NetBox running.
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="vmtestbed-netbox-") as workdir:
         started = time.monotonic()
         with netbox.running_netbox(Path(workdir), address=address, port=port) as server:
@@ -58,6 +62,10 @@ def _serve(address: str, port: int | None) -> int:
             except KeyboardInterrupt:
                 pass
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
