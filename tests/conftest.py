@@ -22,12 +22,15 @@ pytest_plugins = [
 # Environment dumps recorded on a real Ganeti 3.0.2 cluster (copied from
 # shared/reference/ganeti-env-samples): the golden fixtures of the env parser and roles.
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "ganeti-env-samples"
+# The same dumps from the Ganeti 3.1 lab (`vm-testbed ganeti record-env`).
+SAMPLES_3_1 = SAMPLES.with_name("ganeti-3.1-env-samples")
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
-def sample_files() -> list[Path]:
-    """The env dumps recorded on a real Ganeti 3.0.2 cluster (shared/reference)."""
-    return sorted(SAMPLES.glob("*.env"))
+def sample_files(directory: Path = SAMPLES) -> list[Path]:
+    """The env dumps recorded on a real Ganeti 3.0.2 cluster (shared/reference), or
+    those in ``directory``."""
+    return sorted(directory.glob("*.env"))
 
 
 def load_sample(path: Path) -> tuple[dict[str, str], str]:

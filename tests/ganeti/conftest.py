@@ -4,17 +4,21 @@ Imported rather than listed in ``pytest_plugins``: pytest refuses that variable 
 conftest that is not at the rootdir.
 """
 
+import pytest
 from vmtestbed.ganeti.pytest_plugin import (  # noqa: F401 - fixtures and a hook, by name
     ganeti_lab,
     ganeti_lab_lock,
     ganeti_machine_before,
     ganeti_timings,
+    ganeti_version,
+    order_by_version,
     pytest_terminal_summary,
 )
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items):
-    """test_zz_down.py brings the shared session lab down: whatever else is collected, it
-    runs after every other lab test (not only after those whose files sort before it)."""
-    items.sort(key=lambda item: item.module.__name__.endswith("test_zz_down")
-               if getattr(item, "module", None) else False)
+    """One lab per version, each brought down by test_zz_down.py: the lab tests run
+    version by version, test_zz_down last in each (not only after the files that sort
+    before it)."""
+    order_by_version(items)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vmtestbed.ganeti import Lab
+from vmtestbed.ganeti import Lab, compat
 
 from tests.ganeti.hooktable import expected_nodes, expected_roles
 
@@ -27,6 +27,7 @@ def run_op(lab: Lab, timings: dict[str, float], label: str, hpath: str, argv: li
         seen[r["phase"]].add(r["node"])
     want = expected_nodes(hpath, master=MASTER, primary=primary, target=target)
     assert seen == want, f"{label}: hookpack ran on {seen}, Ganeti's table says {want}"
+    note_hook_table(lab, hpath, seen, primary=primary, target=target)
     for r in records:
         must = expected_roles(r["node"], hpath=hpath, phase=r["phase"], master=MASTER,
                               primary=primary, target=target)
@@ -46,3 +47,20 @@ def guest_uptime(lab: Lab, instance: str) -> float:
 
 def guest_disk_bytes(lab: Lab, instance: str) -> int:
     return lab.guest_disk_bytes(instance)
+
+
+def note_hook_table(lab: Lab, hpath: str, seen: dict[str, set[str]], *, primary: str,
+                     target: str | None) -> None:
+    """The compatibility table's row for ``hpath``: each node that ran a phase, by its
+    parts in the operation (``master+primary``, ``target``...)."""
+    if f"hooks.{hpath}" not in compat.FACTS:
+        return
+
+    def parts(node: str) -> str:
+        named = [("master", MASTER), ("primary", primary), ("target", target)]
+        return "+".join(part for part, who in named if who == node) or "other"
+
+    text = "; ".join(f"{phase}: " + (", ".join(sorted(parts(n) for n in seen[phase]))
+                                     or "none")
+                     for phase in ("pre", "post"))
+    compat.note(lab.version, f"hooks.{hpath}", text)

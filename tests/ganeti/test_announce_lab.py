@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from vmtestbed import receivers
+from vmtestbed.ganeti import compat
 from vmtestbed.ganeti.hookpack_install import LAB_CONFIG
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 from vmtestbed.receivers import GRAFANA_TOKEN, HMAC_KEY
@@ -37,7 +38,7 @@ def announce_lab(ganeti_lab, tmp_path_factory):
     lab = ganeti_lab
     journal = tmp_path_factory.mktemp("announce-lab") / "requests.jsonl"
     journal.touch()
-    receiver = subprocess.Popen(lab.node(N1).nsenter([sys.executable, str(RECEIVERS),
+    receiver = subprocess.Popen(lab.node(N1).in_netns([sys.executable, str(RECEIVERS),
                                                       MASTER_IP, str(journal)]),
                                 stdout=subprocess.PIPE, text=True)
     configs = {}
@@ -101,3 +102,5 @@ def test_live_migration_is_announced_once_from_the_master(announce_lab):
         assert not list(node.host_path("/var/lib/hookpack").glob("announce/starts/*.json"))
     out = lab.run_on(N1, [VENV_HOOKPACK, "outbox", "list"], check=True).stdout
     assert out.strip().endswith("0 pending deliveries")
+    compat.note(lab.version, "action.announce", "one Grafana annotation, Slack message and "
+                "webhook call per live migration, from the master")

@@ -1,5 +1,9 @@
-"""disk-grow on the real Ganeti 3.0 lab: grow-disk on a running instance, the guest sees
+"""disk-grow on the real Ganeti labs: grow-disk on a running instance, the guest sees
 the new size without a reboot; the master does nothing; drift is refused and shown.
+
+Ganeti 3.0 grows the storage and leaves QEMU as it was: hookpack's post hook resizes
+it. Ganeti 3.1 grows the storage to the size it records (a file is truncated to it) and
+then does ``block_resize`` itself: hookpack finds QEMU in step and writes nothing.
 
 The instance is `sharedfile` (the lab has no LVM/DRBD), so there is no secondary node:
 "the secondary does nothing" is covered by the role rule (the dispatcher runs the action
@@ -14,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from vmtestbed.ganeti import compat
 from vmtestbed.ganeti.lab import SHARED_STORAGE
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 
@@ -85,22 +90,38 @@ def test_grow_disk_reaches_the_running_guest_without_a_reboot(lab, ganeti_timing
     assert lab.guest_uptime(INST) > uptime, "no reboot"
 
     [line] = _lines(lab, PRIMARY)
-    assert re.fullmatch(rf"hookpack disk-grow: {re.escape(INST)}: changed: disk 0: grown "
-                        r"64 MiB -> 96 MiB \(device disk-[0-9a-f-]+\) \(disk-grow/post, 1 "
-                        r"change, \d+ ms\)", line), line
+    assert re.fullmatch(rf"hookpack disk-grow: {re.escape(INST)}: {_grown(lab, 64, 96)} "
+                        r"\(disk-grow/post, [01] changes?, \d+ ms\)", line), line
     assert _lines(lab, MASTER) == []  # the master runs the hook but the action does nothing
-    # Ganeti 3.0 puts a post hook's output in the job log only when the hook exits
+    # Ganeti puts a post hook's output in the job log only when the hook exits
     # non-zero (lib/hooksmaster.py RunPhase): a success stays out of it.
     assert "hookpack disk-grow" not in _last_job_log(lab)
 
+    message = line.split(": ", 2)[2].split(" (")[0]
+    if lab.version == "3.0":
+        compat.note(lab.version, "disk-grow.qemu", "hookpack's post hook (`block_resize`)")
+        compat.note(lab.version, "disk-grow.hookpack", f"resizes QEMU: `{message}`")
+    else:
+        compat.note(lab.version, "disk-grow.qemu", "Ganeti itself, before the post hook")
+        compat.note(lab.version, "disk-grow.hookpack", f"finds QEMU in step, writes "
+                    f"nothing: `{message}`")
+
     lab.gnt("gnt-instance", "grow-disk", INST, "0", "32M")  # again: both grow by 32 MiB
     assert lab.guest_disk_bytes(INST) == 128 * MIB
-    assert ": grown 96 MiB -> 128 MiB" in _lines(lab, PRIMARY)[-1]
+    assert re.search(_grown(lab, 96, 128), _lines(lab, PRIMARY)[-1])
+
+
+def _grown(lab, before: int, after: int) -> str:
+    """The post hook's message (a regex) when Ganeti grew the disk from ``before`` to
+    ``after`` MiB: 3.0 leaves QEMU behind and hookpack resizes it; 3.1 resizes it first."""
+    if lab.version == "3.0":
+        return (rf"changed: disk 0: grown {before} MiB -> {after} MiB "
+                r"\(device disk-[0-9a-f-]+\)")
+    return rf"nochange: disk 0: QEMU already sees {after} MiB"
 
 
 def test_drift_is_refused_and_shown_in_the_job_log(lab):
-    # Someone grew the file behind Ganeti's back: Ganeti then grows it by 32 MiB more,
-    # and the file (192 MiB) and Ganeti (160 MiB) disagree: the guard refuses.
+    # Someone grew the file behind Ganeti's back (to 160 MiB, Ganeti says 128 MiB).
     disk = _disk_file()
     os.truncate(disk, 160 * MIB)
     tail = os.urandom(4096)
@@ -108,10 +129,26 @@ def test_drift_is_refused_and_shown_in_the_job_log(lab):
         f.seek(160 * MIB - len(tail))
         f.write(tail)
     lab.gnt("gnt-instance", "grow-disk", INST, "0", "32M")
-    assert disk.stat().st_size == 192 * MIB
     with disk.open("rb") as f:
         f.seek(160 * MIB - len(tail))
         assert f.read(len(tail)) == tail
+    after = disk.stat().st_size // MIB
+    compat.note(lab.version, "disk-grow.storage", f"file 160 MiB behind Ganeti's 128, "
+                f"grown by 32: file {after} MiB ("
+                + ("its own size + 32; hookpack refuses the drift" if after == 192 else
+                   "Ganeti's size + 32") + ")")
+    if lab.version == "3.1":
+        # 3.1 sets the file to the size it records (160 MiB), resizes QEMU itself, and
+        # hookpack finds all three in step. Drift made after the job is refused below.
+        assert disk.stat().st_size == 160 * MIB
+        assert lab.guest_disk_bytes(INST) == 160 * MIB
+        assert "nochange: disk 0: QEMU already sees 160 MiB" in _lines(lab, PRIMARY)[-1]
+        os.truncate(disk, 192 * MIB)  # behind Ganeti's back again, after its job
+        _check_and_fix_by_hand(lab, qemu=160, storage=192)
+        return
+    # 3.0 grows the file by 32 MiB more: the file (192 MiB) and Ganeti (160 MiB)
+    # disagree, and the guard refuses.
+    assert disk.stat().st_size == 192 * MIB
     assert lab.guest_disk_bytes(INST) == 128 * MIB
     line = _lines(lab, PRIMARY)[-1]
     assert line.startswith(f"hookpack disk-grow: {INST}: failed: disk 0: file is 192 MiB but "
@@ -122,10 +159,16 @@ def test_drift_is_refused_and_shown_in_the_job_log(lab):
     # Ganeti 3.0: "WARNING: On <node UUID> script <hpath>-post.d/50-hookpack failed, output: ..."
     assert shown and "script" in shown[0] and "failed, output:" in shown[0], log
 
-    # The operator checks, then tells QEMU the file's own size by hand, on the primary.
+    _check_and_fix_by_hand(lab, qemu=128, storage=192)
+
+
+def _check_and_fix_by_hand(lab, *, qemu: int, storage: int) -> None:
+    """The operator checks, then tells QEMU the file's own size by hand, on the primary."""
     hookpack = "/opt/hookpack-lab/venv/bin/hookpack"
     check = lab.run_on(PRIMARY, [hookpack, "disk", "check"])
-    assert check.returncode == 1 and "QEMU 128 MiB, storage 192 MiB: DRIFT" in check.stdout
+    assert check.returncode == 1, check.stdout
+    assert f"QEMU {qemu} MiB, storage {storage} MiB: DRIFT" in check.stdout, check.stdout
     fix = lab.run_on(PRIMARY, [hookpack, "disk", "resize", INST])
-    assert fix.returncode == 0 and ": grown 128 MiB -> 192 MiB" in fix.stdout, fix.stdout
-    assert lab.guest_disk_bytes(INST) == 192 * MIB
+    assert fix.returncode == 0, fix.stdout
+    assert f": grown {qemu} MiB -> {storage} MiB" in fix.stdout, fix.stdout
+    assert lab.guest_disk_bytes(INST) == storage * MIB

@@ -31,11 +31,11 @@ ZONE, REVZONE = "example.test.", "100.51.198.in-addr.arpa."
 
 def _api(lab, server, method: str, path: str, body: object = None) -> object:
     """One PowerDNS API call made from inside the master's network namespace."""
-    return pdns.api(server, method, path, body, wrap=lab.node(MASTER).nsenter([]))
+    return pdns.api(server, method, path, body, wrap=lab.node(MASTER).in_netns([]))
 
 
 def _rrsets(lab, server, zone: str, name: str) -> dict[str, set[str]]:
-    return pdns.rrsets(server, zone, name, wrap=lab.node(MASTER).nsenter([]))
+    return pdns.rrsets(server, zone, name, wrap=lab.node(MASTER).in_netns([]))
 
 
 def _ptr(ip: str) -> str:
@@ -49,7 +49,7 @@ def dns_lab(ganeti_lab, tmp_path_factory):
     config = master.host_path("/etc/hookpack/hookpack.toml")
     before = config.read_text()
     directory: Path = tmp_path_factory.mktemp("lab-pdns")
-    with pdns.running_pdns(directory, wrap=master.nsenter([])) as server:
+    with pdns.running_pdns(directory, wrap=master.in_netns([])) as server:
         try:
             for zone in (ZONE, REVZONE):
                 _api(lab, server, "POST", "/api/v1/servers/localhost/zones",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from vmtestbed.ganeti import hookpack_install
+from vmtestbed.ganeti import compat, hookpack_install
 from vmtestbed.ganeti.lab import Lab
 
 from tests.ganeti.scenario import MASTER
@@ -34,10 +34,11 @@ NETBOX = f'\n[netbox]\nenabled = true\nurl = "http://127.0.0.1:9"\ntoken_file = 
 
 @pytest.fixture(scope="module")
 def lab(ganeti_lab: Lab) -> Iterator[Lab]:
-    NODEPS.parent.mkdir(parents=True, exist_ok=True)
     ganeti_lab.run_on(MASTER, ["/usr/bin/python3", "-m", "venv", "--without-pip",
                                str(NODEPS)], check=True)
-    site = next(NODEPS.glob("lib/python3*/site-packages"))
+    # the master's view: a 3.1 node has its own /opt/hookpack-lab
+    site = next((ganeti_lab.node_root(MASTER) / str(NODEPS).lstrip("/"))
+                .glob("lib/python3*/site-packages"))
     (site / "hookpack-checkout.pth").write_text(f"{hookpack_install.REPO}\n")
     try:
         yield ganeti_lab
@@ -120,3 +121,6 @@ def test_ganeti_operations_succeed_on_a_broken_install(state, lab, ganeti_timing
         assert want <= hpaths, hpaths
         # one line per entry run: never a traceback
     assert "Traceback" not in log
+    compat.note(lab.version, "action.broken_install", "add, startup, node modify and migrate "
+                "succeed with the interpreter missing, hookpack or a dependency not "
+                "importable, or the config invalid; one line each in the log")

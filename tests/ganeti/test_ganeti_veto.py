@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from vmtestbed.ganeti import compat
 
 from tests.ganeti.scenario import MASTER
 
@@ -28,3 +29,5 @@ def test_policy_vetoes_an_add_with_a_bad_name(ganeti_lab):
             if rec["instance"] == BAD]
     assert (MASTER, "pre") in runs
     assert all(phase == "pre" for _, phase in runs), "no post hook after a veto"
+    compat.note(lab.version, "action.policy", "vetoes an add with a bad name; Ganeti shows "
+                "the hook's message, runs no post hook")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vmtestbed.ganeti import compat
 from vmtestbed.ganeti.hookpack_install import HOOK_SERVER_SOCKET, VENV
 from vmtestbed.ganeti.layout import instance_name
 
@@ -315,6 +316,9 @@ def test_master_failover_both_ways_reports_each_job_once_on_its_master(lab, tmp_
         assert f"{NODE2} is the master: following the queue without reporting" in log1
         assert "master since luxid started at" in log1
         assert "master since luxid started at" in second.log.read_text()
+        compat.note(lab.version, "action.global_hooks", "around every opcode on every node; "
+                    "each job reported once, by the master's watcher, across a master "
+                    "failover both ways")
     finally:
         if master != MASTER:
             master_failover(lab, MASTER)

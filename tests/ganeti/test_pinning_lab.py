@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
+from vmtestbed.ganeti import compat
 from vmtestbed.ganeti.hookpack_install import LAB_CONFIG
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 
@@ -85,4 +86,6 @@ def test_migrate_and_failover_pin_on_the_target(lab):
     assert lab.instance_info(INST, ["pnode"])["pnode"] == N1
     assert_pinned_on(lab, N1)
     assert any("instance-failover/post" in x for x in pinning_lines(lab, N1))
+    compat.note(lab.version, "action.pinning", "1 vCPU pinned 1:1 on the target after a "
+                "live migration (both ways) and a failover")
 

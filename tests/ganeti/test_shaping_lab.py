@@ -14,6 +14,7 @@ import re
 import time
 
 import pytest
+from vmtestbed.ganeti import compat
 from vmtestbed.ganeti.hookpack_install import VENV
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 from vmtestbed.shapemeter import IperfServers, class_bytes, measure_shell_until_within, within
@@ -197,3 +198,6 @@ def test_a_flood_of_raw_and_tagged_frames_stays_in_its_class(lab, kind):
     assert offered >= 2 * FLOOD_LIMIT, f"the flood ({offered:.1f} Mbit/s) is too weak to tell"
     assert left <= FLOOD_LIMIT * 1.05, (offered, left)
     assert in_class >= FLOOD_LIMIT * 0.9 and in_class <= left * 1.05, (in_class, left)
+    compat.note(lab.version, "action.shaping", "the guest's traffic at its class's rates; "
+                "moves with a migration; floods of raw and VLAN-tagged frames held to "
+                "the class")

@@ -32,7 +32,7 @@ def test_down_restores_the_machine(ganeti_lab, ganeti_machine_before, ganeti_tim
 
 
 def test_down_cleans_up_a_lab_that_failed_halfway(ganeti_lab, ganeti_machine_before,
-                                                  monkeypatch):
+                                                  ganeti_version, monkeypatch):
     """Nodes built, cluster init fails: ``down`` still removes everything."""
     assert not ganeti_lab.is_up  # after the test above
 
@@ -42,7 +42,7 @@ def test_down_cleans_up_a_lab_that_failed_halfway(ganeti_lab, ganeti_machine_bef
     monkeypatch.setattr(Lab, "_init_cluster", broken_init)
     lab = Lab()
     with pytest.raises(LabError, match="injected"):
-        lab.up(nodes=2, owner="pytest")
+        lab.up(nodes=2, owner="pytest", version=ganeti_version)
     assert machine.diff(ganeti_machine_before, machine.snapshot()), "nodes were built"
     report = Lab().down()  # a fresh object, as `vm-testbed ganeti down` would be
     assert not report.problems
@@ -50,12 +50,12 @@ def test_down_cleans_up_a_lab_that_failed_halfway(ganeti_lab, ganeti_machine_bef
 
 
 def test_sigterm_during_a_run_still_brings_the_lab_down(ganeti_lab, ganeti_machine_before,
-                                                        tmp_path):
+                                                        ganeti_version, tmp_path):
     """A CI runner that kills the job: the session fixture turns SIGTERM into teardown."""
     assert not ganeti_lab.is_up
     marker = tmp_path / "up"
     env = dict(os.environ, VMTESTBED_GANETI_NODES="1", VMTESTBED_GANETI_HOOKPACK="0",
-               SIGTERM_TARGET_MARKER=str(marker),
+               SIGTERM_TARGET_MARKER=str(marker), VMTESTBED_GANETI_VERSIONS=ganeti_version,
                VMTESTBED_GANETI_LOCK_HELD_BY=str(os.getpid()))  # we hold the lab lock
     child = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

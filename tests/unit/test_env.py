@@ -1,4 +1,4 @@
-"""Golden tests on real Ganeti 3.0.2 environment dumps, and a fuzzed parser."""
+"""Golden tests on real Ganeti 3.0.2 and 3.1 environment dumps, and a fuzzed parser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from hookpack.env import Phase, parse_env, qemu_disk_id, read_env_dump
 from hookpack.roles import Role, resolve_roles
-from tests.conftest import load_sample, sample_files
+from tests.conftest import SAMPLES, SAMPLES_3_1, load_sample, sample_files
 
 M, P, S, SRC, T, H = (Role.MASTER, Role.PRIMARY, Role.SECONDARY, Role.SOURCE, Role.TARGET,
                       Role.HOST)
@@ -37,11 +37,13 @@ EXPECTED_ROLES = {
 }
 
 
-def test_every_sample_has_an_expectation():
-    assert {p.stem for p in sample_files()} == set(EXPECTED_ROLES)
+@pytest.mark.parametrize("directory", [SAMPLES, SAMPLES_3_1], ids=["3.0", "3.1"])
+def test_every_sample_has_an_expectation(directory):
+    assert {p.stem for p in sample_files(directory)} == set(EXPECTED_ROLES)
 
 
-@pytest.mark.parametrize("path", sample_files(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sample_files() + sample_files(SAMPLES_3_1),
+                         ids=lambda p: ("3.1-" if p.parent == SAMPLES_3_1 else "3.0-") + p.stem)
 def test_sample_common_fields_and_roles(path):
     environ, node = load_sample(path)
     env = parse_env(environ)

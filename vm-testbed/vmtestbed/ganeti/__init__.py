@@ -1,4 +1,4 @@
-"""A real Ganeti 3.0 cluster on one machine: nodes are network+UTS+mount namespaces.
+"""A real Ganeti 3.0 or 3.1 cluster on one machine: nodes are network+UTS+mount namespaces.
 
 See ``vm-testbed/ganeti/README.md`` for how to use it and the recipe it follows.
 """

@@ -1,11 +1,12 @@
 """Roll hookpack out to the lab's nodes with the project's playbook (``ansible/site.yml``).
 
 Over real SSH: the controller, ``ansible-playbook`` from the checkout's ``.venv``
-(ansible-core pinned in pyproject's ``ansible`` extra), runs inside the master node's
-namespaces (``nsenter``, like every lab command). There its OpenSSH client connects as
-root to each node's own sshd on 198.51.100.x (node1 included: the controller goes
-through ssh to itself too), with the master's root key that ``gnt-cluster init`` made
-and that is authorized on every node. Host keys are checked
+(ansible-core pinned in pyproject's ``ansible`` extra), runs in the master node's network
+namespace, on this machine's filesystem (a 3.1 node's Debian 13 root has no such venv).
+There its OpenSSH client connects as root to each node's own sshd on 198.51.100.x (node1
+included: the controller goes through ssh to itself too), with the master's root key
+that ``gnt-cluster init`` made (read from the master's private ``/root/.ssh``) and that
+is authorized on every node. Host keys are checked
 (``host_key_checking = True``) against a known_hosts file built from each node's own
 ``/etc/ssh/ssh_host_*_key.pub``, read from the node's private directory.
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmtestbed.ganeti import proc
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.hookpack_install import NAME_PATTERN, RECORD_PATH
 from vmtestbed.ganeti.layout import STATE_DIR
@@ -99,23 +101,38 @@ def parse_recap(stdout: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def build_wheels(python: Path = VENV_BIN / "python") -> Path:
-    """Build hookpack's wheel (reproducible: SOURCE_DATE_EPOCH as the role does) and its
-    dependencies' wheels on this machine, which reaches the package index; return the
+def build_wheels(node_python: str, python: Path = VENV_BIN / "python") -> Path:
+    """Build hookpack's wheel (reproducible: SOURCE_DATE_EPOCH as the role does) on this
+    machine, which reaches the package index, and fetch its dependencies' wheels for the
+    nodes' Python ``node_python`` (``3.13``: binary wheels are per version); return the
     hookpack wheel."""
     for d in (WHEEL_DIR, WHEELHOUSE):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-    r = subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                        "-w", str(WHEELHOUSE), str(REPO)], capture_output=True, text=True,
-                       env=env, timeout=900, check=False, stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise LabError(f"pip wheel failed: {r.stderr.strip()[-1500:]}")
-    wheels = list(WHEELHOUSE.glob("hookpack-*.whl"))
+    pip = [str(python), "-m", "pip"]
+    _pip([*pip, "wheel", "-q", "--no-deps", "-w", str(WHEEL_DIR), str(REPO)], env)
+    wheels = list(WHEEL_DIR.glob("hookpack-*.whl"))
     if len(wheels) != 1:
-        raise LabError(f"pip wheel made {len(wheels)} hookpack wheels in {WHEELHOUSE}")
-    return Path(shutil.move(wheels[0], WHEEL_DIR / wheels[0].name))
+        raise LabError(f"pip wheel made {len(wheels)} hookpack wheels in {WHEEL_DIR}")
+    _pip([*pip, "download", "-q", "--only-binary=:all:", "--python-version", node_python,
+          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+          "-d", str(WHEELHOUSE), str(wheels[0])], env)
+    (WHEELHOUSE / wheels[0].name).unlink(missing_ok=True)  # pip download copies it too
+    return wheels[0]
+
+
+def _pip(argv: list[str], env: dict[str, str]) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900,
+                       check=False, stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise LabError(f"{' '.join(argv[2:4])} failed: {r.stderr.strip()[-1500:]}")
+
+
+def node_python(lab: Lab) -> str:
+    """The nodes' Python version, ``3.11`` (3.0 lab) or ``3.13`` (3.1 lab)."""
+    return lab.master.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          check=True).stdout.strip()
 
 
 def known_hosts(lab: Lab) -> str:
@@ -139,7 +156,8 @@ def inventory(lab: Lab, wheel: Path, config: dict[str, Any],
             "ansible_user": "root",
             "ansible_become": False,  # root already; the nodes have no sudo
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={WORK / 'known_hosts'} "
-                                       "-o IdentitiesOnly=yes -o IdentityFile=/root/.ssh/id_rsa",
+                                       "-o IdentitiesOnly=yes -o IdentityFile="
+                                       f"{lab.master.host_path('/root/.ssh/id_rsa')}",
             "ansible_remote_tmp": REMOTE_TMP,
             **LAB_PATHS,
             # the nodes share this machine's /usr: a .deb would change its system Python
@@ -162,7 +180,7 @@ def prepare(lab: Lab, config: dict[str, Any] | None = None, wheel: Path | None =
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "tmp").mkdir(exist_ok=True)
     (WORK / "cp").mkdir(exist_ok=True)
-    wheel = wheel or build_wheels()
+    wheel = wheel or build_wheels(node_python(lab))
     (WORK / "known_hosts").write_text(known_hosts(lab))
     inv = WORK / "inventory.yml"  # JSON is YAML
     inv.write_text(json.dumps(inventory(lab, wheel, config or lab_config(), secrets), indent=2)
@@ -174,7 +192,8 @@ def prepare(lab: Lab, config: dict[str, Any] | None = None, wheel: Path | None =
 
 def play(lab: Lab, *extra: str, inventory_file: Path | None = None,
          timeout: float = 900) -> PlayResult:
-    """``ansible-playbook site.yml`` run by the controller in the master's namespaces."""
+    """``ansible-playbook site.yml`` run by the controller in the master's network
+    namespace."""
     inv = inventory_file or WORK / "inventory.yml"
     if not inv.exists():
         raise LabError(f"{inv}: no inventory; call prepare() first")
@@ -193,7 +212,8 @@ def play(lab: Lab, *extra: str, inventory_file: Path | None = None,
             str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(ANSIBLE_DIR / "site.yml"),
             *extra]
     try:
-        r = lab.master.run(argv, timeout=timeout)
+        r = proc.run(lab.master.in_netns(argv), where=lab.master.name, check=False,
+                     timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise LabError(f"ansible-playbook did not finish in {timeout:.0f} s") from e
     return PlayResult(argv, r.returncode, r.stdout, r.stderr, parse_recap(r.stdout))

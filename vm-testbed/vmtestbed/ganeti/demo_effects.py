@@ -100,7 +100,7 @@ def running_sinks(lab: Lab) -> Iterator[Sinks]:
     """PowerDNS (with the two zones) and the webhook receiver in the master's namespaces;
     both stopped by pid at the end."""
     master = lab.master
-    wrap = master.nsenter([])
+    wrap = master.in_netns([])
     workdir = Path(tempfile.mkdtemp(prefix="hookpack-demo-"))
     journal = workdir / "webhook.jsonl"
     journal.touch()
@@ -121,7 +121,7 @@ def running_sinks(lab: Lab) -> Iterator[Sinks]:
 @contextlib.contextmanager
 def _receiver(master: Node, journal: Path) -> Iterator[str]:
     proc = subprocess.Popen(
-        master.nsenter(["python3", receivers.__file__, master.spec.ip, str(journal),
+        master.in_netns(["python3", receivers.__file__, master.spec.ip, str(journal),
                         "webhook"]),
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:

@@ -9,6 +9,7 @@ node's private ``/etc/hookpack`` and ``hookpack hooks install`` into its private
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from vmtestbed.ganeti import proc
@@ -45,6 +46,31 @@ def build_venv(repo: Path = REPO, venv: Path = VENV) -> bool:
     proc.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
               str(repo)], timeout=600)
     return created
+
+
+def build_venv_on(node: Node, venv_dir: Path, repo: Path = REPO, venv: Path = VENV) -> None:
+    """Build the venv inside a chrooted node (a 3.1 lab: the tree's Python, 3.13).
+
+    ``venv_dir`` is the host directory the node sees at ``venv.parent``. The node has no
+    way to the package index: the host's pip builds hookpack's wheel and fetches its
+    dependencies' into ``wheels`` there; the node's pip installs from them only."""
+    wheels = venv_dir / "wheels"
+    if wheels.exists():
+        shutil.rmtree(wheels)
+    pip = [sys.executable, "-m", "pip"]
+    proc.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(repo)],
+             timeout=600)
+    (own,) = wheels.glob("hookpack-*.whl")
+    # the dependencies as the node's Python needs them (binary wheels are per version)
+    py = node.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                  check=True).stdout.strip()
+    proc.run([*pip, "download", "-q", "--only-binary=:all:", "--python-version", py,
+              "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+              "--dest", str(wheels), str(own)], timeout=600)
+    node.run(["python3", "-m", "venv", "--clear", str(venv)], check=True)
+    node.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+              "--no-index", "--find-links", str(venv.parent / "wheels"), "hookpack"],
+             check=True, timeout=600)
 
 
 def install_on(node: Node, venv: Path = VENV, config: str = LAB_CONFIG) -> list[str]:

@@ -16,16 +16,18 @@ from typing import Any
 
 from vmtestbed.console import SerialConsole
 from vmtestbed.errors import TestbedError
-from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc
+from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc, tree
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.guest import LabGuest, lab_guest
 from vmtestbed.ganeti.layout import (
     CLUSTER_IP,
     CLUSTER_NAME,
+    DEFAULT_VERSION,
     MAX_NODES,
     PRIVATE_DIRS,
     STATE_DIR,
     SWITCH,
+    VERSIONS,
     NodeSpec,
     instance_ip,
     instance_name,
@@ -36,6 +38,7 @@ log = logging.getLogger("vmtestbed.ganeti")
 
 STATE_FILE = STATE_DIR / "state.json"
 SHARED_STORAGE = STATE_DIR / "shared-file-storage"
+TREE_VENV_DIR = STATE_DIR / "hookpack-lab"  # a 3.1 lab's /opt/hookpack-lab
 NodeRef = Node | NodeSpec | str | int
 
 
@@ -84,6 +87,17 @@ class Lab:
         return t
 
     @property
+    def version(self) -> str:
+        """The Ganeti version the lab runs: ``3.0`` (this host's) or ``3.1`` (Debian 13's)."""
+        return str(self._state.get("version", DEFAULT_VERSION))
+
+    @property
+    def tree(self) -> Path | None:
+        """The Debian 13 tree a 3.1 lab's nodes chroot into; None for 3.0."""
+        t = self._state.get("tree")
+        return Path(t) if t else None
+
+    @property
     def guest(self) -> LabGuest:
         g = self._state["guest"]
         return LabGuest(kernel=Path(g["kernel"]), initrd=Path(g["initrd"]), real=g["real"])
@@ -91,18 +105,18 @@ class Lab:
     # -- nodes ----------------------------------------------------------------------------
     @property
     def nodes(self) -> list[Node]:
-        return [Node(NodeSpec(i)) for i in self._state.get("nodes", [])]
+        return [Node(NodeSpec(i), self.tree) for i in self._state.get("nodes", [])]
 
     @property
     def master(self) -> Node:
-        return Node(NodeSpec(self._state.get("master", 1)))
+        return Node(NodeSpec(self._state.get("master", 1)), self.tree)
 
     def node(self, ref: NodeRef) -> Node:
         """The node for ``ref``: a Node, an index, ``node2`` or ``node2.example.test``."""
         if isinstance(ref, Node):
             return ref
         if isinstance(ref, NodeSpec):
-            return Node(ref)
+            return Node(ref, self.tree)
         for n in self.nodes:
             if ref in (n.spec.index, n.spec.short, n.spec.name, str(n.spec.index)):
                 return n
@@ -164,8 +178,12 @@ class Lab:
                  "session"), owner.get("pid", "?"))
         self.down()
 
-    def up(self, nodes: int = 2, owner: str = "cli") -> dict[str, float]:
+    def up(self, nodes: int = 2, owner: str = "cli", version: str = DEFAULT_VERSION,
+           ) -> dict[str, float]:
         """Install packages, build ``nodes`` nodes, init the cluster, add the other nodes.
+
+        ``version`` 3.0 runs this host's Ganeti; 3.1 builds (once, cached) the Debian 13
+        tree of :mod:`vmtestbed.ganeti.tree` and chroots every node into an overlay of it.
 
         ``owner`` (``cli``, ``pytest``, ``demo``) goes into the state: labs of dead
         sessions are cleaned up by the next session, ``cli`` labs never. Hold a
@@ -175,24 +193,34 @@ class Lab:
         """
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"--nodes must be 1..{MAX_NODES}, not {nodes}")
+        if version not in VERSIONS:
+            raise LabError(f"--version must be one of {', '.join(VERSIONS)}, not {version}")
         if STATE_FILE.exists():
             raise LabError(f"a lab is already up or was not brought down ({STATE_FILE}): "
                            "run `vm-testbed ganeti down` first")
-        t_install = packages.ensure_installed()
+        t_install = packages.ensure_installed() if version == "3.0" else 0.0
         start = time.monotonic()
-        self._state = {"nodes": [], "created_dirs": [], "timings": {},
+        self._state = {"nodes": [], "created_dirs": [], "timings": {}, "version": version,
                        "owner": {"kind": owner, "pid": os.getpid()}}
         if t_install:
             self.timings["packages_install"] = round(t_install, 1)
         self._save()
+        if version != "3.0":
+            with self._timed("tree"):
+                self._state["tree"] = str(tree.build_tree())
+            self._state["ganeti_package"] = tree.ganeti_version(Path(self._state["tree"]))
         with self._timed("guest_image"):
             guest = lab_guest()
         self._state["guest"] = {"kernel": str(guest.kernel), "initrd": str(guest.initrd),
                                 "real": guest.real}
-        self._make_mountpoints()
+        if self.tree is None:
+            self._make_mountpoints()
+        else:
+            self._state["created_dirs"] = []
         SHARED_STORAGE.mkdir(parents=True, exist_ok=True)
         specs = [NodeSpec(i) for i in range(1, nodes + 1)]
-        hosts.add([(s.ip, s.name) for s in specs] + [(CLUSTER_IP, CLUSTER_NAME)])
+        names = [(s.ip, s.name) for s in specs] + [(CLUSTER_IP, CLUSTER_NAME)]
+        hosts.add(names)
         self._state["hosts"] = True
         with self._timed("nodes"):
             if not Path(f"/sys/class/net/{SWITCH}").exists():
@@ -202,8 +230,10 @@ class Lab:
             for s in specs:
                 self._state["nodes"].append(s.index)
                 self._save()
-                node = Node(s)
-                node.create(SHARED_STORAGE)
+                node = Node(s, self.tree)
+                node.create(SHARED_STORAGE, self._binds(guest))
+                if self.tree:
+                    hosts.add(names, self.node_root(node) / "etc/hosts")
                 osdef.write(node.host_path("/srv/ganeti/os"))
                 node.host_path("/etc/ganeti/file-storage-paths").write_text(
                     "/srv/ganeti/file-storage\n/srv/ganeti/shared-file-storage\n")
@@ -211,10 +241,19 @@ class Lab:
             self._init_cluster(guest)
         for s in specs[1:]:
             with self._timed(f"node_add_{s.short}"):
-                self._add_node(Node(s))
+                self._add_node(Node(s, self.tree))
         self.timings[f"up_{nodes}_nodes"] = round(time.monotonic() - start, 1)
         self._save()
         return dict(self.timings)
+
+    def _binds(self, guest: LabGuest) -> dict[str, Path]:
+        """What a chrooted node sees of the host, at the host's paths: the guests' kernel
+        and initrd, this checkout, and hookpack's lab venv directory (built in the tree)."""
+        dirs = {guest.kernel.parent, guest.initrd.parent, hookpack_install.REPO}
+        binds = {str(d): d for d in dirs}
+        binds[str(hookpack_install.VENV.parent)] = TREE_VENV_DIR
+        TREE_VENV_DIR.mkdir(parents=True, exist_ok=True)
+        return binds
 
     def _make_mountpoints(self) -> None:
         """Bind mounts need their target directory in the shared filesystem: make the missing
@@ -240,6 +279,7 @@ class Lab:
             "kernel_args=console=ttyS0",
             "serial_console=true",
             "vnc_bind_address=",
+            "vhost_net=false",  # 3.1's default is true; this kernel has no /dev/vhost-net
         ])
         self.gnt(
             "gnt-cluster", "init", "--enabled-hypervisors=kvm",
@@ -280,7 +320,9 @@ class Lab:
         if not self.is_up:
             raise LabError("the lab is not up: run `vm-testbed ganeti up` first")
         with self._timed("hookpack_venv"):
-            if hookpack_install.build_venv():
+            if self.tree is not None:
+                hookpack_install.build_venv_on(self.master, TREE_VENV_DIR)
+            elif hookpack_install.build_venv():
                 self._state["hookpack_venv"] = str(hookpack_install.VENV.parent)
             else:
                 self._state.setdefault("hookpack_venv", None)

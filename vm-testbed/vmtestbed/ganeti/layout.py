@@ -14,6 +14,11 @@ SWITCH = "gntsw0"  # bridge in the root namespace: the switch between the nodes
 HOSTS_TAG = "# vmtestbed-lab"  # marks our /etc/hosts lines
 MAX_NODES = 4
 
+# Ganeti versions the lab builds: 3.0 from this Debian 12 host's packages, 3.1 from a
+# Debian 13 root filesystem each node chroots into (vmtestbed.ganeti.tree).
+VERSIONS = ("3.0", "3.1")
+DEFAULT_VERSION = "3.0"
+
 # Directories each node gets a private copy of (bind mounts inside its mount namespace).
 # key: directory on the node; value: name of the per-node source directory.
 PRIVATE_DIRS = {
@@ -73,6 +78,11 @@ class NodeSpec:
     @property
     def pid_file(self) -> Path:
         return self.state_dir / "holder.pid"
+
+    @property
+    def root(self) -> Path:
+        """Where a chrooted node's overlay root is mounted (inside its mount namespace)."""
+        return self.state_dir / "root"
 
 
 def instance_name(index: int) -> str:

@@ -6,6 +6,13 @@ mount the node needs is then made from outside with ``nsenter -t <holder> -m``: 
 private tmpfs on ``/run``, a node-specific sysfs, and bind mounts of per-node copies of
 Ganeti's, ssh's and hookpack's state directories. Nothing is mounted in the root mount
 namespace, so the node's mounts vanish with its last process.
+
+A node of a Ganeti 3.1 lab also has a root filesystem of its own: ``tree`` (the cached
+Debian 13 tree of :mod:`vmtestbed.ganeti.tree`) under an overlay whose upper directory
+is the node's. The holder mounts the overlay, then chroots into it before it becomes
+``sleep``; every other mount is made below that root, and commands run on the node enter
+its root too (``nsenter -r -w``). The guests' kernel, the checkout and hookpack's lab
+venv are bound into the root at their host paths, so the same paths work on both labs.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmtestbed.ganeti import proc
@@ -28,10 +35,14 @@ from vmtestbed.ganeti.layout import (
 
 
 class Node:
-    """A lab node built from ``spec``; ``shared_storage`` is bound on every node."""
+    """A lab node built from ``spec``; ``shared_storage`` is bound on every node.
 
-    def __init__(self, spec: NodeSpec) -> None:
+    ``tree``: the root filesystem the node chroots into (a 3.1 lab), or None (3.0: the
+    host's own filesystem)."""
+
+    def __init__(self, spec: NodeSpec, tree: Path | None = None) -> None:
         self.spec = spec
+        self.tree = tree
 
     # -- facts ----------------------------------------------------------------------
     @property
@@ -66,7 +77,17 @@ class Node:
         pid = self.holder_pid()
         if pid is None:
             raise LabError(f"{self.name}: the node's holder process is gone; run `down` then `up`")
-        return ["nsenter", "-t", str(pid), "-n", "-u", "-m", "--", *argv]
+        chroot = ["-r", "-w"] if self.tree else []
+        return ["nsenter", "-t", str(pid), "-n", "-u", "-m", *chroot, "--", *argv]
+
+    def in_netns(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` as a host program in the node's network and UTS namespaces, on the
+        host's filesystem: for the test's own servers and clients (receivers, PowerDNS,
+        NetBox), which a 3.1 node's Debian 13 root does not have."""
+        pid = self.holder_pid()
+        if pid is None:
+            raise LabError(f"{self.name}: the node's holder process is gone; run `down` then `up`")
+        return ["nsenter", "-t", str(pid), "-n", "-u", "--", *argv]
 
     def run(
         self, argv: Sequence[str], *, check: bool = False, timeout: float = 300,
@@ -76,7 +97,7 @@ class Node:
                         input=input)
 
     # -- building -------------------------------------------------------------------------
-    def create(self, shared_storage: Path) -> None:
+    def create(self, shared_storage: Path, binds: Mapping[str, Path] | None = None) -> None:
         """Make the namespaces, the wiring to the switch, the mounts, and start sshd."""
         s = self.spec
         self._make_dirs()
@@ -95,17 +116,19 @@ class Node:
         ):
             proc.run(ipn + cmd, where=self.name)
         self._start_holder()
-        self._mount(shared_storage)
+        self._mount(shared_storage, binds or {})
         self.run(["hostname", s.name], check=True)
         self.run(["/usr/sbin/sshd", "-o", f"ListenAddress={s.ip}"], check=True)
 
     def _make_dirs(self) -> None:
         root = self.spec.state_dir
         root.mkdir(parents=True, exist_ok=True)
+        seeds = self.tree or Path("/")
         for mnt, src in PRIVATE_DIRS.items():
             dst = root / src
-            if mnt in SEEDED_DIRS and Path(mnt).is_dir():
-                shutil.copytree(mnt, dst, symlinks=True, dirs_exist_ok=True)
+            seed = seeds / mnt.lstrip("/")
+            if mnt in SEEDED_DIRS and seed.is_dir():
+                shutil.copytree(seed, dst, symlinks=True, dirs_exist_ok=True)
             else:
                 dst.mkdir(parents=True, exist_ok=True)
         (root / "root-ssh").chmod(0o700)
@@ -113,10 +136,23 @@ class Node:
         for sub in ("file-storage", "shared-file-storage", "os"):
             (srv / sub).mkdir(exist_ok=True)
 
+    def _holder_argv(self) -> list[str]:
+        unshare = ["nsenter", f"--net={self.netns_path}", "unshare", "--uts", "--mount",
+                   "--propagation", "private"]
+        if self.tree is None:
+            return [*unshare, "sleep", "infinity"]
+        root = self.spec.root
+        for d in (root, self.spec.state_dir / "upper", self.spec.state_dir / "work"):
+            d.mkdir(parents=True, exist_ok=True)
+        overlay = (f"lowerdir={self.tree},upperdir={self.spec.state_dir / 'upper'},"
+                   f"workdir={self.spec.state_dir / 'work'}")
+        return [*unshare, "sh", "-c",
+                'mount -t overlay overlay -o "$1" "$2" && exec chroot "$2" sleep infinity',
+                "holder", overlay, str(root)]
+
     def _start_holder(self) -> None:
         holder = subprocess.Popen(
-            ["nsenter", f"--net={self.netns_path}", "unshare", "--uts", "--mount",
-             "--propagation", "private", "sleep", "infinity"],
+            self._holder_argv(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -128,19 +164,31 @@ class Node:
                                f"(exit {holder.returncode}); is util-linux installed?")
             time.sleep(0.01)
 
-    def _mount(self, shared_storage: Path) -> None:
+    def _mount(self, shared_storage: Path, binds: Mapping[str, Path]) -> None:
+        """The node's mounts, made from outside in its mount namespace; a chrooted
+        node's below its root (``r``), with the kernel filesystems and ``binds``
+        (path on the node: host directory)."""
         pid = self.holder_pid()
         assert pid is not None
         m = ["nsenter", "-t", str(pid), "-m", "-n", "--"]
-        cmds: list[list[str]] = [
-            ["mount", "-t", "sysfs", "sysfs", "/sys"],  # shows this netns's devices
-            ["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", "/run"],
-            ["mkdir", "-p", "/run/ganeti", "/run/lock", "/run/sshd"],
-            ["chmod", "1777", "/run/lock"],
+        r = str(self.spec.root) if self.tree else ""
+        cmds: list[list[str]] = []
+        if self.tree:
+            cmds += [["mount", "-t", "proc", "proc", f"{r}/proc"],
+                     ["mount", "--rbind", "/dev", f"{r}/dev"]]
+        cmds += [
+            ["mount", "-t", "sysfs", "sysfs", f"{r}/sys"],  # shows this netns's devices
+            ["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", f"{r}/run"],
+            ["mkdir", "-p", f"{r}/run/ganeti", f"{r}/run/lock", f"{r}/run/sshd"],
+            ["chmod", "1777", f"{r}/run/lock"],
         ]
-        for mnt, src in PRIVATE_DIRS.items():
-            cmds.append(["mount", "--bind", str(self.spec.state_dir / src), mnt])
-        cmds.append(["mount", "--bind", str(shared_storage), SHARED_FILE_STORAGE])
+        targets = {mnt: str(self.spec.state_dir / src) for mnt, src in PRIVATE_DIRS.items()}
+        targets[SHARED_FILE_STORAGE] = str(shared_storage)
+        targets.update({mnt: str(src) for mnt, src in binds.items()} if self.tree else {})
+        for mnt, src in targets.items():
+            if self.tree:
+                cmds.append(["mkdir", "-p", f"{r}{mnt}"])
+            cmds.append(["mount", "--bind", src, f"{r}{mnt}"])
         for cmd in cmds:
             proc.run(m + cmd, where=self.name)
 

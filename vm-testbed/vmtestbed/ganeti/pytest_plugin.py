@@ -5,9 +5,14 @@ Use from a conftest by importing the fixtures by name
 
 - ``ganeti_lab_lock``: the machine-wide lab lock, held for the session (the lab is one
   per machine; other sessions wait up to ``VMTESTBED_GANETI_LOCK_WAIT`` s, default 1800).
-- ``ganeti_lab``: the :class:`~vmtestbed.ganeti.Lab`, up with hookpack installed. A lab
-  left over by a crashed run is brought down first. Teardown runs ``down`` on success,
-  failure, Ctrl-C and SIGTERM (turned into KeyboardInterrupt while the lab is up).
+- ``ganeti_version``: the Ganeti version of the lab, one session-wide parameter per
+  version in ``VMTESTBED_GANETI_VERSIONS`` (default ``3.0,3.1``): every lab test runs
+  once per version, the 3.0 lab's tests first, then the 3.1 lab's
+  (:func:`order_by_version`).
+- ``ganeti_lab``: the :class:`~vmtestbed.ganeti.Lab` of that version, up with hookpack
+  installed. A lab left over by a crashed run is brought down first. Teardown runs
+  ``down`` on success, failure, Ctrl-C and SIGTERM (turned into KeyboardInterrupt while
+  the lab is up).
   ``VMTESTBED_GANETI_NODES`` (default 2) and ``VMTESTBED_GANETI_HOOKPACK=0`` change it.
 - ``ganeti_machine_before``: :func:`vmtestbed.ganeti.machine.snapshot` taken before up.
 - ``ganeti_timings``: a dict tests add their operation timings to; printed at the end
@@ -29,11 +34,15 @@ import pytest
 
 from vmtestbed.ganeti import machine
 from vmtestbed.ganeti.lab import Lab
+from vmtestbed.ganeti.layout import VERSIONS as LAB_VERSIONS
 from vmtestbed.ganeti.lock import LabLock
 
 NODES = int(os.environ.get("VMTESTBED_GANETI_NODES", "2"))
 LOCK_WAIT = float(os.environ.get("VMTESTBED_GANETI_LOCK_WAIT", "1800"))
 WITH_HOOKPACK = os.environ.get("VMTESTBED_GANETI_HOOKPACK", "1") != "0"
+VERSIONS = tuple(v.strip() for v in
+                 os.environ.get("VMTESTBED_GANETI_VERSIONS", ",".join(LAB_VERSIONS)).split(",")
+                 if v.strip())
 TIMINGS_FILE = Path(__file__).resolve().parents[2] / ".cache" / "ganeti-timings.json"
 _TIMINGS: dict[str, float] = {}
 
@@ -67,16 +76,22 @@ def ganeti_timings() -> dict[str, float]:
     return _TIMINGS
 
 
+@pytest.fixture(scope="session", params=VERSIONS)
+def ganeti_version(request: pytest.FixtureRequest) -> str:
+    version: str = request.param
+    return version
+
+
 @pytest.fixture(scope="session")
-def ganeti_lab(ganeti_machine_before: dict[str, list[str]],
+def ganeti_lab(ganeti_machine_before: dict[str, list[str]], ganeti_version: str,
                ganeti_timings: dict[str, float]) -> Iterator[Lab]:
     previous = signal.signal(signal.SIGTERM, _sigterm)
     lab = Lab()
     try:
-        lab.up(nodes=NODES, owner="pytest")
+        lab.up(nodes=NODES, owner="pytest", version=ganeti_version)
         if WITH_HOOKPACK:
             lab.install_hookpack()
-        ganeti_timings.update({f"lab.{k}": v for k, v in lab.timings.items()})
+        ganeti_timings.update({f"lab{ganeti_version}.{k}": v for k, v in lab.timings.items()})
         yield lab
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut down short
@@ -85,9 +100,26 @@ def ganeti_lab(ganeti_machine_before: dict[str, list[str]],
             report = lab.down()
         finally:
             signal.signal(signal.SIGTERM, previous)
-        ganeti_timings["lab.down"] = round(time.monotonic() - t0, 1)
+        ganeti_timings[f"lab{ganeti_version}.down"] = round(time.monotonic() - t0, 1)
         if report.problems:
             print("ganeti lab down: " + "; ".join(report.problems))
+
+
+def order_by_version(items: list[pytest.Item]) -> None:
+    """Put the lab tests in place in version order (each lab comes up once), and within
+    a version the ``test_zz_down`` module last (it brings that lab down); the other tests
+    keep their places."""
+    def version_of(item: pytest.Item) -> str | None:
+        callspec = getattr(item, "callspec", None)
+        return callspec.params.get("ganeti_version") if callspec else None
+
+    slots = [i for i, item in enumerate(items) if version_of(item) is not None]
+    lab_items = [items[i] for i in slots]
+    lab_items.sort(key=lambda item: (VERSIONS.index(str(version_of(item))),
+                                     item.module.__name__.endswith("test_zz_down")
+                                     if getattr(item, "module", None) else False))
+    for i, item in zip(slots, lab_items, strict=True):
+        items[i] = item
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
