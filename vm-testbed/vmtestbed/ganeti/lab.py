@@ -231,7 +231,7 @@ class Lab:
                 self._state["nodes"].append(s.index)
                 self._save()
                 node = Node(s, self.tree)
-                node.create(SHARED_STORAGE, self._binds(guest))
+                node.create(SHARED_STORAGE, self._binds(guest) if self.tree else None)
                 if self.tree:
                     hosts.add(names, self.node_root(node) / "etc/hosts")
                 osdef.write(node.host_path("/srv/ganeti/os"))
@@ -523,7 +523,8 @@ class Lab:
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"up": self.is_up, "nodes": {}, "timings": self.timings}
+        out: dict[str, Any] = {"up": self.is_up, "version": self.version, "nodes": {},
+                               "timings": self.timings}
         for n in self.nodes:
             out["nodes"][n.name] = {"ip": n.spec.ip, "holder": n.holder_pid(),
                                     "processes": len(proc.pids_in_netns(n.netns_path))}

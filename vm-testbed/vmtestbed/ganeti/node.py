@@ -74,20 +74,20 @@ class Node:
 
     # -- running things on the node -----------------------------------------------------
     def nsenter(self, argv: Sequence[str]) -> list[str]:
-        pid = self.holder_pid()
-        if pid is None:
-            raise LabError(f"{self.name}: the node's holder process is gone; run `down` then `up`")
         chroot = ["-r", "-w"] if self.tree else []
-        return ["nsenter", "-t", str(pid), "-n", "-u", "-m", *chroot, "--", *argv]
+        return ["nsenter", "-t", self._live_holder(), "-n", "-u", "-m", *chroot, "--", *argv]
 
     def in_netns(self, argv: Sequence[str]) -> list[str]:
         """``argv`` as a host program in the node's network and UTS namespaces, on the
         host's filesystem: for the test's own servers and clients (receivers, PowerDNS,
         NetBox), which a 3.1 node's Debian 13 root does not have."""
+        return ["nsenter", "-t", self._live_holder(), "-n", "-u", "--", *argv]
+
+    def _live_holder(self) -> str:
         pid = self.holder_pid()
         if pid is None:
             raise LabError(f"{self.name}: the node's holder process is gone; run `down` then `up`")
-        return ["nsenter", "-t", str(pid), "-n", "-u", "--", *argv]
+        return str(pid)
 
     def run(
         self, argv: Sequence[str], *, check: bool = False, timeout: float = 300,
