@@ -37,6 +37,15 @@ def run_op(lab: Lab, timings: dict[str, float], label: str, hpath: str, argv: li
     return records
 
 
+def hookpack_marks(lab: Lab, node: str) -> dict[str, dict[str, Any]]:
+    """hookpack's netdev table on ``node``, read with nft: tap -> device, mark, comment."""
+    from tests.shaping.conftest import parse_nft
+
+    out = lab.run_on(node, ["nft", "list", "table", "netdev", "hookpack"]).stdout
+    result: dict[str, dict[str, Any]] = parse_nft(out)
+    return result
+
+
 def wait_guest(lab: Lab, instance: str, ip: str, timeout: float = 90) -> None:
     lab.wait_guest(instance, ip, timeout)
 

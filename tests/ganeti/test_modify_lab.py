@@ -28,7 +28,7 @@ from vmtestbed.ganeti import compat
 from vmtestbed.ganeti.hookpack_install import LAB_CONFIG, VENV
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 
-from tests.ganeti.scenario import MASTER, note_hook_table, run_op
+from tests.ganeti.scenario import MASTER, hookpack_marks, note_hook_table, run_op
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
@@ -83,12 +83,6 @@ def _taps(lab, node, instance) -> dict[int, str]:
     return {int(p.name): p.read_text().strip() for p in d.iterdir()} if d.is_dir() else {}
 
 
-def _marks(lab, node) -> dict[str, dict]:
-    from tests.shaping.conftest import parse_nft
-
-    return parse_nft(lab.run_on(node, ["nft", "list", "table", "netdev", "hookpack"]).stdout)
-
-
 def _classes(lab, node) -> set[str]:
     out = lab.run_on(node, ["tc", "class", "show", "dev", "eth1"], check=True).stdout
     return set(re.findall(r"class htb (\S+) ", out))
@@ -98,7 +92,7 @@ def _shaped(lab, node, instance) -> dict[str, str]:
     """tap -> its uplink class, for each of ``instance``'s NICs hookpack marks on ``node``."""
     classes = _classes(lab, node)
     out = {}
-    for tap, mark in _marks(lab, node).items():
+    for tap, mark in hookpack_marks(lab, node).items():
         if mark["comment"].startswith(f"hookpack:{instance}:"):
             classid = f"4850:{mark['mark']:x}"
             assert classid in classes, (tap, mark, classes)

@@ -19,6 +19,8 @@ from vmtestbed.ganeti.hookpack_install import VENV
 from vmtestbed.ganeti.layout import instance_ip, instance_name
 from vmtestbed.shapemeter import IperfServers, class_bytes, measure_shell_until_within, within
 
+from tests.ganeti.scenario import hookpack_marks
+
 pytestmark = [pytest.mark.ganeti, pytest.mark.slow]
 
 INDEX = 5
@@ -65,26 +67,18 @@ def _classes(lab, node) -> dict[str, str]:
     return dict(re.findall(r"class htb (\S+) (?:root|parent \S+) .*?ceil (\S+)", out))
 
 
-def _marks(lab, node) -> dict[str, dict]:
-    """hookpack's netdev table on the node, read with nft: tap -> device, mark, comment."""
-    from tests.shaping.conftest import parse_nft
-
-    out = lab.run_on(node, ["nft", "list", "table", "netdev", "hookpack"]).stdout
-    return parse_nft(out)
-
-
 def test_add_shapes_the_new_instance_on_its_primary(lab):
     lab.add_instance(INDEX, node=N2, extra=["--tags", "hookpack:egress:20mbit"])
     tap = _tap(lab, N2)
     assert tap
     assert "20Mbit" in _classes(lab, N2).values()
-    marks = _marks(lab, N2)
+    marks = hookpack_marks(lab, N2)
     assert marks[tap]["device"] == tap and marks[tap]["comment"] == f"hookpack:{INST}:0"
     assert f"4850:{marks[tap]['mark']:x}" in _classes(lab, N2)
     tap_qdisc = lab.run_on(N2, ["tc", "qdisc", "show", "dev", tap], check=True).stdout
     assert "htb 4850:" in tap_qdisc
     assert " bpf " in lab.run_on(N2, ["tc", "filter", "show", "dev", "eth1"]).stdout
-    assert not any(m["comment"] == f"hookpack:{INST}:0" for m in _marks(lab, N1).values())
+    assert not any(m["comment"] == f"hookpack:{INST}:0" for m in hookpack_marks(lab, N1).values())
 
 
 def test_the_guests_traffic_runs_at_its_rates(lab, tmp_path):
@@ -111,20 +105,20 @@ def test_migrate_target_shaped_source_clean(lab):
     assert lab.instance_info(INST, ["pnode"])["pnode"] == N1
     new_tap = _tap(lab, N1)
     assert new_tap and _tap(lab, N2) is None
-    assert _marks(lab, N1)[new_tap]["comment"] == f"hookpack:{INST}:0"
+    assert hookpack_marks(lab, N1)[new_tap]["comment"] == f"hookpack:{INST}:0"
     assert "20Mbit" in _classes(lab, N1).values()  # the tag travelled with the hook env
-    assert _marks(lab, N2) == {}
+    assert hookpack_marks(lab, N2) == {}
     assert set(_classes(lab, N2)) <= {"4850:1", "4850:2"}  # root and host classes left
 
 
 def test_clear_and_boot_apply_restore_everything(lab):
-    before_classes, before_marks = _classes(lab, N1), _marks(lab, N1)
+    before_classes, before_marks = _classes(lab, N1), hookpack_marks(lab, N1)
     assert "20Mbit" in before_classes.values() and before_marks
     lab.run_on(N1, [HOOKPACK, "shaping", "clear", "--all", "--yes"], check=True)
-    assert _marks(lab, N1) == {} and _classes(lab, N1) == {}
+    assert hookpack_marks(lab, N1) == {} and _classes(lab, N1) == {}
     out = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout
     assert "change(s)" in out
-    assert _classes(lab, N1) == before_classes and _marks(lab, N1) == before_marks
+    assert _classes(lab, N1) == before_classes and hookpack_marks(lab, N1) == before_marks
     again = lab.run_on(N1, [HOOKPACK, "shaping", "apply", "--all"], check=True).stdout
     assert "0 change(s), 0 netlink write(s), 0 nf_tables transaction(s)" in again
 
@@ -170,7 +164,7 @@ def test_a_flood_of_raw_and_tagged_frames_stays_in_its_class(lab, kind):
     node = lab.primary_of(INST).name
     tap = _tap(lab, node)
     assert tap
-    minor = _marks(lab, node)[tap]["mark"]
+    minor = hookpack_marks(lab, node)[tap]["mark"]
     classid = f"4850:{minor:x}"
 
     def sample() -> tuple[float, int, int, int]:

@@ -29,13 +29,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmtestbed.ganeti import proc
+from vmtestbed.ganeti import hookpack_install, proc
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.hookpack_install import NAME_PATTERN, RECORD_PATH
 from vmtestbed.ganeti.layout import STATE_DIR
@@ -101,38 +100,12 @@ def parse_recap(stdout: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def build_wheels(node_python: str, python: Path = VENV_BIN / "python") -> Path:
-    """Build hookpack's wheel (reproducible: SOURCE_DATE_EPOCH as the role does) on this
-    machine, which reaches the package index, and fetch its dependencies' wheels for the
-    nodes' Python ``node_python`` (``3.13``: binary wheels are per version); return the
-    hookpack wheel."""
-    for d in (WHEEL_DIR, WHEELHOUSE):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+def build_wheels(lab: Lab) -> Path:
+    """hookpack's wheel (reproducible: SOURCE_DATE_EPOCH as the role does) and its
+    dependencies' wheels for the nodes' Python; returns hookpack's wheel."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-    pip = [str(python), "-m", "pip"]
-    _pip([*pip, "wheel", "-q", "--no-deps", "-w", str(WHEEL_DIR), str(REPO)], env)
-    wheels = list(WHEEL_DIR.glob("hookpack-*.whl"))
-    if len(wheels) != 1:
-        raise LabError(f"pip wheel made {len(wheels)} hookpack wheels in {WHEEL_DIR}")
-    _pip([*pip, "download", "-q", "--only-binary=:all:", "--python-version", node_python,
-          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-          "-d", str(WHEELHOUSE), str(wheels[0])], env)
-    (WHEELHOUSE / wheels[0].name).unlink(missing_ok=True)  # pip download copies it too
-    return wheels[0]
-
-
-def _pip(argv: list[str], env: dict[str, str]) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900,
-                       check=False, stdin=subprocess.DEVNULL)
-    if r.returncode:
-        raise LabError(f"{' '.join(argv[2:4])} failed: {r.stderr.strip()[-1500:]}")
-
-
-def node_python(lab: Lab) -> str:
-    """The nodes' Python version, ``3.11`` (3.0 lab) or ``3.13`` (3.1 lab)."""
-    return lab.master.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                          check=True).stdout.strip()
+    return hookpack_install.build_wheels(hookpack_install.node_python(lab.master), WHEEL_DIR,
+                                         WHEELHOUSE, python=str(VENV_BIN / "python"), env=env)
 
 
 def known_hosts(lab: Lab) -> str:
@@ -180,7 +153,7 @@ def prepare(lab: Lab, config: dict[str, Any] | None = None, wheel: Path | None =
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "tmp").mkdir(exist_ok=True)
     (WORK / "cp").mkdir(exist_ok=True)
-    wheel = wheel or build_wheels(node_python(lab))
+    wheel = wheel or build_wheels(lab)
     (WORK / "known_hosts").write_text(known_hosts(lab))
     inv = WORK / "inventory.yml"  # JSON is YAML
     inv.write_text(json.dumps(inventory(lab, wheel, config or lab_config(), secrets), indent=2)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from vmtestbed.ganeti import proc
+from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.node import Node
 
 VENV = Path("/opt/hookpack-lab/venv")
@@ -48,25 +49,44 @@ def build_venv(repo: Path = REPO, venv: Path = VENV) -> bool:
     return created
 
 
-def build_venv_on(node: Node, venv_dir: Path, repo: Path = REPO, venv: Path = VENV) -> None:
+def node_python(node: Node) -> str:
+    """The node's Python version: ``3.11`` (a 3.0 lab, this host's) or ``3.13`` (3.1)."""
+    return node.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                    check=True).stdout.strip()
+
+
+def build_wheels(python_version: str, wheel_dir: Path, wheelhouse: Path, *,
+                 python: str = sys.executable, repo: Path = REPO,
+                 env: dict[str, str] | None = None) -> Path:
+    """hookpack's wheel into ``wheel_dir`` (built here, where the package index is
+    reachable) and its dependencies' wheels for Python ``python_version`` into
+    ``wheelhouse`` (binary wheels are per version: the nodes' Python may not be this
+    one); returns hookpack's wheel. Both directories are emptied first."""
+    for d in {wheel_dir, wheelhouse}:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    pip = [python, "-m", "pip"]
+    proc.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(wheel_dir), str(repo)],
+             timeout=900, env=env)
+    wheels = list(wheel_dir.glob("hookpack-*.whl"))
+    if len(wheels) != 1:
+        raise LabError(f"pip wheel made {len(wheels)} hookpack wheels in {wheel_dir}")
+    proc.run([*pip, "download", "-q", "--only-binary=:all:", "--python-version",
+              python_version, "--platform", "manylinux_2_28_x86_64", "--platform",
+              "manylinux2014_x86_64", "--dest", str(wheelhouse), str(wheels[0])],
+             timeout=900, env=env)
+    if wheelhouse != wheel_dir:
+        (wheelhouse / wheels[0].name).unlink(missing_ok=True)  # pip download copies it too
+    return wheels[0]
+
+
+def build_venv_on(node: Node, venv_dir: Path, venv: Path = VENV) -> None:
     """Build the venv inside a chrooted node (a 3.1 lab: the tree's Python, 3.13).
 
     ``venv_dir`` is the host directory the node sees at ``venv.parent``. The node has no
-    way to the package index: the host's pip builds hookpack's wheel and fetches its
-    dependencies' into ``wheels`` there; the node's pip installs from them only."""
-    wheels = venv_dir / "wheels"
-    if wheels.exists():
-        shutil.rmtree(wheels)
-    pip = [sys.executable, "-m", "pip"]
-    proc.run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(repo)],
-             timeout=600)
-    (own,) = wheels.glob("hookpack-*.whl")
-    # the dependencies as the node's Python needs them (binary wheels are per version)
-    py = node.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                  check=True).stdout.strip()
-    proc.run([*pip, "download", "-q", "--only-binary=:all:", "--python-version", py,
-              "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-              "--dest", str(wheels), str(own)], timeout=600)
+    way to the package index: the host fills ``wheels`` there (:func:`build_wheels`);
+    the node's pip installs from it only."""
+    build_wheels(node_python(node), venv_dir / "wheels", venv_dir / "wheels")
     node.run(["python3", "-m", "venv", "--clear", str(venv)], check=True)
     node.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
               "--no-index", "--find-links", str(venv.parent / "wheels"), "hookpack"],

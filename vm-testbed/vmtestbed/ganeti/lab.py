@@ -208,15 +208,12 @@ class Lab:
         if version != "3.0":
             with self._timed("tree"):
                 self._state["tree"] = str(tree.build_tree())
-            self._state["ganeti_package"] = tree.ganeti_version(Path(self._state["tree"]))
         with self._timed("guest_image"):
             guest = lab_guest()
         self._state["guest"] = {"kernel": str(guest.kernel), "initrd": str(guest.initrd),
                                 "real": guest.real}
-        if self.tree is None:
+        if self.tree is None:  # a chrooted node makes its mount points in its own root
             self._make_mountpoints()
-        else:
-            self._state["created_dirs"] = []
         SHARED_STORAGE.mkdir(parents=True, exist_ok=True)
         specs = [NodeSpec(i) for i in range(1, nodes + 1)]
         names = [(s.ip, s.name) for s in specs] + [(CLUSTER_IP, CLUSTER_NAME)]

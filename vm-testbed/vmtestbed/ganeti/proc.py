@@ -22,8 +22,10 @@ def run(
     check: bool = True,
     timeout: float = 120,
     input: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv``; raise :class:`CommandFailed` on a non-zero exit when ``check``."""
+    """Run ``argv`` (in ``env``, default ours); raise :class:`CommandFailed` on a non-zero
+    exit when ``check``."""
     log.debug("%s: %s", where, " ".join(argv))
     proc = subprocess.run(
         list(argv),
@@ -33,6 +35,7 @@ def run(
         timeout=timeout,
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
+        env=env,
     )
     if check and proc.returncode != 0:
         raise CommandFailed(where, proc)

@@ -12,37 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmtestbed import rootfs
+from vmtestbed.ganeti import packages
 
 SUITE = "trixie"
-PACKAGES = (
-    "ganeti",
-    "openssh-server",
-    "openssh-client",
-    "qemu-system-x86",
-    "qemu-utils",
-    "socat",
-    "busybox-static",
-    # hookpack: its venv (python3-venv), the host tools its actions call
-    "python3-venv",
-    "nftables",
-    "iptables",
-    "iproute2",
-    "procps",
-    "kmod",
-)
+# What a 3.0 lab installs on this host, plus what this host has and a minbase tree has
+# not: hookpack's venv (python3-venv) and the host tools its actions call.
+PACKAGES = (*packages.PACKAGES,
+            "python3-venv", "nftables", "iptables", "iproute2", "procps", "kmod")
 
 
 def build_tree(cache_dir: Path | None = None) -> Path:
     """The cached Debian 13 tree with Ganeti 3.1 (built on first use: a minute or two)."""
     return rootfs.build_rootfs(SUITE, PACKAGES, variant="minbase", cache_dir=cache_dir)
 
-
-def ganeti_version(tree: Path) -> str:
-    """The tree's ``ganeti`` package version, from dpkg's status file."""
-    status = (tree / "var/lib/dpkg/status").read_text()
-    for block in status.split("\n\n"):
-        if "\nPackage: ganeti\n" in f"\n{block}\n" or block.startswith("Package: ganeti\n"):
-            for line in block.splitlines():
-                if line.startswith("Version: "):
-                    return line.removeprefix("Version: ")
-    return "unknown"
