@@ -150,7 +150,19 @@ def _link_bytes(lab, node, dev: str, direction: str) -> int:
 
 
 FLOOD_LIMIT = 20  # Mbit/s: the instance's tag (hookpack:egress:20mbit)
-FLOOD_SECONDS, FLOOD_SETTLE, FLOOD_WINDOW = 9, 2.0, 5.0
+FLOOD_SECONDS, FLOOD_SETTLE, FLOOD_WINDOW = 9, 1.0, 5.0
+
+
+def _flood_report(lab, timeout: float, until_done: bool) -> list[str]:
+    """hpflood's output in the guest: ``go`` when it starts sending, the frame count when
+    it ends. Polled (a TCG guest on a loaded machine starts and ends late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = lab.guest_run(INST, "cat /tmp/flood.out", timeout=30).split()
+        if (len(report) >= 2 if until_done else report[:1] == ["go"]) \
+                or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("kind", ["raw", "vlan"])
@@ -158,9 +170,10 @@ def test_a_flood_of_raw_and_tagged_frames_stays_in_its_class(lab, kind):
     """Issue 16's proof in the lab: the Ganeti-started guest floods its real tap with
     frames a netfilter classifier never saw (``raw``: ethertype 0x88b5, no IP;
     ``vlan``: 802.1Q-tagged UDP), sent by vm-testbed's hpflood. Over a window inside the
-    flood: what the VM put on its tap (the tap's rx bytes) is far above its class; what
-    left the node through the uplink (eth1's tx bytes) is within 5 % of the class; and
-    the VM's class carried it (its byte counter), not the host's class."""
+    flood (from hpflood's ``go``): what the VM put on its tap (the tap's rx bytes) is far
+    above its class; what left the node through the uplink (eth1's tx bytes) is within
+    5 % of the class; and the VM's class carried it (its byte counter), not the host's
+    class. A flood too weak to tell (a starved TCG guest) is run again, boundedly."""
     node = lab.primary_of(INST).name
     tap = _tap(lab, node)
     assert tap
@@ -173,24 +186,28 @@ def test_a_flood_of_raw_and_tagged_frames_stays_in_its_class(lab, kind):
         return (time.monotonic(), _link_bytes(lab, node, tap, "rx"),
                 _link_bytes(lab, node, "eth1", "tx"), classes.get(classid, 0))
 
-    lab.guest_run(INST, f"/bin/hpflood eth0 {kind} {FLOOD_SECONDS} > /tmp/flood.out 2>&1 &")
-    time.sleep(FLOOD_SETTLE)
-    t0, tap0, up0, cls0 = sample()
-    time.sleep(FLOOD_WINDOW)
-    t1, tap1, up1, cls1 = sample()
-    time.sleep(max(0.0, FLOOD_SECONDS - FLOOD_SETTLE - FLOOD_WINDOW) + 1)
-    report = lab.guest_run(INST, "cat /tmp/flood.out", timeout=30).split()
+    for attempt in range(1, ATTEMPTS + 1):
+        lab.guest_run(INST, f"rm -f /tmp/flood.out; /bin/hpflood eth0 {kind} {FLOOD_SECONDS}"
+                      " > /tmp/flood.out 2>&1 &")
+        started = _flood_report(lab, 30, until_done=False)
+        assert started[:1] == ["go"], started
+        time.sleep(FLOOD_SETTLE)
+        t0, tap0, up0, cls0 = sample()
+        time.sleep(FLOOD_WINDOW)
+        t1, tap1, up1, cls1 = sample()
+        report = _flood_report(lab, FLOOD_SECONDS + 30, until_done=True)
 
-    def mbit(delta: int) -> float:
-        return delta * 8 / (t1 - t0) / 1e6
-
-    offered, left, in_class = mbit(tap1 - tap0), mbit(up1 - up0), mbit(cls1 - cls0)
-    print(f"{kind} flood from {INST} ({tap} on {node}, class {classid}, {FLOOD_LIMIT} Mbit): "
-          f"offered {offered:.1f} Mbit/s, left the uplink {left:.2f} Mbit/s, through the "
-          f"VM's class {in_class:.2f} Mbit/s; hpflood: {report}")
+        offered, left, in_class = (delta * 8 / (t1 - t0) / 1e6
+                                   for delta in (tap1 - tap0, up1 - up0, cls1 - cls0))
+        print(f"{kind} flood from {INST} ({tap} on {node}, class {classid}, {FLOOD_LIMIT} "
+              f"Mbit), attempt {attempt}: offered {offered:.1f} Mbit/s, left the uplink "
+              f"{left:.2f} Mbit/s, through the VM's class {in_class:.2f} Mbit/s; "
+              f"hpflood: {report}")
+        assert left <= FLOOD_LIMIT * 1.05, (offered, left)  # no escape, whatever the flood
+        if offered >= 2 * FLOOD_LIMIT:
+            break
     assert report[:1] == ["go"] and int(report[-1]) > 0, report
     assert offered >= 2 * FLOOD_LIMIT, f"the flood ({offered:.1f} Mbit/s) is too weak to tell"
-    assert left <= FLOOD_LIMIT * 1.05, (offered, left)
     assert in_class >= FLOOD_LIMIT * 0.9 and in_class <= left * 1.05, (in_class, left)
     compat.note(lab.version, "action.shaping", "the guest's traffic at its class's rates; "
                 "moves with a migration; floods of raw and VLAN-tagged frames held to "

@@ -38,7 +38,9 @@ which is on the host's root filesystem and so visible in the guest at the same
 path. Modules the guest needs beyond the initramfs are loaded with the host's
 ``modprobe -d <kernel root>`` from the guest kernel's modules: the kernel package
 unpacked in the testbed cache (:mod:`vmtestbed.kernel`; the host does not have that
-kernel installed), also visible in the guest at the same path.
+kernel installed), also visible in the guest at the same path. That directory is also
+bound on ``/lib/modules/<version>`` in the overlay, so the kernel's own autoload (which
+runs ``/sbin/modprobe``) finds a module nobody listed.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ INITRAMFS_MODULES = ("virtio_pci", "virtiofs", "overlay")
 # Loaded by stage 2 with the host's modprobe (shaping tests need them all).
 DEFAULT_MODULES = (
     "veth", "tun", "bridge", "br_netfilter", "sch_htb", "sch_fq_codel", "sch_ingress", "cls_fw",
-    "cls_u32", "act_mirred", "ifb", "nf_tables", "nft_compat", "x_tables", "xt_mark",
+    "cls_bpf", "cls_u32", "act_mirred", "ifb", "nf_tables", "nft_compat", "x_tables", "xt_mark",
     "xt_CLASSIFY", "xt_physdev", "iptable_mangle",
 )
 
@@ -143,6 +145,11 @@ off() {{ sync; echo o > /proc/sysrq-trigger; sleep 10; }}
 for m in {modules}; do
     modprobe -d {modules_root} "$m" || echo "HPG-ERROR modprobe $m"
 done
+# The kernel's own module autoload runs /sbin/modprobe, which looks in /lib/modules:
+# the guest kernel's modules are bound there (the overlay is writable).
+K=$(uname -r)
+mkdir -p "/lib/modules/$K" && mount --bind "{modules_root}/lib/modules/$K" "/lib/modules/$K" \
+    || echo "HPG-ERROR bind /lib/modules/$K"
 hostname hpguest
 ip link set lo up
 cd {cwd} || {{ echo "HPG-ERROR cd {cwd}"; off; }}
