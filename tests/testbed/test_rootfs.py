@@ -76,7 +76,7 @@ def _build_in_child(cache: str, queue: multiprocessing.Queue) -> None:  # type: 
     queue.put(str(rootfs.build_rootfs("bookworm", cache_dir=Path(cache))))
 
 
-def test_concurrent_builders_commit_one_complete_tree(tmp_path, fake_tool):
+def test_concurrent_builders_build_once_and_share_one_complete_tree(tmp_path, fake_tool):
     cache = tmp_path / "c"
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -89,12 +89,13 @@ def test_concurrent_builders_commit_one_complete_tree(tmp_path, fake_tool):
     results = {queue.get(timeout=5) for _ in procs}
     assert len(results) == 1
     out = Path(results.pop())
-    # the builders overlapped (the fake takes 1 s): one tree won, whole
-    assert len(fake_tool.read_text().splitlines()) >= 2
+    # one builder built (the fake takes 1 s); the others waited for its lock, found the
+    # tree and used it
+    assert len(fake_tool.read_text().splitlines()) == 1
     assert sorted(p.name for p in (out / "usr/bin").iterdir()) == [f"part{i}" for i in range(1, 6)]
     assert (out / "etc/os-release").exists()
-    # the losers' copies are gone: only the committed tree is left
-    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+    # no build directory left: the committed tree and its lock file
+    assert sorted(p.name for p in out.parent.iterdir()) == [f".lock-{out.name}", out.name]
 
 
 def test_failed_build_leaves_nothing_and_says_why(tmp_path, fake_tool, monkeypatch):
@@ -102,7 +103,8 @@ def test_failed_build_leaves_nothing_and_says_why(tmp_path, fake_tool, monkeypat
     with pytest.raises(rootfs.RootfsBuildError, match="nosuchpkg") as err:
         rootfs.build_rootfs("bookworm", ["nosuchpkg"], cache_dir=tmp_path / "c")
     assert "mmdebstrap bookworm" in str(err.value)
-    assert list((tmp_path / "c" / "rootfs").iterdir()) == []
+    left = [p.name for p in (tmp_path / "c" / "rootfs").iterdir()]
+    assert left == [f".lock-{rootfs.rootfs_key('bookworm', ['nosuchpkg'])}"]
 
 
 def test_unknown_suite_is_refused(tmp_path):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmtestbed import host, leaks, netbox_cli, rootfs_cli
+from vmtestbed import host, leaks, netbox_cli, prebuild, rootfs_cli
 from vmtestbed.disks import DiskSpec, FileDisk, LoopDisk
 from vmtestbed.errors import TestbedError
 from vmtestbed.ganeti import cli as ganeti_cli
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser("rootfs", help="Debian root filesystems (mmdebstrap), cached"))
     netbox_cli.build_parser(
         sub.add_parser("netbox", help="a real NetBox 4.7 (cached tree; build|serve)"))
+    sub.add_parser("prebuild", help="build the cached trees the slow tests need (NetBox, "
+                   "Debian 12 and 13), each once")
     gc = sub.add_parser("gc", help="remove what killed test runs left behind")
     gc.add_argument("--dry-run", action="store_true")
     gc.add_argument("--owner", type=int, help="only what this (dead) pid left behind")
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return rootfs_cli.run(args)
     if args.command == "netbox":
         return netbox_cli.run(args)
+    if args.command == "prebuild":
+        return prebuild.run(say=lambda line: print(line, flush=True))
     try:
         if args.command == "up":
             return cmd_up(args)

@@ -3,7 +3,8 @@ the Ganeti demo.
 
 NetBox 4.7 needs Python 3.12 or later and this host has Debian 12's 3.11, so NetBox runs
 from a Debian 13 ("trixie", Python 3.13, PostgreSQL 17) root filesystem:
-:func:`build_netbox_root` copies a :func:`vmtestbed.rootfs.build_rootfs` tree, pip-installs
+:func:`build_netbox_root` copies the Debian 13 tree it shares with the Ganeti 3.1 lab
+(:mod:`vmtestbed.trixie`), pip-installs
 ``netbox==4.7.3`` into a venv there (psycopg's C implementation is compiled with the
 rootfs's gcc and libpq-dev), writes NetBox's ``configuration.py``, and runs ``netbox
 migrate`` against a fresh PostgreSQL cluster in it, then creates a superuser and two API
@@ -42,21 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmtestbed import paths, rootfs
+from vmtestbed import paths, rootfs, trixie
 from vmtestbed.errors import TestbedError
 
 NETBOX_VERSION = "4.7.3"
 # Bump when the way the tree is made changes in a way the key does not see.
 BUILDER_VERSION = "1"
-SUITE = "trixie"
-# "essential" (no apt in the tree): mmdebstrap installs the packages with the host's apt.
-VARIANT = "essential"
-PACKAGES = (
-    "python3", "python3-venv",
-    # psycopg[c]: compiled at pip install time against libpq
-    "python3-dev", "gcc", "libc6-dev", "libpq-dev",
-    "postgresql", "redis-server",
-)
 
 NETBOX_ROOT = "/opt/netbox"  # the instance root in the tree (conf/configuration.py)
 HELPER = f"{NETBOX_ROOT}/testbed/netbox-testbed.sh"
@@ -311,13 +303,21 @@ def build_netbox_root(cache_dir: Path | None = None, *, rebuild: bool = False,
     """
     say = progress or (lambda line: None)
     started = time.monotonic()
-    base = rootfs.build_rootfs(SUITE, PACKAGES, variant=VARIANT, cache_dir=cache_dir)
+    base = trixie.build_tree(cache_dir)
     say(f"rootfs {base.name}: {time.monotonic() - started:.1f} s")
     cache = (cache_dir or paths.cache_dir()) / "netbox"
     out = cache / netbox_key(base)
     if out.is_dir() and not rebuild:
         return out
+    with paths.build_lock(out):
+        if not out.is_dir() or rebuild:
+            _build(base, out, say, rebuild=rebuild)
+    return out
+
+
+def _build(base: Path, out: Path, say: Callable[[str], None], *, rebuild: bool) -> None:
     rootfs._require("unshare", "util-linux")
+    cache = out.parent
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=cache, prefix=f".build-{os.getpid()}-"))
     try:
@@ -335,7 +335,6 @@ def build_netbox_root(cache_dir: Path | None = None, *, rebuild: bool = False,
         rootfs._commit(root, out, replace=rebuild)
     finally:
         rootfs._remove_tree(work)
-    return out
 
 
 def _timed(say: Callable[[str], None], what: str, step: Callable[[], None]) -> None:

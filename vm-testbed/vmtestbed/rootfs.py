@@ -93,6 +93,15 @@ def build_rootfs(suite: str = "bookworm", packages: Sequence[str] = (), *,
     out = cache / rootfs_key(suite, packages, variant, files, hooks)
     if out.is_dir() and not rebuild:
         return out
+    with paths.build_lock(out):
+        if not out.is_dir() or rebuild:
+            _mmdebstrap(suite, packages, variant, files or {}, hooks, out, rebuild=rebuild)
+    return out
+
+
+def _mmdebstrap(suite: str, packages: Sequence[str], variant: str, files: Mapping[str, str],
+                hooks: Sequence[str], out: Path, *, rebuild: bool) -> None:
+    cache = out.parent
     tool = _require("mmdebstrap", "mmdebstrap")
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=cache, prefix=f".build-{os.getpid()}-"))
@@ -102,7 +111,7 @@ def build_rootfs(suite: str = "bookworm", packages: Sequence[str] = (), *,
                 "--aptopt=Acquire::Retries \"3\""]
         if packages:
             argv.append("--include=" + ",".join(sorted(set(packages))))
-        argv += _file_hooks(files or {}, staged)
+        argv += _file_hooks(files, staged)
         argv += [f"--customize-hook={h}" for h in hooks]
         # apt's lists and downloaded .debs are dead weight in a cached image.
         argv += ["--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin"]
@@ -112,7 +121,6 @@ def build_rootfs(suite: str = "bookworm", packages: Sequence[str] = (), *,
         _commit(work / "root", out, replace=rebuild)
     finally:
         _remove_tree(work)
-    return out
 
 
 def build_ext4_image(rootfs: Path, *, free_mib: int = 1024,
@@ -130,9 +138,16 @@ def build_ext4_image(rootfs: Path, *, free_mib: int = 1024,
     image = out / "disk.img"
     if image.exists():
         return image
+    with paths.build_lock(out):
+        if not image.exists():
+            _mke2fs(rootfs, free_mib, out)
+    return image
+
+
+def _mke2fs(rootfs: Path, free_mib: int, out: Path) -> None:
     mke2fs = _require("mke2fs", "e2fsprogs")
-    cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=cache, prefix=f".build-{os.getpid()}-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".build-{os.getpid()}-"))
     try:
         result = work / "result"
         result.mkdir()
@@ -143,7 +158,6 @@ def build_ext4_image(rootfs: Path, *, free_mib: int = 1024,
         _commit(result, out, replace=False)
     finally:
         _remove_tree(work)
-    return image
 
 
 def boot_files(rootfs: Path) -> BootFiles:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmtestbed import trixie
 from vmtestbed.console import SerialConsole
 from vmtestbed.errors import TestbedError
-from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc, tree
+from vmtestbed.ganeti import hookpack_install, hosts, osdef, packages, proc
 from vmtestbed.ganeti.errors import LabError
 from vmtestbed.ganeti.guest import LabGuest, lab_guest
 from vmtestbed.ganeti.layout import (
@@ -183,7 +184,7 @@ class Lab:
         """Install packages, build ``nodes`` nodes, init the cluster, add the other nodes.
 
         ``version`` 3.0 runs this host's Ganeti; 3.1 builds (once, cached) the Debian 13
-        tree of :mod:`vmtestbed.ganeti.tree` and chroots every node into an overlay of it.
+        tree of :mod:`vmtestbed.trixie` and chroots every node into an overlay of it.
 
         ``owner`` (``cli``, ``pytest``, ``demo``) goes into the state: labs of dead
         sessions are cleaned up by the next session, ``cli`` labs never. Hold a
@@ -207,7 +208,7 @@ class Lab:
         self._save()
         if version != "3.0":
             with self._timed("tree"):
-                self._state["tree"] = str(tree.build_tree())
+                self._state["tree"] = str(trixie.build_tree())
         with self._timed("guest_image"):
             guest = lab_guest()
         self._state["guest"] = {"kernel": str(guest.kernel), "initrd": str(guest.initrd),

@@ -15,7 +15,7 @@ HOSTS_TAG = "# vmtestbed-lab"  # marks our /etc/hosts lines
 MAX_NODES = 4
 
 # Ganeti versions the lab builds: 3.0 from this Debian 12 host's packages, 3.1 from a
-# Debian 13 root filesystem each node chroots into (vmtestbed.ganeti.tree).
+# Debian 13 root filesystem each node chroots into (vmtestbed.trixie).
 VERSIONS = ("3.0", "3.1")
 DEFAULT_VERSION = "3.0"
 

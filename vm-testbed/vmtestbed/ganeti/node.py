@@ -8,7 +8,7 @@ Ganeti's, ssh's and hookpack's state directories. Nothing is mounted in the root
 namespace, so the node's mounts vanish with its last process.
 
 A node of a Ganeti 3.1 lab also has a root filesystem of its own: ``tree`` (the cached
-Debian 13 tree of :mod:`vmtestbed.ganeti.tree`) under an overlay whose upper directory
+Debian 13 tree of :mod:`vmtestbed.trixie`) under an overlay whose upper directory
 is the node's. The holder mounts the overlay, then chroots into it before it becomes
 ``sleep``; every other mount is made below that root, and commands run on the node enter
 its root too (``nsenter -r -w``). The guests' kernel, the checkout and hookpack's lab
