@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from vmtestbed import prebuild
 
 from hookpack.env import read_env_dump
 
@@ -44,6 +46,34 @@ def suite_rank(nodeid: str) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: suite_rank(item.nodeid))  # stable: order kept within
+
+
+# Tests that measure rates, floods or latencies: a background build beside them would skew
+# what they measure, so they wait for it to end (bounded; in the whole suite it has
+# ended long before they run).
+MEASURING = ("tests/shaping/", "tests/shaping_accuracy/", "tests/shaping_guest/",
+             "tests/testbed/test_guest.py", "tests/testbed/test_network.py",
+             "tests/ganeti/test_shaping_lab.py")
+PREBUILD_WAIT_S = 1200
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the item's fixtures (a module's guest run among them) are set up."""
+    if item.nodeid.startswith(MEASURING):
+        ended, waited = prebuild.wait_until_done(PREBUILD_WAIT_S)
+        if waited >= 1:
+            PREBUILD_WAITS.append(f"waited {waited:.0f} s for the background prebuild "
+                                  f"{'to end' if ended else '(still running)'} before "
+                                  f"{item.nodeid}")
+
+
+PREBUILD_WAITS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in PREBUILD_WAITS:
+        terminalreporter.write_line(line)
 
 
 def sample_files(directory: Path = SAMPLES) -> list[Path]:

@@ -64,3 +64,26 @@ def test_build_lock_lets_one_builder_in_at_a_time(tmp_path):
         assert p.exitcode == 0
     events = [line.split()[0] for line in log.read_text().splitlines()]
     assert events == ["in", "out"] * 3  # never two inside at once
+
+
+def _run_prebuild(cache: str, seconds: float) -> None:
+    import os
+
+    os.environ["VMTESTBED_CACHE"] = cache
+    prebuild.run((("slow", lambda: time.sleep(seconds)),), say=lambda line: None)
+
+
+def test_measuring_tests_wait_while_a_prebuild_runs_and_no_longer(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMTESTBED_CACHE", str(tmp_path))
+    assert prebuild.wait_until_done(5) == (True, 0.0)  # no prebuild ever ran here
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_run_prebuild, args=(str(tmp_path), 3))
+    child.start()
+    deadline = time.monotonic() + 10
+    while prebuild.wait_until_done(0)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the child holds the lock
+    assert prebuild.wait_until_done(0.1)[0] is False  # bounded: gave up, still running
+    assert prebuild.wait_until_done(60)[0] is True  # until the build ended
+    child.join(10)
+    assert child.exitcode == 0
+    assert prebuild.wait_until_done(0)[0] is True  # ended: nothing to wait for

@@ -1,8 +1,10 @@
 """``vm-testbed prebuild``: build the cached trees the slow tests need, ahead of them.
 
-The whole test suite (``scripts/test`` with no arguments) starts this in the background,
-at the lowest CPU priority, while its first tests run (those need none of these trees:
-the suite's order, tests/conftest.py, puts the tests that do last). Each entry is built
+The whole test suite (``scripts/test`` with no arguments) starts this in the background
+while its first tests run (those need none of these trees: the suite's order,
+tests/conftest.py, puts the tests that do last). It holds :func:`running_lock` while it
+runs: tests that measure rates or latencies wait for it to end
+(:func:`wait_until_done`), so no build runs beside them. Each entry is built
 by the same function its tests call, under the entry's build lock
 (:func:`vmtestbed.paths.build_lock`): a test that reaches an entry still being built
 waits for it instead of building it a second time, and one that finds it built uses it.
@@ -12,12 +14,16 @@ again and fails where the error belongs); this command's exit status is then 1.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from vmtestbed import netbox, rootfs, systemd_guest, trixie
+from vmtestbed import netbox, paths, rootfs, systemd_guest, trixie
 
 # (what, builder), in the order the suite reaches them.
 STEPS: tuple[tuple[str, Callable[[], object]], ...] = (
@@ -29,8 +35,53 @@ STEPS: tuple[tuple[str, Callable[[], object]], ...] = (
 )
 
 
+def running_lock() -> Path:
+    """Held (exclusively) by a prebuild for as long as it runs."""
+    return paths.cache_dir() / ".prebuild-running"
+
+
+def wait_until_done(timeout: float) -> tuple[bool, float]:
+    """Wait (at most ``timeout`` s) while a prebuild runs. Returns whether none runs now,
+    and the seconds waited. For tests that measure rates or latencies: a build beside
+    them would skew what they measure."""
+    lock = running_lock()
+    if not lock.exists():
+        return True, 0.0
+    started = time.monotonic()
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True, time.monotonic() - started
+            except BlockingIOError:
+                if time.monotonic() - started > timeout:
+                    return False, time.monotonic() - started
+                time.sleep(0.5)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _running() -> Iterator[None]:
+    lock = running_lock()
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(steps: tuple[tuple[str, Callable[[], object]], ...] = STEPS,
         say: Callable[[str], None] = print) -> int:
+    with _running():
+        return _run_steps(steps, say)
+
+
+def _run_steps(steps: tuple[tuple[str, Callable[[], object]], ...],
+               say: Callable[[str], None]) -> int:
     failed = 0
     started = time.monotonic()
     for what, build in steps:
