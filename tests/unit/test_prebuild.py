@@ -7,9 +7,17 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import pytest
 from vmtestbed import paths, prebuild
 
 from tests.conftest import suite_rank
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """A cache of the test's own: the running lock of a real prebuild (scripts/test runs
+    one beside the suite) is not this test's."""
+    monkeypatch.setenv("VMTESTBED_CACHE", str(tmp_path / "cache"))
 
 
 def test_a_failed_step_is_reported_and_the_next_still_built():
@@ -73,11 +81,10 @@ def _run_prebuild(cache: str, seconds: float) -> None:
     prebuild.run((("slow", lambda: time.sleep(seconds)),), say=lambda line: None)
 
 
-def test_measuring_tests_wait_while_a_prebuild_runs_and_no_longer(tmp_path, monkeypatch):
-    monkeypatch.setenv("VMTESTBED_CACHE", str(tmp_path))
+def test_measuring_tests_wait_while_a_prebuild_runs_and_no_longer():
     assert prebuild.wait_until_done(5) == (True, 0.0)  # no prebuild ever ran here
     ctx = multiprocessing.get_context("fork")
-    child = ctx.Process(target=_run_prebuild, args=(str(tmp_path), 3))
+    child = ctx.Process(target=_run_prebuild, args=(str(paths.cache_dir()), 3))
     child.start()
     deadline = time.monotonic() + 10
     while prebuild.wait_until_done(0)[0] and time.monotonic() < deadline:
