@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,41 +28,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 INNER = Path(__file__).resolve().parent / "inner"
 PYTEST = [*GUEST_PYTEST, "-q", "-rA"]
-
-# Tests of tests/shaping/ that are about the host kernel (no cls_fw there) or the
-# CLASSIFY path by design; their fw counterparts are in inner/test_hookpack_fw.py.
-HOST_KERNEL_ONLY = (
-    "test_forcing_fw_where_cls_fw_is_missing_fails_cleanly",  # expects cls_fw missing
-    "test_auto_classifier_probe_and_doctor",  # expects the host's probe result
-    "test_hookpack_doctor_shows_the_probe",  # same, and needs Ganeti installed
-    "test_apply_creates_exactly_the_desired_objects",  # asserts the bpf filter
-    # counts bpf-mode writes for a hotplugged NIC; fw mode also writes the tap's fw
-    # filter: checked in inner/test_hookpack_fw.py
-    "test_changing_one_instance_touches_only_its_objects",
-)
-# Tests run on the host only, for time (a TCG guest takes ~16 s a test; CI has 60
-# minutes): those that end before any classifier object is written or read (input
-# checks and refusals), and those whose subject is the same in every classifier mode
-# (the nf_tables mark chains, foreign objects, vanished taps, tag rates, plan/show).
-# What stays in the guest is fw's own lifecycle: apply, re-apply with no write, stop,
-# the kernel taking the tap's chain, two taps with one mark, real traffic classified,
-# migration, clear and boot apply.
-CLASSIFIER_AGNOSTIC = (
-    "test_instance_not_running_here_writes_nothing",
-    "test_foreign_root_qdisc_on_the_uplink_is_refused",
-    "test_cli_refuses_a_bad_instance_name",
-    "test_uplink_missing_is_a_clean_failure",
-    "test_marks_of_the_single_chain_layout_are_taken_over",
-    "test_foreign_qdiscs_and_rules_survive",
-    "test_vanished_tap_is_skipped_with_a_note",
-    "test_hook_tags_lower_the_rate_and_are_capped",
-    "test_plan_writes_nothing_and_show_reports",
-    "test_tap_vanishing_between_plan_and_apply_is_skipped",
-)
-NETNS_SUITE = "tests/shaping/test_shaping_netns.py"
-NETNS_DESELECT = " and ".join(f"not {name}"
-                              for name in HOST_KERNEL_ONLY + CLASSIFIER_AGNOSTIC)
-
 
 @dataclass
 class Step:
@@ -102,8 +66,6 @@ STEPS = {
     "floods": Step([*PYTEST, "-s", "tests/shaping/test_classifier_netns.py",
                     str(INNER / "test_vlan_bridge.py"), "-k", "raw or vlan or routed"],
                    timeout=1500, env={"HP_FLOOD_LIMIT": "1", "HP_FLOOD_ESCAPE": "3"}),
-    "netns_fw": Step([*PYTEST, NETNS_SUITE, "-p", "tests.shaping_guest.force_fw",
-                      "-k", NETNS_DESELECT, "--tb=short"], timeout=1200),
     "latency": Step([sys.executable, str(REPO / "bench" / "shaping_latency.py"),
                      "--seconds", "10", "--no-save"], timeout=600),
 }
@@ -144,44 +106,16 @@ def step(guest_steps: dict[str, StepResult], name: str) -> StepResult:
     return result
 
 
-def host_selection(deselect: str) -> tuple[int, int]:
-    """(selected, deselected) of NETNS_SUITE with ``-k deselect``, collected here on the
-    host from the same checkout the guest runs: the exact count the guest must pass.
-    Every deselected name must still name a test (a stale name deselects nothing and
-    would hide a renamed test)."""
-    argv = [sys.executable, "-m", "pytest", NETNS_SUITE, "--collect-only", "-q",
-            "-p", "no:cacheprovider", "-o", "addopts="]
-    every = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in HOST_KERNEL_ONLY + CLASSIFIER_AGNOSTIC:
-        assert f"::{name}" in every, f"{name} is no test of {NETNS_SUITE} any more"
-    chosen = subprocess.run([*argv, "-k", deselect], cwd=REPO, capture_output=True, text=True,
-                            check=True).stdout
-    found = re.search(r"(\d+)/\d+ tests? collected \((\d+) deselected\)", chosen)
-    assert found, chosen[-2000:]
-    return int(found.group(1)), int(found.group(2))
-
-
 def test_fw_path_in_guest(guest_steps):
-    """inner/: the kernel's fw path by hand (2 tests) and hookpack in fw mode (5)."""
+    """inner/: the kernel's fw path by hand (2 tests) and hookpack in fw mode (6: probe,
+    per-VM classes with real traffic, forced fw, hotplug, the fw lifecycle, doctor)."""
     counts = step(guest_steps, "fw_path").counts()
-    assert counts == {"passed": 7}, counts
+    assert counts == {"passed": 8}, counts
 
 
 def test_floods_in_guest(guest_steps):
     counts = step(guest_steps, "floods").counts()
     assert counts.get("passed") == 3 + 2 and set(counts) <= {"passed", "deselected"}, counts
-
-
-def test_netns_fw_in_guest(guest_steps):
-    """The shaping engineer's own netns tests, classifier forced to fw (force_fw plugin):
-    exactly the tests the host selects pass in the guest, none skipped or deselected
-    beyond HOST_KERNEL_ONLY and CLASSIFIER_AGNOSTIC."""
-    selected, deselected = host_selection(NETNS_DESELECT)
-    result = step(guest_steps, "netns_fw")
-    assert result.counts() == {"passed": selected, "deselected": deselected}, result.counts()
-    forced = re.search(r"^force_fw: (\d+) CLI results checked as fw$", result.output,
-                       re.MULTILINE)
-    assert forced and int(forced.group(1)) >= 10, result.output[-3000:]
 
 
 def test_latency_in_guest(guest_steps):

@@ -9,6 +9,7 @@ marks come from hookpack's nf_tables netdev chains in both modes.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -95,6 +96,45 @@ def test_hotplugged_nic_adds_one_fw_filter_and_leaves_the_rest(node, tmp_path):
     assert out["writes"] == {"netlink": 6, "nf_tables": 1}, out
     after = shaper.fw_filters("uplink")
     assert before < after and len(after - before) == 1, (before, after)
+
+
+def test_fw_lifecycle_stop_clear_then_boot_apply(node, tmp_path):
+    """fw mode's own lifecycle, on the only kernel here with cls_fw: a stopped instance
+    loses its fw filter, class and mark and the other instance keeps its own; ``clear
+    --all`` leaves no filter, mark or uplink qdisc; the boot unit's ``apply --all`` shapes
+    the remaining instance again, its fw filter on its (new) mark. The rest of the
+    lifecycle does not depend on the classifier and runs on the host
+    (tests/shaping/test_shaping_netns.py)."""
+    shaper = HookpackNode(node, tmp_path, "fw")
+    a = shaper.add_vm("vm-a.example.test", "8mbit", "8mbit")
+    b = shaper.add_vm("vm-b.example.test", "12mbit", "12mbit")
+    assert not shaper.apply()["failures"]
+    filters, marks = shaper.fw_filters("uplink"), shaper.marks()
+    by_mark = {int(h.split("/")[0], 16): c for h, c in filters}
+    class_a = by_mark[marks[a.host_ifname]["mark"]]
+    classes = set(shaper.class_bytes())
+    assert class_a in classes, (class_a, classes)
+    # stopped as Ganeti stops it: its nic/ files removed, its tap destroyed
+    shutil.rmtree(shaper.kvm_dir / "nic" / "vm-a.example.test")
+    node.exec(["ip", "link", "del", a.host_ifname])
+    out = shaper.cli("apply", "vm-a.example.test")
+    assert not out["failures"], out
+    assert set(shaper.marks()) == {b.host_ifname}
+    left = shaper.fw_filters("uplink")
+    assert left == {f for f in filters if f[1] != class_a} and len(left) == 1, (filters, left)
+    assert set(shaper.class_bytes()) == classes - {class_a}
+    out = shaper.cli("clear", "--all", "--yes")
+    assert not out["failures"], out
+    assert shaper.fw_filters("uplink") == set() and shaper.marks() == {}
+    assert "htb" not in node.exec(["tc", "qdisc", "show", "dev", "uplink"]).stdout
+    again = shaper.apply()
+    assert not again["failures"], again
+    # b alone now: it may get the first free mark, and its fw filter names that mark
+    marks_now = shaper.marks()
+    assert set(marks_now) == {b.host_ifname}, marks_now
+    ((handle, classid),) = shaper.fw_filters("uplink")
+    assert int(handle.split("/")[0], 16) == marks_now[b.host_ifname]["mark"], handle
+    assert classid in shaper.class_bytes(), classid
 
 
 def test_hookpack_doctor_passes_cls_fw_present_and_htb(node, tmp_path):
