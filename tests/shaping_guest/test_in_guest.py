@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 INNER = Path(__file__).resolve().parent / "inner"
 PYTEST = [*GUEST_PYTEST, "-q", "-rA"]
 
+
 @dataclass
 class Step:
     argv: list[str]
