@@ -29,35 +29,41 @@ SAMPLES_3_1 = SAMPLES.with_name("ganeti-3.1-env-samples")
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
-# The suite's order: the unit tests first (they run beside scripts/test's background
-# prebuild, vm-testbed/vmtestbed/prebuild.py); last, the tests that need the cached trees
-# it builds (NetBox, the Debian 12 trees, the Debian 13 tree of the 3.1 lab). Nothing is
-# left out: the rest keep their collected order between the two.
+# The suite's order, around scripts/test's background prebuild
+# (vm-testbed/vmtestbed/prebuild.py): first the unit tests, then the other tests without
+# a QEMU guest or a rate measurement, both beside the prebuild; then the tests with a
+# guest or a measurement, which wait (bounded) until the prebuild has ended: a build
+# beside them skews what they measure and starves TCG guests (both seen in CI-like runs);
+# last the tests that need the cached trees it builds (NetBox, the Debian 12 trees, the
+# Debian 13 tree of the 3.1 lab). Nothing is left out; the order within a rank is kept.
 FIRST = ("tests/unit/",)
+MEASURING = ("tests/shaping/", "tests/shaping_accuracy/", "tests/shaping_guest/",
+             "tests/testbed/test_guest.py", "tests/testbed/test_network.py")
 LAST = ("tests/testbed/test_netbox_server.py", "tests/actions/test_netbox.py",
         "tests/debpkg/", "tests/systemd_guest/", "tests/ganeti/")
+PREBUILD_WAIT_S = 1200
 
 
-def suite_rank(nodeid: str) -> int:
+def suite_rank(nodeid: str, qemu: bool) -> int:
     if nodeid.startswith(FIRST):
         return 0
-    return 2 if nodeid.startswith(LAST) else 1
+    if nodeid.startswith(LAST):
+        return 3
+    return 2 if qemu or nodeid.startswith(MEASURING) else 1
+
+
+def _rank(item: pytest.Item) -> int:
+    return suite_rank(item.nodeid, item.get_closest_marker("qemu") is not None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: suite_rank(item.nodeid))  # stable: order kept within
-
-
-# Only the unit tests run beside scripts/test's background prebuild: every other test waits
-# (bounded) until it has ended. A build beside them skews what the rate and latency tests
-# measure and starves TCG guests into soft lockups (both seen in CI-like runs).
-PREBUILD_WAIT_S = 1200
+    items.sort(key=_rank)  # stable: the collected order within a rank
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before the item's fixtures (a module's guest run among them) are set up."""
-    if not item.nodeid.startswith(FIRST):
+    if _rank(item) >= 2:
         ended, waited = prebuild.wait_until_done(PREBUILD_WAIT_S)
         if waited >= 1:
             PREBUILD_WAITS.append(f"waited {waited:.0f} s for the background prebuild "

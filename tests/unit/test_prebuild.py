@@ -42,14 +42,18 @@ def test_all_steps_built_exit_zero():
     assert lines[-1].endswith("0 failed")
 
 
-def test_the_suite_runs_the_fast_tests_first_and_the_prebuilt_trees_last():
-    assert suite_rank("tests/unit/test_env.py::test_x") == 0
-    assert suite_rank("tests/shaping/test_shaping_netns.py::test_y") == 1
+def test_the_suite_order_around_the_prebuild():
+    assert suite_rank("tests/unit/test_env.py::test_x", False) == 0
+    # beside the prebuild: no guest, no measurement
+    assert suite_rank("tests/reliability/test_crash.py::t", False) == 1
+    assert suite_rank("tests/actions/test_netbox_fake.py::t", False) == 1
+    # after it: a QEMU guest, or a rate measurement
+    assert suite_rank("tests/actions/test_disk_grow_qemu.py::t", True) == 2
+    assert suite_rank("tests/shaping/test_shaping_netns.py::test_y", False) == 2
     for late in ("tests/actions/test_netbox.py::t", "tests/testbed/test_netbox_server.py::t",
                  "tests/debpkg/test_deb.py::t", "tests/systemd_guest/test_units.py::t",
                  "tests/ganeti/test_ganeti_lab.py::t[3.1]"):
-        assert suite_rank(late) == 2, late
-    assert suite_rank("tests/actions/test_netbox_fake.py::t") == 1
+        assert suite_rank(late, False) == 3 and suite_rank(late, True) == 3, late
 
 
 def _hold(out: str, log: str, seconds: float) -> None:

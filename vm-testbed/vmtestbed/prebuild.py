@@ -3,8 +3,8 @@
 The whole test suite (``scripts/test`` with no arguments) starts this in the background
 while its first tests run (those need none of these trees: the suite's order,
 tests/conftest.py, puts the tests that do last). It holds :func:`running_lock` while it
-runs: every test but the unit tests waits for it to end (:func:`wait_until_done`), so no
-build runs beside a rate measurement or a TCG guest. Each entry is built
+runs: the tests with a QEMU guest or a rate measurement wait for it to end
+(:func:`wait_until_done`), so no build runs beside them. Each entry is built
 by the same function its tests call, under the entry's build lock
 (:func:`vmtestbed.paths.build_lock`): a test that reaches an entry still being built
 waits for it instead of building it a second time, and one that finds it built uses it.
