@@ -97,8 +97,10 @@ def test_soft_lockup_cuts_the_run_short(host_guest_image):
     from vmtestbed.errors import GuestKernelLockup
     from vmtestbed.hostguest import run_in_guest
 
+    # the second's pause lets the serial line drain before the power-off (a loaded host
+    # once powered the guest off with the report still in the tty's buffer)
     fake_report = ("echo 'watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [python3:1]'"
-                   " > /dev/ttyS0; echo o > /proc/sysrq-trigger; sleep 30")
+                   " > /dev/ttyS0; sleep 1; echo o > /proc/sysrq-trigger; sleep 30")
     with pytest.raises(GuestKernelLockup, match="CPU#0 stuck"):
         run_in_guest(["sh", "-c", fake_report], image=host_guest_image, timeout=120)
 
