@@ -23,9 +23,14 @@ def build_lock(out: Path) -> Iterator[None]:
     background prebuild and a test's fixture, say) waits here, then finds it built,
     instead of building it again beside the first."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out.parent / f".lock-{out.name}", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_file(out), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def lock_file(out: Path) -> Path:
+    """The file :func:`build_lock` locks for ``out``."""
+    return out.parent / f".lock-{out.name}"

@@ -14,13 +14,12 @@ again and fails where the error belongs); this command's exit status is then 1.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from vmtestbed import netbox, paths, rootfs, systemd_guest, trixie
@@ -35,9 +34,13 @@ STEPS: tuple[tuple[str, Callable[[], object]], ...] = (
 )
 
 
+def _entry() -> Path:
+    """The prebuild as a cache entry: its build lock is held for as long as it runs."""
+    return paths.cache_dir() / "prebuild"
+
+
 def running_lock() -> Path:
-    """Held (exclusively) by a prebuild for as long as it runs."""
-    return paths.cache_dir() / ".prebuild-running"
+    return paths.lock_file(_entry())
 
 
 def wait_until_done(timeout: float) -> tuple[bool, float]:
@@ -62,21 +65,9 @@ def wait_until_done(timeout: float) -> tuple[bool, float]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _running() -> Iterator[None]:
-    lock = running_lock()
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def run(steps: tuple[tuple[str, Callable[[], object]], ...] = STEPS,
         say: Callable[[str], None] = print) -> int:
-    with _running():
+    with paths.build_lock(_entry()):
         return _run_steps(steps, say)
 
 
