@@ -79,7 +79,7 @@ INITRAMFS_MODULES = ("virtio_pci", "virtiofs", "overlay")
 # Loaded by stage 2 with the host's modprobe (shaping tests need them all).
 DEFAULT_MODULES = (
     "veth", "tun", "bridge", "br_netfilter", "sch_htb", "sch_fq_codel", "sch_ingress", "cls_fw",
-    "cls_bpf", "cls_u32", "act_mirred", "ifb", "nf_tables", "nft_compat", "x_tables", "xt_mark",
+    "cls_u32", "act_mirred", "ifb", "nf_tables", "nft_compat", "x_tables", "xt_mark",
     "xt_CLASSIFY", "xt_physdev", "iptable_mangle",
 )
 
