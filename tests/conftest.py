@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +31,39 @@ SAMPLES_3_1 = SAMPLES.with_name("ganeti-3.1-env-samples")
 _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
-# The suite's order, around scripts/test's background prebuild
-# (vm-testbed/vmtestbed/prebuild.py): first the unit tests, then the other tests without
-# a QEMU guest or a rate measurement, both beside the prebuild; then the tests with a
-# guest or a measurement, which wait (bounded) until the prebuild has ended: a build
-# beside them skews what they measure and starves TCG guests (both seen in CI-like runs);
-# last the tests that need the cached trees it builds (NetBox, the Debian 12 trees, the
-# Debian 13 tree of the 3.1 lab). Nothing is left out; the order within a rank is kept.
+# The suite's order, around what scripts/test runs in the background: the prebuild
+# (vm-testbed/vmtestbed/prebuild.py) and, in a pytest of its own, the systemd guest's
+# module (BESIDE). First the unit tests, then the other tests that measure no rate (QEMU
+# guests among them), both beside those two; then the tests that measure a rate or
+# latency, which wait (bounded) until both have ended: a build or a guest beside them
+# skews what they measure (seen in CI-like runs); last the tests that need the cached
+# trees the prebuild builds (NetBox, the Debian 12 trees, the Debian 13 tree of the 3.1
+# lab), which wait too. Nothing is left out; the order within a rank is kept.
 FIRST = ("tests/unit/",)
 MEASURING = ("tests/shaping/", "tests/shaping_accuracy/", "tests/shaping_guest/",
              "tests/testbed/test_guest.py", "tests/testbed/test_network.py")
 LAST = ("tests/testbed/test_netbox_server.py", "tests/actions/test_netbox.py",
         "tests/debpkg/", "tests/systemd_guest/", "tests/ganeti/")
 PREBUILD_WAIT_S = 1200
+BESIDE_WAIT_S = 1800
+BESIDE_PID_ENV = "HOOKPACK_TESTS_BESIDE_PID"  # scripts/test: the pytest beside this one
+BESIDE_ENV = "HOOKPACK_TESTS_BESIDE"  # set in that pytest: it waits for nothing
+# tests.helpers.noskip: what that pytest runs is not missing from this one (scripts/test
+# fails the run on its exit status too)
+noskip_runs_elsewhere = ({"systemd_guest/test_*.py": "scripts/test's pytest beside this one"}
+                         if os.environ.get(BESIDE_PID_ENV) else {})
 
 
-def suite_rank(nodeid: str, qemu: bool) -> int:
+def suite_rank(nodeid: str) -> int:
     if nodeid.startswith(FIRST):
         return 0
     if nodeid.startswith(LAST):
         return 3
-    return 2 if qemu or nodeid.startswith(MEASURING) else 1
+    return 2 if nodeid.startswith(MEASURING) else 1
 
 
 def _rank(item: pytest.Item) -> int:
-    return suite_rank(item.nodeid, item.get_closest_marker("qemu") is not None)
+    return suite_rank(item.nodeid)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,19 +73,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Before the item's fixtures (a module's guest run among them) are set up."""
-    if _rank(item) >= 2:
-        ended, waited = prebuild.wait_until_done(PREBUILD_WAIT_S)
-        if waited >= 1:
-            PREBUILD_WAITS.append(f"waited {waited:.0f} s for the background prebuild "
-                                  f"{'to end' if ended else '(still running)'} before "
-                                  f"{item.nodeid}")
+    if _rank(item) < 2 or os.environ.get(BESIDE_ENV):
+        return
+    ended, waited = prebuild.wait_until_done(PREBUILD_WAIT_S)
+    _note_wait("the background prebuild", ended, waited, item)
+    beside = os.environ.get(BESIDE_PID_ENV, "")
+    if beside.isdigit():
+        ended, waited = wait_for_process(int(beside), BESIDE_WAIT_S)
+        _note_wait(f"the tests beside (pid {beside})", ended, waited, item)
 
 
-PREBUILD_WAITS: list[str] = []
+def wait_for_process(pid: int, timeout: float) -> tuple[bool, float]:
+    """Wait (at most ``timeout`` s) while ``pid`` runs (a child of scripts/test's shell,
+    reaped by it: its /proc entry goes when it ends). Returns whether it ended, and the
+    seconds waited."""
+    started = time.monotonic()
+    while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X"):
+        if time.monotonic() - started > timeout:
+            return False, time.monotonic() - started
+        time.sleep(0.5)
+    return True, time.monotonic() - started
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def _note_wait(what: str, ended: bool, waited: float, item: pytest.Item) -> None:
+    if waited >= 1:
+        WAITS.append(f"waited {waited:.0f} s for {what} "
+                     f"{'to end' if ended else '(still running)'} before {item.nodeid}")
+
+
+WAITS: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for line in PREBUILD_WAITS:
+    for line in WAITS:
         terminalreporter.write_line(line)
 
 

@@ -4,13 +4,15 @@ relies on (tests/conftest.py)."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from vmtestbed import paths, prebuild
 
-from tests.conftest import suite_rank
+from tests.conftest import suite_rank, wait_for_process
 
 
 @pytest.fixture(autouse=True)
@@ -43,17 +45,47 @@ def test_all_steps_built_exit_zero():
 
 
 def test_the_suite_order_around_the_prebuild():
-    assert suite_rank("tests/unit/test_env.py::test_x", False) == 0
-    # beside the prebuild: no guest, no measurement
-    assert suite_rank("tests/reliability/test_crash.py::t", False) == 1
-    assert suite_rank("tests/actions/test_netbox_fake.py::t", False) == 1
-    # after it: a QEMU guest, or a rate measurement
-    assert suite_rank("tests/actions/test_disk_grow_qemu.py::t", True) == 2
-    assert suite_rank("tests/shaping/test_shaping_netns.py::test_y", False) == 2
+    assert suite_rank("tests/unit/test_env.py::test_x") == 0
+    # beside the prebuild and the systemd guest's module: no rate measured
+    assert suite_rank("tests/reliability/test_crash.py::t") == 1
+    assert suite_rank("tests/actions/test_netbox_fake.py::t") == 1
+    assert suite_rank("tests/actions/test_disk_grow_qemu.py::t") == 1
+    # after them: a rate measurement
+    assert suite_rank("tests/shaping/test_shaping_netns.py::test_y") == 2
+    assert suite_rank("tests/testbed/test_guest.py::t") == 2
     for late in ("tests/actions/test_netbox.py::t", "tests/testbed/test_netbox_server.py::t",
                  "tests/debpkg/test_deb.py::t", "tests/systemd_guest/test_units.py::t",
                  "tests/ganeti/test_ganeti_lab.py::t[3.1]"):
-        assert suite_rank(late, False) == 3 and suite_rank(late, True) == 3, late
+        assert suite_rank(late) == 3, late
+
+
+def test_wait_for_process_returns_when_the_process_ends():
+    child = subprocess.Popen(["sleep", "0.7"])
+    reaper = threading.Thread(target=child.wait)  # as scripts/test's shell reaps it
+    reaper.start()
+    ended, waited = wait_for_process(child.pid, timeout=30)
+    reaper.join()
+    assert ended and 0.3 < waited < 30
+
+
+def test_wait_for_process_gives_up_after_its_timeout():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ended, waited = wait_for_process(child.pid, timeout=0.5)
+        assert not ended and waited >= 0.5
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_zombie_counts_as_ended():
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert wait_for_process(child.pid, timeout=5) == (True, pytest.approx(0, abs=1))
+    child.wait()
 
 
 def _hold(out: str, log: str, seconds: float) -> None:

@@ -42,7 +42,7 @@ Extra kernel modules under ``/lib/modules/<ver>`` in the guest: all of
 ``modules.dep``, so ``modprobe sch_htb`` works inside the guest. Programs: busybox
 applets, plus iperf3 and iproute2's ``ip`` and ``tc`` with their libraries, and
 ``/bin/hpflood`` (``hpflood.c`` beside this module, built static with gcc: a tenant's
-raw, 802.1Q and QinQ frame flood; the guest has no Python). Call
+raw, 802.1Q and QinQ frame flood, paced, never blocking; the guest has no Python). Call
 those two by full path (``/sbin/tc``, ``/sbin/ip``): Debian's busybox is built with
 FEATURE_SH_STANDALONE, so its shell runs its own (limited) applet for a bare ``tc``
 whatever PATH says.

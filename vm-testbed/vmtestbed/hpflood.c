@@ -4,9 +4,10 @@
  *   raw   ethertype 0x88b5 (IEEE local experimental: no IP at all), 1000-byte payload
  *   vlan  802.1Q tag (VID 100) around an IPv4/UDP packet
  *   qinq  802.1ad outer tag 0x88a8 (VID 200) + 802.1Q inner (VID 100) + IPv4/UDP
- * Usage: hpflood IFACE raw|vlan|qinq SECONDS [DST_MAC]   (default: broadcast)
+ * Usage: hpflood IFACE raw|vlan|qinq SECONDS MBIT [DST_MAC]   (default: broadcast)
  * The same frames as tests/shaping/flood.py sends from a fake VM. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <linux/if_packet.h>
 #include <net/if.h>
 #include <stdio.h>
@@ -41,16 +42,16 @@ static size_t ip_udp(unsigned char *p, size_t payload) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: hpflood IFACE raw|vlan|qinq SECONDS [DST_MAC]\n");
+    if (argc < 5) {
+        fprintf(stderr, "usage: hpflood IFACE raw|vlan|qinq SECONDS MBIT [DST_MAC]\n");
         return 2;
     }
     const char *ifname = argv[1], *kind = argv[2];
-    double seconds = atof(argv[3]);
+    double seconds = atof(argv[3]), mbit = atof(argv[4]);
     unsigned char frame[1600], dst[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    if (argc > 4 && sscanf(argv[4], "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &dst[0], &dst[1],
+    if (argc > 5 && sscanf(argv[5], "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &dst[0], &dst[1],
                            &dst[2], &dst[3], &dst[4], &dst[5]) != 6) {
-        fprintf(stderr, "hpflood: bad MAC %s\n", argv[4]);
+        fprintf(stderr, "hpflood: bad MAC %s\n", argv[5]);
         return 2;
     }
     int s = socket(AF_PACKET, SOCK_RAW, 0);
@@ -87,11 +88,25 @@ int main(int argc, char **argv) {
     }
     printf("go\n");
     fflush(stdout);
-    unsigned long sent = 0;
-    double end = now() + seconds;
-    while (now() < end)
-        for (int i = 0; i < 200; i++)
-            if (send(s, frame, len, 0) == (ssize_t)len) sent++;
+    unsigned long sent = 0, tried = 0;
+    double start = now(), end = start + seconds, t;
+    while ((t = now()) < end) {
+        if (mbit > 0) {  /* paced: not ahead of MBIT (counting every frame tried) */
+            double ahead = start + tried * len * 8 / (mbit * 1e6) - t;
+            if (ahead > 0) {
+                struct timespec ts = {(time_t)ahead, (long)((ahead - (time_t)ahead) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+        }
+        for (int i = 0; i < 20; i++, tried++) {
+            if (send(s, frame, len, MSG_DONTWAIT) == (ssize_t)len)
+                sent++;
+            else if (errno != EAGAIN && errno != ENOBUFS) {
+                perror("hpflood: send");
+                return 1;
+            }
+        }
+    }
     printf("%lu\n", sent);
     return 0;
 }

@@ -3,8 +3,8 @@
 The whole test suite (``scripts/test`` with no arguments) starts this in the background
 while its first tests run (those need none of these trees: the suite's order,
 tests/conftest.py, puts the tests that do last). It holds :func:`running_lock` while it
-runs: the tests with a QEMU guest or a rate measurement wait for it to end
-(:func:`wait_until_done`), so no build runs beside them. Each entry is built
+runs: the tests that measure a rate, and the last ones, wait for it to end
+(:func:`wait_until_done`), so no build runs beside a measurement. Each entry is built
 by the same function its tests call, under the entry's build lock
 (:func:`vmtestbed.paths.build_lock`): a test that reaches an entry still being built
 waits for it instead of building it a second time, and one that finds it built uses it.
@@ -46,7 +46,7 @@ def running_lock() -> Path:
 def wait_until_done(timeout: float) -> tuple[bool, float]:
     """Wait (at most ``timeout`` s) while a prebuild runs. Returns whether none runs now,
     and the seconds waited. A build beside a test would skew what a rate or latency test
-    measures and starve a TCG guest."""
+    measures."""
     lock = running_lock()
     if not lock.exists():
         return True, 0.0
