@@ -32,13 +32,14 @@ _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 
 # The suite's order, around what scripts/test runs in the background: the prebuild
-# (vm-testbed/vmtestbed/prebuild.py) and, in a pytest of its own, the systemd guest's
-# module (BESIDE). First the unit tests, then the other tests that measure no rate (QEMU
-# guests among them), both beside those two; then the tests that measure a rate or
-# latency, which wait (bounded) until both have ended: a build or a guest beside them
-# skews what they measure (seen in CI-like runs); last the tests that need the cached
-# trees the prebuild builds (NetBox, the Debian 12 trees, the Debian 13 tree of the 3.1
-# lab), which wait too. Nothing is left out; the order within a rank is kept.
+# (vm-testbed/vmtestbed/prebuild.py) and a pytest of its own (BESIDE_PATHS_ENV: the
+# systemd guest's module, then the .deb and NetBox tests). First the unit tests, then the
+# other tests that measure no rate (QEMU guests among them), both beside those two; then
+# the tests that measure a rate or latency, which wait (bounded) until both have ended: a
+# build or a guest beside them skews what they measure (seen in CI-like runs); last the
+# tests that need the cached trees the prebuild builds (NetBox, the Debian 12 trees, the
+# Debian 13 tree of the 3.1 lab), which wait too. Nothing is left out; the order within
+# a rank is kept.
 FIRST = ("tests/unit/",)
 MEASURING = ("tests/shaping/", "tests/shaping_accuracy/", "tests/shaping_guest/",
              "tests/testbed/test_guest.py", "tests/testbed/test_network.py")
@@ -47,11 +48,14 @@ LAST = ("tests/testbed/test_netbox_server.py", "tests/actions/test_netbox.py",
 PREBUILD_WAIT_S = 1200
 BESIDE_WAIT_S = 1800
 BESIDE_PID_ENV = "HOOKPACK_TESTS_BESIDE_PID"  # scripts/test: the pytest beside this one
+BESIDE_PATHS_ENV = "HOOKPACK_TESTS_BESIDE_PATHS"  # and what it runs (left out here)
 BESIDE_ENV = "HOOKPACK_TESTS_BESIDE"  # set in that pytest: it waits for nothing
 # tests.helpers.noskip: what that pytest runs is not missing from this one (scripts/test
 # fails the run on its exit status too)
-noskip_runs_elsewhere = ({"systemd_guest/test_*.py": "scripts/test's pytest beside this one"}
-                         if os.environ.get(BESIDE_PID_ENV) else {})
+noskip_runs_elsewhere = {
+    (f"{path.removeprefix('tests/')}/test_*.py" if not path.endswith(".py")
+     else path.removeprefix("tests/")): "scripts/test's pytest beside this one"
+    for path in os.environ.get(BESIDE_PATHS_ENV, "").split()}
 
 
 def suite_rank(nodeid: str) -> int:

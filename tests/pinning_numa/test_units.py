@@ -217,6 +217,56 @@ def test_migrate_pages_syscall_on_this_host():
     assert err.value.errno == errno.ESRCH
 
 
+def _fake_proc(root: Path, pid: int, nodes: dict[int, int]) -> None:
+    """/proc/<pid>/maps and numa_maps of one anonymous mapping with ``nodes`` (node ->
+    4 KiB pages)."""
+    d = root / str(pid)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "maps").write_text("7f0000000000-7f0010000000 rw-p 00000000 00:00 0\n")
+    counts = " ".join(f"N{n}={c}" for n, c in sorted(nodes.items()))
+    (d / "numa_maps").write_text(f"7f0000000000 default anon=1 {counts} kernelpagesize_kB=4\n")
+
+
+@pytest.mark.parametrize("kernel_moves, passes, share", [
+    # the guest allocated on node 1 during the first pass: a second pass moves that too
+    ([{0: 1000, 1: 300}, {0: 1300}], 2, 1.0),
+    # pages the kernel cannot move (the same bytes left after a pass): no futile pass
+    ([{0: 900, 1: 100}, {0: 900, 1: 100}], 2, 0.9),
+    # a guest that keeps allocating elsewhere: at most MOVE_PASSES passes, then reported
+    ([{0: 900, 1: 200}, {0: 1000, 1: 250}, {0: 1100, 1: 300}, {0: 1400}], 3, 1100 / 1400),
+])
+def test_memory_move_passes_again_for_what_arrived_during_a_pass(tmp_path, monkeypatch,
+                                                                 kernel_moves, passes, share):
+    """The pass loop of move_to_node. A real helper process makes the real (no-op, this
+    host has one node) migrate_pages call on a real process; what the kernel would show
+    after each pass is a /proc of the test's own (no second NUMA node here: the inner
+    guest's tests move real memory between four)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    proc = tmp_path / "proc"
+    _fake_proc(proc, child.pid, {1: 1000})
+    after_pass = iter(kernel_moves)
+    started = []
+    real_start = pmemory._start_move
+
+    def start_and_show(pid, node, off):
+        started.append(off)
+        helper = real_start(pid, 0, [0])  # the no-op move this host can make
+        helper.wait(30)
+        _fake_proc(proc, child.pid, next(after_pass))
+        return helper
+
+    monkeypatch.setattr(pmemory, "_start_move", start_and_show)
+    try:
+        moved = pmemory.move_to_node(proc, child.pid, 0)
+    finally:
+        child.kill()
+        child.wait()
+    assert len(started) == passes and started[0] == [1]
+    assert moved.error is None and moved.background is None
+    assert moved.share == pytest.approx(share)
+    assert moved.before == {1: 1000 * 4096}
+
+
 def test_doctor_numa_check_knows_isolated_cpus_and_the_cpu_sets(tmp_path):
     from hookpack.action import Paths
     from hookpack.config import load_config

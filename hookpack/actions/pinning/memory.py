@@ -46,6 +46,7 @@ from pathlib import Path
 
 SYS_MIGRATE_PAGES = 256  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
 HELPER_FAILED = 250
+MOVE_PASSES = 3  # a guest that allocates while it is moved gets a second (third) pass
 LOCAL_MIN = 0.95  # share of the instance's memory that must end on the target node
 _NODE_FIELD = re.compile(r"^N(\d+)=(\d+)$")
 
@@ -190,31 +191,55 @@ def move_to_node(proc_root: Path, pid: int, node: int,
     """
     maps = read_maps(proc_root, pid)
     result = MoveResult(node, per_node(maps))
-    off = sorted({n for m in maps for n, c in m.pages.items() if c and n != node})
-    if not any(m.bytes_off(node) for m in maps if not m.image):
+    left = _bytes_off(maps, node)
+    if not left:
         result.after = result.before
         return result
     start = time.monotonic()
-    # A helper process, not a fork of this (threaded) one; its own session, so nothing
-    # that ends the hook's process group cuts a move short.
-    helper = subprocess.Popen(
-        [sys.executable, "-m", "hookpack.actions.pinning.memory", str(pid), str(node),
-         *map(str, off)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
-    code = _wait(helper, remaining)
+    for _ in range(MOVE_PASSES):
+        off = sorted({n for m in maps for n, c in m.pages.items() if c and n != node})
+        helper = _start_move(pid, node, off)
+        code = _wait(helper, remaining)
+        if code is None:
+            result.background = helper.pid
+            break
+        if code:
+            result.error = _move_error(code)
+            break
+        # A running guest still allocates (on the nodes its threads ran on until they
+        # were pinned): what it added during a pass is moved by the next one.
+        maps = read_maps(proc_root, pid)
+        now_left = _bytes_off(maps, node)
+        if not now_left or now_left == left or remaining() <= 0:
+            break  # all there, the kernel moves no more, or no time for another pass
+        left = now_left
     result.seconds = time.monotonic() - start
-    if code is None:
-        result.background = helper.pid
-    elif code == errno.ESRCH:
-        result.error = "the process exited"
-    elif 0 < code < HELPER_FAILED:
-        result.error = f"migrate_pages: {os.strerror(code)}"
-    elif code:
-        result.error = f"migrate_pages: the helper process failed (exit status {code})"
     result.after = node_usage(proc_root, pid) or result.before
     if not result.cut_short and result.share < LOCAL_MIN:
         result.why = why_left(proc_root, sysfs_root, pid, node)
     return result
+
+
+def _bytes_off(maps: list[Vma], node: int) -> int:
+    """The instance's own memory (not shared images) on other nodes than ``node``."""
+    return sum(m.bytes_off(node) for m in maps if not m.image)
+
+
+def _start_move(pid: int, node: int, off: list[int]) -> subprocess.Popen[bytes]:
+    """One migrate_pages(2) in a helper process: not a fork of this (threaded) one, and
+    in its own session, so nothing that ends the hook's process group cuts a move short."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hookpack.actions.pinning.memory", str(pid), str(node),
+         *map(str, off)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+
+
+def _move_error(code: int) -> str:
+    if code == errno.ESRCH:
+        return "the process exited"
+    if code < HELPER_FAILED:
+        return f"migrate_pages: {os.strerror(code)}"
+    return f"migrate_pages: the helper process failed (exit status {code})"
 
 
 def _wait(helper: subprocess.Popen[bytes], remaining: Callable[[], float]) -> int | None:
