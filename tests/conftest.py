@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ _RECORDED_ON = re.compile(r"recorded on (\S+)")
 
 # The suite's order, around what scripts/test runs in the background: the prebuild
 # (vm-testbed/vmtestbed/prebuild.py) and a pytest of its own (BESIDE_PATHS_ENV: the
-# systemd guest's module, then the .deb and NetBox tests). First the unit tests, then the
+# systemd guest's module). First the unit tests, then the
 # other tests that measure no rate (QEMU guests among them), both beside those two; then
 # the tests that measure a rate or latency, which wait (bounded) until both have ended: a
 # build or a guest beside them skews what they measure (seen in CI-like runs); last the
@@ -56,6 +57,12 @@ noskip_runs_elsewhere = {
     (f"{path.removeprefix('tests/')}/test_*.py" if not path.endswith(".py")
      else path.removeprefix("tests/")): "scripts/test's pytest beside this one"
     for path in os.environ.get(BESIDE_PATHS_ENV, "").split()}
+
+
+if os.environ.get(BESIDE_ENV):
+    # A background job of scripts/test's shell starts with SIGINT ignored, and so would
+    # every process its tests start: restore what a foreground run has.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def suite_rank(nodeid: str) -> int:

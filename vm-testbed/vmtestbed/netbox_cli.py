@@ -51,12 +51,12 @@ def _serve(address: str, port: int | None) -> int:
     with tempfile.TemporaryDirectory(prefix="vmtestbed-netbox-") as workdir:
         started = time.monotonic()
         with netbox.running_netbox(Path(workdir), address=address, port=port) as server:
-            print(f"NetBox {netbox.NETBOX_VERSION} at {server.url} "
-                  f"(up in {time.monotonic() - started:.1f} s)\n"
-                  f"token (v1): {server.token}\ntoken (v2): {server.token_v2}\n"
-                  f"user {netbox.ADMIN_USER}, password {netbox.ADMIN_PASSWORD}\n"
-                  f"log: {server.log}\nCtrl-C stops it.", flush=True)
-            try:
+            try:  # from the first line on: a reader may stop it as soon as it reads that
+                print(f"NetBox {netbox.NETBOX_VERSION} at {server.url} "
+                      f"(up in {time.monotonic() - started:.1f} s)\n"
+                      f"token (v1): {server.token}\ntoken (v2): {server.token_v2}\n"
+                      f"user {netbox.ADMIN_USER}, password {netbox.ADMIN_PASSWORD}\n"
+                      f"log: {server.log}\nCtrl-C stops it.", flush=True)
                 while server.process is not None and server.process.poll() is None:
                     time.sleep(1)
             except KeyboardInterrupt:
