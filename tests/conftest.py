@@ -99,7 +99,7 @@ def wait_for_process(pid: int, timeout: float) -> tuple[bool, float]:
     reaped by it: its /proc entry goes when it ends). Returns whether it ended, and the
     seconds waited."""
     started = time.monotonic()
-    while Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X"):
+    while _state(pid) not in ("Z", "X"):
         if time.monotonic() - started > timeout:
             return False, time.monotonic() - started
         time.sleep(0.5)
@@ -107,6 +107,7 @@ def wait_for_process(pid: int, timeout: float) -> tuple[bool, float]:
 
 
 def _state(pid: int) -> str:
+    """The process's state letter (``X``: gone)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
