@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from hookpack.config import Config
-from hookpack.deadline import Deadline
-from hookpack.env import HookEnv
-from hookpack.roles import Role
+if TYPE_CHECKING:  # annotations only: a CLI command (`shaping apply`) needs none of them
+    from hookpack.config import Config
+    from hookpack.deadline import Deadline
+    from hookpack.env import HookEnv
+    from hookpack.roles import Role
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["hook"] and len(args) <= 3:
         return _hook_fast(args)  # hook.main sets the umask itself
     os.umask(os.umask(0o022) | 0o022)  # as in hook.main: never group/other-writable files
-    parser = build_parser()
+    parser = _parser_for(args)
     ns = parser.parse_args(args)
     handler: Handler | None = getattr(ns, "handler", None)
     if handler is None:
@@ -57,10 +57,28 @@ def _hook_fast(args: list[str]) -> int:
     return hook_main(config)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _parser_for(args: list[str]) -> argparse.ArgumentParser:
+    """The parser for ``args``. A command of one action (``hookpack shaping apply --all``,
+    run by a timer on every node) builds that action's parser alone: the others' imports
+    would cost more than the command's own work on a small node."""
+    spec = next((s for s in registry.ACTIONS if s.cli and args[:1] == [s.name]), None)
+    if spec is not None:
+        parser, sub = _top_parser()
+        importlib.import_module(spec.module).add_cli(sub)
+        if spec.name in sub.choices:
+            return parser
+    return build_parser()
+
+
+def _top_parser() -> tuple[argparse.ArgumentParser,
+                          argparse._SubParsersAction[argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="hookpack", description="Ganeti KVM hook pack.")
     parser.add_argument("--version", action="version", version=f"hookpack {__version__}")
-    sub = parser.add_subparsers(metavar="COMMAND")
+    return parser, parser.add_subparsers(metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = _top_parser()
 
     p = sub.add_parser("hook", help="run the actions for the hook Ganeti is running (entry)")
     _config_arg(p)

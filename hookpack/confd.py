@@ -19,13 +19,10 @@ the highest serial (the newest configuration) wins.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import select
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +46,9 @@ class Answer:
 
 
 def _sign(key: bytes, msg: str, salt: str) -> str:
+    import hashlib  # here, not at the top: `shaping apply` outside a cluster imports
+    import hmac  # this module only to learn that no confd is there
+
     return hmac.new(key, (salt + msg).encode(), hashlib.sha1).hexdigest()
 
 
@@ -71,6 +71,8 @@ def unpack(data: bytes, key: bytes, rsalt: str) -> dict[str, Any] | None:
         return None
     if salt != rsalt or not isinstance(msg, str) or not isinstance(mac, str):
         return None
+    import hmac
+
     if not hmac.compare_digest(_sign(key, msg, salt), mac):
         return None
     try:
@@ -111,6 +113,8 @@ def query_many(paths: list[str], data_dir: Path, *, timeout: float = 1.0
     peers = candidates(data_dir)
     if not peers:
         raise ConfdError("no master candidate listed in ssconf_master_candidates_ips")
+    import uuid
+
     now = time.time()
     salts = {str(uuid.uuid4()): path for path in dict.fromkeys(paths)}
     packets = {rsalt: pack(path, key, rsalt, now) for rsalt, path in salts.items()}

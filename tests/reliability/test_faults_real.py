@@ -92,20 +92,29 @@ def test_real_qemu_killed_while_hookpack_waits(relnode, install_hooks):
     assert ": changed: disk 0: grown 64 MiB -> 128 MiB" in again, again
 
 
-@pytest.mark.parametrize("point", ["shaping:start", "shaping:deleted", "shaping:rules-done"])
-def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_hooks,
+@pytest.mark.parametrize("point,shaped", [("shaping:stream", False), ("shaping:start", False),
+                                          ("shaping:deleted", False),
+                                          ("shaping:rules-done", True)])
+def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, shaped, relnode, install_hooks,
                                                       tmp_path):
     """instance-start post with two NICs; the second tap is deleted while the hook sits
-    at ``point`` of its apply: "start" (after observe and plan), "deleted" (the marks'
-    nf_tables transaction is next: it names the vanished tap), "rules-done" (the marks
-    are written, the tap's uplink class, leaf and to-VM qdisc are still to be made).
-    One clean line; then Ganeti's unplug (nic file gone) and the next hook leave exactly
+    at ``point`` of its apply. On a fresh node the hook reconciles the whole node (no
+    uplink qdisc yet), sending its creations while it plans: "stream" (the creations
+    are about to go), "start" (after observe and plan), "deleted" (the marks' nf_tables
+    transaction is next: it names the vanished tap). On a node already shaped (``shaped``)
+    the hook is the instance's alone and keeps its order: "rules-done" (the marks are
+    written, the tap's uplink class, leaf and to-VM qdisc are still to be made). One
+    clean line; then Ganeti's unplug (nic file gone) and the next hook leave exactly
     what a full reconcile computes: no class, mark chain or qdisc of the deleted tap left
     over."""
     node = relnode
     hooks = install_hooks(node.config)
     inst = node.start(NAME, nics=2)
     victim = inst.taps[1]
+    if shaped:  # the node's base in place, the instance not shaped yet
+        for args in (("shaping", "apply", "--all"), ("shaping", "clear", NAME)):
+            done = node.cli(*args)
+            assert done.returncode == 0, done.stderr
     trace = tmp_path / "trace"
     hpath, environ = node.env("start", NAME)
     started = time.monotonic()
@@ -131,6 +140,8 @@ def test_tap_deleted_in_the_middle_of_a_shaping_apply(point, relnode, install_ho
     print(points)
     assert point in points and "shaping:end" in points, points
     assert victim in line, line  # the line names the tap it could not shape
+    assert ("reconciled the whole node" in line) is not shaped, line
+    assert ("shaping:stream" in points) is not shaped, points
     # Ganeti's side of the NIC going away, then the next hook (hot-unplug: modify post)
     del inst.taps[1]
     node.net.nic(NAME, 1, None)

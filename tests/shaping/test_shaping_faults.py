@@ -21,9 +21,10 @@ pytestmark = pytest.mark.netns
 LONG = ".".join(["x" * 61, "y" * 61, "z" * 61, "w" * 63])  # 249 characters, a valid name
 
 
-def _apply_with_env(s, env: dict[str, str], *args: str) -> tuple[int, dict, str]:
+def _apply_with_env(s, env: dict[str, str], *args: str, verb: str = "apply"
+                    ) -> tuple[int, dict, str]:
     proc = subprocess.run(["ip", "netns", "exec", s.node.ns, PYTHON, "-m", "hookpack",
-                           "shaping", "apply", *args, "--json", "--config", str(s.config)],
+                           "shaping", verb, *args, "--json", "--config", str(s.config)],
                           capture_output=True, text=True, timeout=120, check=False,
                           env={**os.environ, **env})
     return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
@@ -62,3 +63,44 @@ def test_too_long_instance_name_fails_alone_the_others_are_shaped(shaper):
     code, out, err = s.cli_raw("apply", LONG)
     assert code == 1 and "not shaped: the name has 249 characters" in err
     assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
+
+
+def _points(trace) -> list[str]:
+    return [line.split()[1] for line in trace.read_text().splitlines()] \
+        if trace.exists() else []
+
+
+def test_a_fresh_uplink_gets_its_creations_while_the_plan_is_made(shaper, tmp_path):
+    """A whole-node apply that makes the uplink's qdisc sends its creations from a
+    thread while it plans (hookpack.actions.shaping.stream); a plan and a run with the
+    qdisc in place never do. The node is the same as made in order: a run after finds
+    nothing to do."""
+    s = shaper()
+    taps = [f"tap{i}" for i in range(40)]
+    s.node.add_taps_batch(taps)
+    for i, tap in enumerate(taps):
+        s.node.nic(f"vm{i // 2}.example.test", i % 2, tap)
+    trace = tmp_path / "trace"
+    env = {"HOOKPACK_DEBUG_APPLY_TRACE": str(trace)}
+    code, out, err = _apply_with_env(s, env, "--all", verb="plan")
+    assert code == 0 and out["changes"] and _points(trace) == [] and s.classes() == {}, err
+    code, out, err = _apply_with_env(s, env, "--all")
+    assert code == 0 and not out["failures"], (out, err)
+    points = _points(trace)
+    assert points[:2] == ["shaping:stream", "shaping:start"], points
+    assert out["writes"]["netlink"] == 5 + 5 * len(taps), out["writes"]
+    classes = s.classes()
+    assert len([h for h in classes if int(h.split(":")[1], 16) >= 0x10]) == len(taps)
+    marks = s.marks()
+    assert sorted(marks) == sorted(taps) and all(m["mark"] for m in marks.values())
+    trace.unlink()
+    code, out, err = _apply_with_env(s, env, "--all")
+    assert out["writes"] == {"netlink": 0, "nf_tables": 0} and "shaping:stream" not in \
+        _points(trace), (out, err)
+    # self-healing: the uplink's qdisc deleted by hand, the next run makes it all again
+    s.node.run("tc", "qdisc", "del", "dev", "up0", "root")
+    code, out, err = _apply_with_env(s, env, "--all")
+    assert code == 0 and not out["failures"], (out, err)
+    assert _points(trace).count("shaping:stream") == 1
+    assert s.classes() == classes
+    assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "nf_tables": 0}

@@ -109,14 +109,18 @@ def test_policy_store_persists_only_our_tags(tmp_path):
 
 
 def test_policy_store_removes_a_killed_saves_temporary_file(tmp_path):
-    """A save killed between write and rename leaves .tags.<random>; the next save (under
-    the same node lock) removes it, also when it has nothing to change."""
-    store = PolicyStore(tmp_path)
-    assert store.save("web1.example.test", ["hookpack:egress=5mbit"])
+    """A save killed between write and rename leaves .tags.<random>; the next run's first
+    save (under the same node lock) removes it, also when it has nothing to change. A run
+    lists the directory once, not once per instance it saves."""
+    assert PolicyStore(tmp_path).save("web1.example.test", ["hookpack:egress=5mbit"])
+    store = PolicyStore(tmp_path)  # the next run
     stale = store.dir / ".tags.qpro7064"
     stale.write_text("[]\n")
     assert not store.save("web1.example.test", ["hookpack:egress=5mbit"])
     assert sorted(p.name for p in store.dir.iterdir()) == ["web1.example.test"]
+    stale.write_text("[]\n")  # made during this run: its own save's, not a dead one's
+    assert store.save("web2.example.test", ["hookpack:egress=5mbit"])
+    assert stale.exists()
 
 
 def test_nft_mark_rule_round_trips_through_the_dump_parser():
@@ -278,3 +282,137 @@ def test_fw_filter_request_layout():
     full = tc.set_fw_filter(7, 0x4850, 1, 0x10, 0x48500010, 0xFFFFFFFF, True, "f").encode(2)
     attrs = tc.parse_attrs(full, tc._NLMSG.size + tc._TCMSG.size)
     assert tc.TCA_FW_MASK not in tc.parse_attrs(attrs[tc.TCA_OPTIONS])
+
+
+@pytest.mark.parametrize("value,mask", [(0x10, 0xFFFF), (0x1234, 0xFF00), (7, 0xFFFFFFFF),
+                                        (0xFFFF, 0xFFFF)])
+def test_nft_mark_rule_carries_any_value_and_mask(value, mask):
+    """The rule is built from a cached head and the value's 4 bytes: every value lands
+    where the kernel (and the dump parser) reads it."""
+    raw = nft.new_mark_rule("tap9", value, mask, "hookpack:a:0").encode(3)[tc._NLMSG.size:]
+    _table, _chain, mark = nft._rule(raw)
+    assert (mark.value, mark.mask) == (value, mask)
+
+
+def test_ifindexes_agrees_with_if_nametoindex():
+    import socket
+
+    names = [name for _index, name in socket.if_nameindex()]
+    got = tc.ifindexes([*names, "hp-no-such0", "x" * 16, ""])
+    assert {n: got[n] for n in names} == {n: socket.if_nametoindex(n) for n in names}
+    assert got["hp-no-such0"] is None and got["x" * 16] is None and got[""] is None
+
+
+def test_refused_modes_reads_the_datapaths_ports_like_refused_mode(tmp_path):
+    from hookpack.actions.shaping.reconcile import refused_mode, refused_modes
+
+    net = tmp_path / "class" / "net"
+    for dev in ("ovs-system", "tapo", "tapb", "br0"):
+        (net / dev).mkdir(parents=True)
+    (net / "tapo" / "master").symlink_to("../ovs-system")
+    (net / "ovs-system" / "lower_tapo").symlink_to("../tapo")
+    (net / "tapb" / "master").symlink_to("../br0")
+    (net / "br0" / "lower_tapb").symlink_to("../tapb")
+    taps = ["tapo", "tapb", "tapx"]
+    assert refused_modes(taps, tmp_path) == {t: refused_mode(t, tmp_path) for t in taps
+                                             if refused_mode(t, tmp_path)}
+    assert list(refused_modes(taps, tmp_path)) == ["tapo"]
+    assert refused_modes(taps, tmp_path / "none") == {}
+
+
+def test_only_the_first_of_equal_creations_is_read_back(tmp_path):
+    """A change is always echoed; of creations with the same options on the same kind
+    of device (uplink or tap) only the first: the others go without NLM_F_ECHO and
+    without a check (the chunk's closing ack proves them done)."""
+    from hookpack.actions.shaping.action import SETTINGS
+    from hookpack.actions.shaping.model import class_params
+    from hookpack.actions.shaping.reconcile import Plan, Reconciler
+
+    raw = {k: f.default for k, f in SETTINGS.items()} | {"uplink": "up0"}
+    rec = Reconciler(Settings.from_config(raw, "bpf"), kvm_dir=tmp_path, state_dir=tmp_path,
+                     nl=None, nft=None)  # type: ignore[arg-type]  # no I/O here
+    rec._uplink_index = 2
+    ten, twenty = class_params(10_000_000, 1500), class_params(20_000_000, 1500)
+    plan = Plan()
+
+    def add(ifindex, minor, want, creates):
+        req = tc.set_class(ifindex, 0x4850, minor, tc.HtbParams(
+            want.rate, want.ceil, want.burst, want.cburst, want.quantum, want.prio), "c")
+        rec._add_checked(plan, req, creates, want,
+                         lambda: tc.get_class(ifindex, 0x4850, minor, "c"))
+        op = plan.first[-1]
+        return bool(op.request.flags & tc.NLM_F_ECHO), op.check is not None, op.get
+
+    assert add(2, 0x10, ten, True)[:2] == (True, True)  # first on the uplink
+    assert add(2, 0x11, ten, True) == (False, False, None)  # alike: not read back
+    assert add(7, 1, ten, True)[:2] == (True, True)  # first on a tap
+    assert add(8, 1, ten, True)[:2] == (False, False)
+    assert add(2, 0x12, twenty, True)[:2] == (True, True)  # other options
+    assert add(2, 0x13, ten, False)[:2] == (True, True)  # a change: always
+    echoed = [op for op in plan.first if op.request.flags & tc.NLM_F_ECHO]
+    assert all(op.get is not None and op.get.type == tc.RTM_GETTCLASS for op in echoed)
+
+
+class _FakeNetlink:
+    """Stands in for tc.Netlink (no root here): records what each transact sent, from
+    which thread; the real socket is driven by the netns tests (a fresh node's
+    ``apply --all`` streams, and the ENOBUFS test loses replies in the stream)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.sent: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.chunk = 0
+        self.writes = 0
+        self.fail_at = fail_at
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def transact(self, requests):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        if self.fail_at is not None and len(self.sent) == self.fail_at:
+            raise tc.NetlinkLost(105, "netlink: replies lost")
+        self.sent.append([r.what for r in requests])
+        self.writes += len(requests)
+        return [tc.Reply(error=1 if r.what == "bad" else 0) for r in requests]
+
+
+def test_op_stream_sends_full_chunks_while_appending_and_the_rest_at_finish():
+    from hookpack.actions.shaping.reconcile import Op
+    from hookpack.actions.shaping.stream import OpStream
+
+    fake = _FakeNetlink()
+    ops = OpStream(lambda: fake, 3)
+    whats = ["a", "b", "c", "d", "bad", "f", "g"]
+    for what in whats:
+        ops.append(Op(tc.Request(tc.RTM_NEWTCLASS, 0, 1, what=what)))
+    replies = ops.finish()
+    assert fake.sent == [["a", "b", "c"], ["d", "bad", "f"], ["g"]]
+    assert [r.error for r in replies] == [0, 0, 0, 0, 1, 0, 0]  # one per op, in order
+    assert fake.threads == {"hookpack-stream"} and ops.writes == 7
+    assert ops.finish() is replies and list(ops) == [Op(tc.Request(
+        tc.RTM_NEWTCLASS, 0, 1, what=w)) for w in whats]
+
+
+def test_op_stream_raises_what_the_writer_raised_and_never_hangs():
+    from hookpack.actions.shaping.reconcile import Op
+    from hookpack.actions.shaping.stream import OpStream
+
+    ops = OpStream(lambda: _FakeNetlink(fail_at=1), 2)
+    for what in "abcdefg":
+        ops.append(Op(tc.Request(tc.RTM_NEWTCLASS, 0, 1, what=what)))
+    with pytest.raises(tc.NetlinkLost):
+        ops.finish()
+
+    def no_socket():
+        raise OSError(24, "Too many open files")
+
+    broken = OpStream(no_socket, 2)
+    broken.append(Op(tc.Request(tc.RTM_NEWTCLASS, 0, 1, what="a")))
+    with pytest.raises(OSError, match="open files"):
+        broken.finish()

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from hookpack.action import ActionContext, Paths
 from hookpack.config import Field, add_config_arg
 from hookpack.errors import BadInput
-from hookpack.result import Result
 
 if TYPE_CHECKING:  # the CLI's types; the hook's hot path does not import argparse
     import argparse
+
+    from hookpack.result import Result  # made by the hook's path only
 
 SETTINGS = {
     "uplink": Field(str, "", "The public interface the instances' traffic leaves by (not "
@@ -89,6 +90,8 @@ NIC_MODES = ("bridged (plain or VLAN-aware) and routed: shaped (every frame mark
 
 
 def run(ctx: ActionContext) -> Result:
+    from hookpack.result import Result
+
     inst = ctx.env.instance_after or ctx.env.instance
     if inst is None or not inst.name:
         return Result.skipped("no instance in the environment")
@@ -117,6 +120,8 @@ class Report:
         self.policies: dict[str, Any] = {}
 
     def result(self) -> Result:
+        from hookpack.result import Result
+
         notes = f" ({'; '.join(self.notes[:2])})" if self.notes else ""
         if self.failures:
             return Result.failed("; ".join(self.failures[:3]) + notes)
@@ -147,6 +152,7 @@ def _session(settings: Mapping[str, Any], paths: Paths, timeout: Any) -> Iterato
             nft.Nft(timeout=max(1.0, min(10.0, timeout()))) as marks:
         rec = Reconciler(s, kvm_dir=paths.kvm_dir, state_dir=paths.state_dir, nl=nl,
                          nft=marks, sysfs=paths.sysfs_root)
+        rec.stream = lambda: tc.Netlink(timeout=max(1.0, min(10.0, timeout())))
         yield rec, classifier.describe(mode, why, classifier.probe(paths.run_dir))
 
 
@@ -215,6 +221,8 @@ def _attempt(report: Report, settings: Mapping[str, Any], paths: Paths,
     """One observe -> plan -> apply; the counters add up over attempts."""
     with _session(settings, paths, timeout) as (rec, why):
         rec.nl.chunk = chunk
+        if dry_run:
+            rec.stream = None  # a plan writes nothing
         try:
             report.classifier = why
             plan = rec.plan(None if instances is None else list(instances), tags=tags,
@@ -229,7 +237,8 @@ def _attempt(report: Report, settings: Mapping[str, Any], paths: Paths,
                 report.failures += rec.apply(plan)
             report.notes = plan.notes
         finally:
-            report.netlink_writes += rec.nl.writes
+            rec.settle()
+            report.netlink_writes += rec.nl.writes + rec.streamed_writes
             report.nft_writes += rec.nft.writes
 
 

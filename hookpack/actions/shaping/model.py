@@ -110,32 +110,11 @@ def qdisc_r2q(rate: int, mtu: int) -> int:
     return max(1, rate // mtu)
 
 
-@dataclass(frozen=True)
-class TapShape:
-    """What one tap should get."""
-
-    tap: str
-    instance: str
-    nic: int
-    egress: ClassParams | None  # VM -> world, class on the uplink
-    ingress: ClassParams | None  # world -> VM, HTB on the tap's own egress
-
-
 def instance_minor(tap_minors: Iterable[int]) -> int:
     """The minor of an instance's parent class (egress per instance): its lowest tap
     minor with the 0x8000 bit. Unique because tap minors are, and found again from the
     rules alone (an instance-scoped run never needs a dump of every class)."""
     return min(tap_minors) | INSTANCE_BIT
-
-
-@dataclass(frozen=True)
-class Desired:
-    uplink: str
-    major: int
-    r2q: int
-    default: ClassParams  # the uplink's default class: unshaped traffic
-    taps: Mapping[str, TapShape]
-    minors: Mapping[str, int]  # tap -> class minor on the uplink (egress-shaped taps)
 
 
 def allocate_minors(taps: Iterable[str], kept: Mapping[str, int],

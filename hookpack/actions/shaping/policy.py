@@ -114,6 +114,7 @@ class PolicyStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "shaping" / "tags"
+        self._swept = False
 
     def path(self, instance: str) -> Path:
         return self.dir / validate.instance_name(instance)
@@ -143,7 +144,11 @@ class PolicyStore:
     def _sweep(self) -> None:
         """Remove the temporary files of a save killed between its write and its rename
         (kill -9). Saves run under the node's shaping lock: any temporary file found here
-        is a dead writer's."""
+        is a dead writer's. Once per run: a whole-node run saves every instance's tags,
+        and a listing per save would read the directory once per instance."""
+        if self._swept:
+            return
+        self._swept = True
         with contextlib.suppress(OSError):
             for stale in self.dir.glob(".tags.*"):
                 with contextlib.suppress(OSError):
