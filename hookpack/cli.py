@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(args)
     handler: Handler | None = getattr(ns, "handler", None)
     if handler is None:
-        parser.print_help()
+        build_parser().print_help()  # every command, not only the one named
         return 2
     try:
         return handler(ns)

@@ -164,3 +164,22 @@ def test_json_outputs_parse(write_config, tmp_path):
     gone = json.loads(_hookpack("hooks", "uninstall", "--root", str(tmp_path / "hooks_dir"),
                                 "--json").stdout)
     assert gone["changes"] and not (tmp_path / "hooks_dir" / "instance-add-post.d").exists()
+
+
+def test_an_actions_command_builds_its_own_parser_alone():
+    """`hookpack shaping apply --all` (a timer on every node) imports the shaping action
+    and not the others; its parser holds the same command as the whole one; a name that
+    is not an action's command gets the whole parser."""
+    probe = ("import sys; from hookpack.cli import _parser_for, build_parser\n"
+             "p = _parser_for(['shaping', 'apply', '--all'])\n"
+             "ns = p.parse_args(['shaping', 'apply', '--all'])\n"
+             "print(ns.verb, ns.all, sorted(m for m in sys.modules if m.startswith("
+             "('hookpack.actions.', 'hookpack.jobwatch', 'hookpack.hookserver')) "
+             "and not m.startswith('hookpack.actions.shaping')))\n"
+             "whole = _parser_for(['disk', 'show'])\n"
+             "print(len(whole._subparsers._group_actions[0].choices) "
+             "== len(build_parser()._subparsers._group_actions[0].choices))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.splitlines()
+    assert out[0] == "apply True []", out
+    assert out[1] == "True", out
