@@ -65,6 +65,12 @@ def test_too_long_instance_name_fails_alone_the_others_are_shaped(shaper):
     assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
 
 
+def _shapes(classes: dict[str, dict]) -> dict[str, dict]:
+    """Classes without their counters (the host's own packets move them)."""
+    return {h: {k: v for k, v in c.items() if k not in ("bytes", "packets")}
+            for h, c in classes.items()}
+
+
 def _points(trace) -> list[str]:
     return [line.split()[1] for line in trace.read_text().splitlines()] \
         if trace.exists() else []
@@ -102,5 +108,5 @@ def test_a_fresh_uplink_gets_its_creations_while_the_plan_is_made(shaper, tmp_pa
     code, out, err = _apply_with_env(s, env, "--all")
     assert code == 0 and not out["failures"], (out, err)
     assert _points(trace).count("shaping:stream") == 1
-    assert s.classes() == classes
+    assert _shapes(s.classes()) == _shapes(classes)
     assert s.cli("apply", "--all")["writes"] == {"netlink": 0, "nf_tables": 0}

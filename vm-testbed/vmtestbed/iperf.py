@@ -30,8 +30,12 @@ def measure(client_runner: Runner, server_ip: str, seconds: float = 3, reverse: 
     to ~100 Mbit/s, see vm-testbed/README.md).
     """
     udp = ["-u", "-b", f"{udp_mbit}M", "-l", "1400"] if udp_mbit else []
-    argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J",
-            *(["-R"] if reverse else []), *udp, *extra_args]
+    # bounded where it runs: an iperf3 that hangs (no answer from the sink) must end
+    # before the runner gives up, or a guest's console stays busy with it and the retry
+    # never starts
+    argv = ["timeout", "-k", "5", str(round(seconds + 20)), "iperf3", "-c", server_ip,
+            "-p", str(port), "-t", str(seconds), "-J", *(["-R"] if reverse else []), *udp,
+            *extra_args]
     for attempt in range(1, attempts + 1):
         try:
             return parse_json(client_runner(argv, seconds + 30))
