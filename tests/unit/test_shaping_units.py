@@ -303,8 +303,10 @@ def test_ifindexes_agrees_with_if_nametoindex():
     assert got["hp-no-such0"] is None and got["x" * 16] is None and got[""] is None
 
 
-def test_refused_modes_reads_the_datapaths_ports_like_refused_mode(tmp_path):
-    from hookpack.actions.shaping.reconcile import refused_mode, refused_modes
+def test_refused_modes_reads_the_datapaths_ports(tmp_path):
+    """The ports of ``ovs-system`` (its ``lower_*`` links) are refused, a bridge's are
+    not (the real kernel's links: tests/shaping/test_classifier_netns.py)."""
+    from hookpack.actions.shaping.reconcile import OVS_REFUSED, refused_mode, refused_modes
 
     net = tmp_path / "class" / "net"
     for dev in ("ovs-system", "tapo", "tapb", "br0"):
@@ -314,9 +316,8 @@ def test_refused_modes_reads_the_datapaths_ports_like_refused_mode(tmp_path):
     (net / "tapb" / "master").symlink_to("../br0")
     (net / "br0" / "lower_tapb").symlink_to("../tapb")
     taps = ["tapo", "tapb", "tapx"]
-    assert refused_modes(taps, tmp_path) == {t: refused_mode(t, tmp_path) for t in taps
-                                             if refused_mode(t, tmp_path)}
-    assert list(refused_modes(taps, tmp_path)) == ["tapo"]
+    assert refused_modes(taps, tmp_path) == {"tapo": OVS_REFUSED}
+    assert [refused_mode(t, tmp_path) for t in taps] == [OVS_REFUSED, "", ""]
     assert refused_modes(taps, tmp_path / "none") == {}
 
 
@@ -331,7 +332,9 @@ def test_only_the_first_of_equal_creations_is_read_back(tmp_path):
     raw = {k: f.default for k, f in SETTINGS.items()} | {"uplink": "up0"}
     rec = Reconciler(Settings.from_config(raw, "bpf"), kvm_dir=tmp_path, state_dir=tmp_path,
                      nl=None, nft=None)  # type: ignore[arg-type]  # no I/O here
-    rec._uplink_index = 2
+    from hookpack.actions.shaping.observe import Kernel
+
+    rec.kernel = Kernel(uplink_ifindex=2)  # what the observation found: the uplink is 2
     ten, twenty = class_params(10_000_000, 1500), class_params(20_000_000, 1500)
     plan = Plan()
 
@@ -383,6 +386,8 @@ class _FakeNetlink:
 
 
 def test_op_stream_sends_full_chunks_while_appending_and_the_rest_at_finish():
+    import time
+
     from hookpack.actions.shaping.reconcile import Op
     from hookpack.actions.shaping.stream import OpStream
 
@@ -391,6 +396,10 @@ def test_op_stream_sends_full_chunks_while_appending_and_the_rest_at_finish():
     whats = ["a", "b", "c", "d", "bad", "f", "g"]
     for what in whats:
         ops.append(Op(tc.Request(tc.RTM_NEWTCLASS, 0, 1, what=what)))
+    give_up = time.monotonic() + 10
+    while len(fake.sent) < 2 and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert fake.sent == [["a", "b", "c"], ["d", "bad", "f"]]  # sent before finish()
     replies = ops.finish()
     assert fake.sent == [["a", "b", "c"], ["d", "bad", "f"], ["g"]]
     assert [r.error for r in replies] == [0, 0, 0, 0, 1, 0, 0]  # one per op, in order

@@ -267,29 +267,16 @@ def del_table() -> Msg:
     return Msg(DELTABLE, 0, _str(TABLE_NAME, TABLE), f"table netdev {TABLE}")
 
 
-@functools.cache
-def _fixed() -> dict[str, bytes]:
-    """The attributes every tap's messages share, encoded once per process (a full
-    apply builds 4000 messages)."""
-    return {"table": _str(CHAIN_TABLE, TABLE),  # CHAIN_TABLE == RULE_TABLE == 1
-            "hook": _be32(HOOK_HOOKNUM, NF_NETDEV_INGRESS) + _be32(HOOK_PRIORITY, PRIORITY),
-            "base_tail": _be32(CHAIN_POLICY, NF_ACCEPT) + _str(CHAIN_TYPE, "filter"),
-            "meta_load": _expr("meta", _be32(META_DREG, REG_1), _be32(META_KEY, META_MARK)),
-            "meta_store": _expr("meta", _be32(META_KEY, META_MARK), _be32(META_SREG, REG_1)),
-            "jump_head": _be32(VERDICT_CODE, NFT_JUMP)}
-
-
 def new_chain(tap: str) -> Msg:
     """The tap's base chain: on its ingress, policy accept."""
-    f = _fixed()
-    hook = _nest(CHAIN_HOOK, f["hook"], _str(HOOK_DEV, tap))
-    body = f["table"] + _str(CHAIN_NAME, tap) + hook + f["base_tail"]
+    hook = _nest(CHAIN_HOOK, _HOOK_HEAD, _str(HOOK_DEV, tap))
+    body = _TABLE_ATTR + _str(CHAIN_NAME, tap) + hook + _BASE_TAIL
     return Msg(NEWCHAIN, NLM_F_CREATE, body, f"chain {tap}", tap, tap)
 
 
 def new_record_chain(tap: str) -> Msg:
     name = record_name(tap)
-    return Msg(NEWCHAIN, NLM_F_CREATE, _fixed()["table"] + _str(CHAIN_NAME, name),
+    return Msg(NEWCHAIN, NLM_F_CREATE, _TABLE_ATTR + _str(CHAIN_NAME, name),
                f"chain {name}", tap, name)
 
 
@@ -308,15 +295,19 @@ def _expr(name: str, *data: bytes) -> bytes:
     return _nest(LIST_ELEM, _str(EXPR_NAME, name), _nest(EXPR_DATA, *data))
 
 
+# the parts every tap's messages share, encoded once (a full apply builds 4000 messages)
+_TABLE_ATTR = _str(CHAIN_TABLE, TABLE)  # CHAIN_TABLE == RULE_TABLE
+_HOOK_HEAD = _be32(HOOK_HOOKNUM, NF_NETDEV_INGRESS) + _be32(HOOK_PRIORITY, PRIORITY)
+_BASE_TAIL = _be32(CHAIN_POLICY, NF_ACCEPT) + _str(CHAIN_TYPE, "filter")
+_META_LOAD = _expr("meta", _be32(META_DREG, REG_1), _be32(META_KEY, META_MARK))
+_META_STORE = _expr("meta", _be32(META_KEY, META_MARK), _be32(META_SREG, REG_1))
+_JUMP_HEAD = _be32(VERDICT_CODE, NFT_JUMP)
+
+
 def mark_expressions(value: int, mask: int) -> bytes:
     """meta mark set meta mark & ~mask | value"""
-    f = _fixed()
-    return _nest(RULE_EXPRESSIONS, f["meta_load"], _bitwise(mask, value), f["meta_store"])
-
-
-def _bitwise(mask: int, value: int) -> bytes:
-    head = _bitwise_head(mask)
-    return head + struct.pack("=I", value)
+    return _nest(RULE_EXPRESSIONS, _META_LOAD, _bitwise_head(mask) + struct.pack("=I", value),
+                 _META_STORE)
 
 
 @functools.lru_cache(maxsize=8)
@@ -337,18 +328,17 @@ def new_mark_rule(tap: str, value: int, mask: int, note: str) -> Msg:
         raise ValueError(f"comment {note[:40]!r}... is longer than {COMMENT_MAX} bytes")
     udata = bytes([UDATA_COMMENT, len(raw) + 1]) + raw + b"\0"
     name = record_name(tap)
-    body = (_fixed()["table"] + _str(RULE_CHAIN, name) + mark_expressions(value, mask)
+    body = (_TABLE_ATTR + _str(RULE_CHAIN, name) + mark_expressions(value, mask)
             + _attr(RULE_USERDATA, udata))
     return Msg(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"mark rule of {tap}", tap, name)
 
 
 def new_jump_rule(tap: str) -> Msg:
     """``jump mark/<tap>`` in the tap's base chain."""
-    f = _fixed()
-    verdict = _nest(DATA_VERDICT, f["jump_head"], _str(VERDICT_CHAIN, record_name(tap)))
+    verdict = _nest(DATA_VERDICT, _JUMP_HEAD, _str(VERDICT_CHAIN, record_name(tap)))
     exprs = _nest(RULE_EXPRESSIONS, _expr("immediate", _be32(IMMEDIATE_DREG, REG_VERDICT),
                                           _nest(IMMEDIATE_DATA, verdict)))
-    body = f["table"] + _str(RULE_CHAIN, tap) + exprs
+    body = _TABLE_ATTR + _str(RULE_CHAIN, tap) + exprs
     return Msg(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"jump rule of {tap}", tap, tap)
 
 

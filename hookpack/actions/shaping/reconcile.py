@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hookpack import debugpoints, validate
 from hookpack.actions.shaping import nft, tc
@@ -41,8 +41,10 @@ from hookpack.actions.shaping.model import (
 )
 from hookpack.actions.shaping.observe import Kernel, TapMark, observe, observe_marks
 from hookpack.actions.shaping.policy import Defaults, Policy, PolicyStore, from_tags
-from hookpack.actions.shaping.stream import OpStream
 from hookpack.errors import ActionError, BadInput, ConfigError
+
+if TYPE_CHECKING:  # a hook imports the stream only when it sends one
+    from hookpack.actions.shaping.stream import OpStream
 
 # the longest instance name a mark rule's comment "hookpack:<instance>:<nic>" can carry
 # (an nf_tables rule comment: 254 bytes, see hookpack.actions.shaping.nft)
@@ -153,21 +155,15 @@ def refused_mode(tap: str, sysfs: Path = Path("/sys")) -> str:
     (the tap a port of Open vSwitch's datapath) is refused until it is tested: the
     marks would be set the same way, but nothing here proves that Open vSwitch hands
     the mark on to the uplink."""
-    try:
-        master = os.path.basename(os.readlink(sysfs / "class" / "net" / tap / "master"))
-    except OSError:
-        return ""  # no master: routed, or a plain bridge port reads as its bridge
-    if master == OVS_DATAPATH:
-        return OVS_REFUSED
-    return ""
+    return refused_modes([tap], sysfs).get(tap, "")
 
 
 OVS_REFUSED = "NIC mode openvswitch is refused (not tested with hookpack's marks)"
 
 
 def refused_modes(taps: Iterable[str], sysfs: Path = Path("/sys")) -> dict[str, str]:
-    """``refused_mode`` for many taps with one directory listing: the datapath's
-    ``lower_<port>`` links name its ports (the kernel links both ends of a master)."""
+    """``refused_mode`` of many taps, from one listing: the datapath's ``lower_<port>``
+    links name its ports (the kernel links both ends of a master and its port)."""
     try:
         ports = {e.name[len("lower_"):] for e in os.scandir(sysfs / "class" / "net" /
                                                             OVS_DATAPATH)
@@ -240,7 +236,6 @@ class Reconciler:
         self.wanted_taps: set[str] = set()
         self.sysfs = sysfs
         self._sampled: set[tuple[int, bool, bytes]] = set()  # creations read back
-        self._uplink_index: int | None = None
         # set by an apply run: a whole-node run that makes the uplink's qdisc sends its
         # creations while it plans (hookpack.actions.shaping.stream)
         self.stream: Callable[[], tc.Netlink] | None = None
@@ -274,11 +269,18 @@ class Reconciler:
     def settle(self) -> None:
         """Wait for the creations a plan already sends (a run that failed between plan
         and apply, or in the plan): nothing is left writing after the run."""
-        if self._stream is not None:
-            with contextlib.suppress(Exception):
-                self._stream.finish()
-            self.streamed_writes += self._stream.writes
-            self._stream = None
+        with contextlib.suppress(Exception):
+            self._finish_stream()
+
+    def _finish_stream(self) -> list[tc.Reply]:
+        """The replies of the creations sent while planning (none sent: none)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return []
+        try:
+            return stream.finish()
+        finally:
+            self.streamed_writes += stream.writes
 
     def base_broken(self) -> str:
         """Why the node-wide objects are not in step ("" when they are, or when none are
@@ -374,7 +376,6 @@ class Reconciler:
         if k.uplink_ifindex is None:
             raise ActionError(f"uplink {s.uplink} does not exist in this network namespace")
         up = k.uplink_ifindex
-        self._uplink_index = up
         self._sampled.clear()
         parent_ok = k.uplink_root == "ours"
         clearing_all = clear and full
@@ -398,7 +399,8 @@ class Reconciler:
             if not parent_ok or old_layout:
                 if self.stream is not None and full and not old_layout and not plan.first:
                     # everything on the uplink is new: no deletion can clash with it
-                    self.settle()
+                    from hookpack.actions.shaping.stream import OpStream
+
                     self._stream = plan.first = OpStream(self.stream, self.nl.chunk)
                     debugpoints.point("shaping:stream")
                 r2q = qdisc_r2q(s.uplink_rate, s.mtu)
@@ -586,7 +588,8 @@ class Reconciler:
         (an error would have come back instead). A 1000-tap apply then reads back a
         handful of objects, not 4000 echoes."""
         if creates:
-            key = (req.type, req.ifindex == self._uplink_index, req.body)
+            up = self.kernel.uplink_ifindex if self.kernel else None
+            key = (req.type, req.ifindex == up, req.body)
             if key in self._sampled:
                 plan.first.append(Op(req, tap=tap))
                 return
@@ -735,12 +738,8 @@ class Reconciler:
         return out
 
     def _run(self, ops: list[Op], failures: list[str], skipped: set[str], plan: Plan) -> None:
-        if isinstance(ops, OpStream):  # sent while planning: their replies
-            try:
-                replies = ops.finish()
-            finally:
-                self.streamed_writes += ops.writes
-                self._stream = None
+        if ops is self._stream:  # sent while planning: their replies
+            replies = self._finish_stream()
         else:
             ops = [op for op in ops if op.tap is None or op.tap not in skipped]
             replies = self.nl.transact([op.request for op in ops])
