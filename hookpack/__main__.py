@@ -1,5 +1,5 @@
 import sys
 
-from hookpack.cli import main
+from hookpack.cli import run
 
-sys.exit(main())
+sys.exit(run())

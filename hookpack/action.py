@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from hookpack.record import fields, record
 
 if TYPE_CHECKING:  # annotations only: a CLI command (`shaping apply`) needs none of them
     from hookpack.config import Config
@@ -14,7 +15,7 @@ if TYPE_CHECKING:  # annotations only: a CLI command (`shaping apply`) needs non
     from hookpack.roles import Role
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Paths:
     hooks_dir: Path
     kvm_dir: Path
@@ -28,10 +29,10 @@ class Paths:
 
     @classmethod
     def from_config(cls, config: Config) -> Paths:
-        return cls(**{name: config.path_of(name) for name in cls.__dataclass_fields__})
+        return cls(**{name: config.path_of(name) for name in fields(cls)})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ActionContext:
     env: HookEnv
     roles: frozenset[Role]

@@ -20,12 +20,11 @@ the highest serial (the newest configuration) wins.
 from __future__ import annotations
 
 import json
-import select
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hookpack.record import record
 
 MAGIC = b"plj0"
 PORT = 1814
@@ -38,7 +37,7 @@ class ConfdError(Exception):
     """No usable answer (no key, no candidates, no valid reply in time)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Answer:
     value: Any
     serial: int
@@ -113,6 +112,8 @@ def query_many(paths: list[str], data_dir: Path, *, timeout: float = 1.0
     peers = candidates(data_dir)
     if not peers:
         raise ConfdError("no master candidate listed in ssconf_master_candidates_ips")
+    import select
+    import socket
     import uuid
 
     now = time.time()

@@ -12,12 +12,12 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from hookpack.errors import ConfigError
+from hookpack.record import field, record
 
 if TYPE_CHECKING:  # argparse stays off the hook's hot path
     import argparse
@@ -26,7 +26,7 @@ DEFAULT_PATH = Path("/etc/hookpack/hookpack.toml")
 ENV_VAR = "HOOKPACK_CONFIG"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Field:
     kind: type | tuple[type, ...]
     default: Any
@@ -101,7 +101,7 @@ CORE_SCHEMA: dict[str, Schema] = {
 ENABLED = Field(bool, False, "Run this action.")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """A loaded configuration: raw TOML plus validated core sections."""
 

@@ -16,14 +16,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from hookpack.record import field, record
 
 T = TypeVar("T")
 Clock = Callable[[], float]
 
 
-@dataclass
+@record
 class Deadline:
     seconds: float
     clock: Clock = time.monotonic
@@ -46,7 +47,7 @@ class Deadline:
         return int((self.clock() - self.start) * 1000)
 
 
-@dataclass
+@record
 class Bounded(Generic[T]):
     finished: bool
     value: T | None = None

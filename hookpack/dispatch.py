@@ -12,7 +12,6 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TextIO
 
 from hookpack import registry
@@ -22,6 +21,7 @@ from hookpack.deadline import Deadline, Watchdog, run_bounded
 from hookpack.env import HookEnv, Phase, parse_env
 from hookpack.errors import ConfigError, HookpackError, Veto
 from hookpack.log import RunLog
+from hookpack.record import record
 from hookpack.result import Outcome, Result
 from hookpack.roles import Role, resolve_roles, system_fqdn
 from hookpack.runstats import record_run
@@ -30,14 +30,14 @@ from hookpack.validate import instance_name
 VETO_EXIT = 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ActionRun:
     spec: registry.ActionSpec
     result: Result
     ms: int
 
 
-@dataclass
+@record
 class HookRun:
     """Everything one hook invocation did, for the exit code and for tests."""
 

@@ -11,7 +11,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from hookpack.config import Config
 from hookpack.emulator import NAME_MASK
 from hookpack.errors import HookpackError
 from hookpack.hooksinstall import default_layout, is_entry
+from hookpack.record import record
 
 if TYPE_CHECKING:  # imported lazily: doctor runs off the hook's hot path, but keep it light
     from hookpack.actions.pinning.topology import Topology
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # imported lazily: doctor runs off the hook's hot path, but k
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Check:
     name: str
     status: str

@@ -20,9 +20,9 @@ not import, or the config cannot be read. This script
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from hookpack.config import CORE_SCHEMA
+from hookpack.record import record
 
 # Python run by the entry (`python -I -S -c BOOTSTRAP mark kind config server limit entry`).
 # With -S it starts in a third of the time; when a hook server answers on `server`
@@ -241,7 +241,7 @@ hp_not_run "$hp_py exited with status $hp_rc before hookpack answered${{hp_last:
 """
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EntryFacts:
     """What an entry knows without starting Python, read from the config at install."""
 

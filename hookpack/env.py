@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from hookpack.record import field, fields, record
 from hookpack.roles import normalize_host, relocation_nodes
 
 PREFIX = "GANETI_"
@@ -34,7 +34,7 @@ class Phase(StrEnum):
     POST = "post"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Nic:
     index: int
     uuid: str
@@ -48,7 +48,7 @@ class Nic:
     network: Mapping[str, str]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Disk:
     index: int
     uuid: str
@@ -65,7 +65,7 @@ class Disk:
         return qemu_disk_id(self.uuid)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Instance:
     name: str
     primary: str
@@ -85,7 +85,7 @@ class Instance:
     hv: Mapping[str, str]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Snapshot:
     """One set of values: the GANETI_* (pre) or the GANETI_POST_* ones, prefix removed."""
 
@@ -96,14 +96,14 @@ class Snapshot:
         return self.values.get(key)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskGrow:
     disk: int | None
     amount_mib: int | None
     absolute: bool
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Relocation:
     """Where a migrate, failover or move takes the instance."""
 
@@ -114,7 +114,7 @@ class Relocation:
     cleanup: bool
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HookEnv:
     version: int | None
     phase: Phase | None
@@ -406,13 +406,13 @@ def _instance_dict(instance: Instance | None) -> dict[str, object] | None:
 
 
 def _plain(value: object) -> object:
-    """Dataclasses, mappings and tuples to JSON-ready plain values."""
+    """Records, mappings and tuples to JSON-ready plain values."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
+    if hasattr(value, "__record_specs__"):
+        return {name: _plain(getattr(value, name)) for name in fields(value)}
     return str(value)

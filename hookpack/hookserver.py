@@ -45,11 +45,11 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import hookpack
 from hookpack.entryscript import SERVER_SOCKET
+from hookpack.record import record
 
 MAGIC = b"hookpack-hook-1"
 MAX_REQUEST = 1 << 20  # an environment of Ganeti's is a few KiB
@@ -62,7 +62,7 @@ class _Stop(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     interpreter: bytes
     kind: str

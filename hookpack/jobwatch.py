@@ -34,12 +34,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from hookpack.ganeti_opcodes import OPCODE_HPATH
+from hookpack.record import field, record
 from hookpack.runparts import run_parts
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ FINAL = ("success", "error", "canceled")
 DEATH_REASON = "gnt:daemon:luxid:deathdetection"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Report:
     job_id: int
     index: int
@@ -62,7 +62,7 @@ class Report:
     hpath: str | None  # None: the opcode has no hooks
 
 
-@dataclass
+@record
 class Cursor:
     """Jobs fully handled (as id ranges) and, for the others, opcodes reported."""
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookpack import registry
 from hookpack.action import Paths
 from hookpack.config import Config
 from hookpack.errors import HookpackError
+from hookpack.record import field, record
 from hookpack.runstats import all_stats
 
 FAILED_OUTCOMES = ("failed", "timeout")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sample:
     name: str
     value: float

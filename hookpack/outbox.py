@@ -27,11 +27,11 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hookpack.errors import ActionError, BadInput
+from hookpack.record import record
 
 FORMAT = 1
 _ID = re.compile(r"^[0-9]{13}-[0-9a-f]{16}$")
@@ -53,7 +53,7 @@ def check_id(value: str) -> str:
     return value
 
 
-@dataclass
+@record
 class Held:
     """An event whose lock we hold; ``data`` is its current content."""
 
@@ -233,7 +233,7 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
 RETRY_AFTER_MAX = 86400.0  # a receiver's Retry-After is honoured up to a day
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Failure:
     """Why a delivery attempt failed; ``permanent``: the receiver refused it for good
     (dead-letter it); ``retry_after``: the receiver's Retry-After, s."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from enum import StrEnum
+
+from hookpack.record import field, record
 
 
 class Outcome(StrEnum):
@@ -16,7 +17,7 @@ class Outcome(StrEnum):
     TIMEOUT = "timeout"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Result:
     outcome: Outcome
     message: str = ""

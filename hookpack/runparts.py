@@ -18,14 +18,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from hookpack.record import record
 
 HOOKS_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"
 NAME_MASK = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScriptResult:
     name: str  # "<directory name>/<script>", as Ganeti reports it
     status: str  # "skip", "success" or "fail"

@@ -16,13 +16,13 @@ import contextlib
 import importlib
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from hookpack import registry, validate
 from hookpack.action import Paths
 from hookpack.config import Config
 from hookpack.errors import BadInput, HookpackError
+from hookpack.record import field, record
 from hookpack.runstats import all_stats
 
 SCHEMA_VERSION = 1
@@ -30,7 +30,7 @@ QMP_TIMEOUT = 3.0  # seconds per QMP session (a busy or hung socket gives up the
 RUNS_SHOWN = 10  # newest hook runs per instance
 
 
-@dataclass
+@record
 class Part:
     """One action's status of one instance: JSON fields and the human lines."""
 
@@ -132,7 +132,7 @@ def action_parts(cfg: Config, paths: Paths, names: list[str]
     return parts
 
 
-@dataclass
+@record
 class InstanceStatus:
     name: str
     pid: int | None

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from hookpack.config import Config
 from hookpack.errors import HookpackError
+from hookpack.record import record
 from hookpack.roles import normalize_host, system_fqdn
 
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")
@@ -36,7 +36,7 @@ PROPERTIES = ("Id", "LoadState", "UnitFileState", "ActiveState", "SubState")
 TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnitState:
     name: str
     load: str  # loaded | not-found | masked | ...
@@ -45,7 +45,7 @@ class UnitState:
     sub: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnitVerdict:
     unit: str
     status: str  # pass | warn | fail

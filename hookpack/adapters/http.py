@@ -23,10 +23,10 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hookpack.errors import ConfigError, HookpackError
+from hookpack.record import record
 
 MAX_RESPONSE = 64 * 1024
 # Per-call socket timeout beyond the limit: only a backstop, the killer ends calls first.
@@ -51,14 +51,14 @@ class HttpError(HookpackError):
             and self.status not in (408, 425, 429)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Response:
     status: int
     body: bytes
     seconds: float
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Target:
     scheme: str
     host: str

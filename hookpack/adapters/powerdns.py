@@ -11,10 +11,10 @@ import http.client
 import json
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from hookpack.errors import ActionError
+from hookpack.record import field, record
 
 # Who owns an RRset: PowerDNS keeps comments per RRset (name, type). hookpack marks
 # every RRset it writes with one comment: account "hookpack", content
@@ -52,7 +52,7 @@ class PowerDnsUnavailable(PowerDnsError):
     """The API could not be reached in time (refused, timeout, reset)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RRset:
     name: str  # absolute, with the trailing dot
     type: str
@@ -69,7 +69,7 @@ class RRset:
         return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Change:
     """One RRset change for a PATCH: REPLACE (with contents) or DELETE."""
 

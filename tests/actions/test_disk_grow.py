@@ -20,6 +20,7 @@ from hookpack.actions.disk_grow.grow import grow_disk
 from hookpack.actions.disk_grow.plan import MIB, Decision, find_block, mib, plan_resize
 from hookpack.emulator import run_hooks
 from hookpack.errors import ActionError
+from hookpack.record import fields
 from hookpack.result import Outcome
 from tests.helpers.entries import actions_entry
 
@@ -195,7 +196,7 @@ def test_read_back_mismatch_is_a_failure():
 
 @pytest.fixture
 def paths(tmp_path) -> Paths:
-    p = {k: tmp_path / k for k in Paths.__dataclass_fields__}
+    p = {k: tmp_path / k for k in fields(Paths)}
     for d in p.values():
         d.mkdir()
     return Paths(**p)

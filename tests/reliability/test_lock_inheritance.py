@@ -48,8 +48,9 @@ HOLDER = """
 import os, pathlib, sys, threading, time
 from hookpack.actions.shaping import action as shaping
 from hookpack.action import Paths
+from hookpack.record import fields
 run = pathlib.Path(sys.argv[1])
-paths = Paths(**{name: run for name in Paths.__dataclass_fields__})
+paths = Paths(**{name: run for name in fields(Paths)})
 apply = threading.Thread(target=shaping._legacy, daemon=True,
                          args=({"iptables_backend": "nf_tables"}, paths, lambda: 30.0))
 apply.start()

@@ -13,6 +13,7 @@ from hookpack.config import load_config
 from hookpack.doctor import FAIL, PASS, WARN, numa_check, outbox_check, run_checks
 from hookpack.hooksinstall import install
 from hookpack.outbox import Outbox, event_id, now_ms
+from hookpack.record import fields
 from hookpack.roles import system_fqdn
 from tests.helpers.fakehost import write_sysfs
 from tests.unit.test_hookserver import Server
@@ -177,7 +178,7 @@ def test_secret_file_missing_or_not_root_owned_fails(tmp_path, write_config):
 
 
 def _paths(tmp_path, sysfs_root):
-    return Paths(**{**{k: tmp_path / k for k in Paths.__dataclass_fields__},
+    return Paths(**{**{k: tmp_path / k for k in fields(Paths)},
                     "sysfs_root": sysfs_root})
 
 

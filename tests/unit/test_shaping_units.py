@@ -425,3 +425,23 @@ def test_op_stream_raises_what_the_writer_raised_and_never_hangs():
     broken.append(Op(tc.Request(tc.RTM_NEWTCLASS, 0, 1, what="a")))
     with pytest.raises(OSError, match="open files"):
         broken.finish()
+
+
+def test_op_stream_shortens_the_thread_switch_interval_while_open_only():
+    import sys
+
+    from hookpack.actions.shaping.reconcile import Op
+    from hookpack.actions.shaping.stream import SWITCH_INTERVAL, OpStream
+
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL  # Python's default, 5 ms
+    for fail_at in (None, 0):
+        ops = OpStream(lambda fail_at=fail_at: _FakeNetlink(fail_at=fail_at), 2)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        ops.append(Op(tc.Request(tc.RTM_NEWTCLASS, 0, 1, what="a")))
+        if fail_at is None:
+            ops.finish()
+        else:
+            with pytest.raises(tc.NetlinkLost):
+                ops.finish()
+        assert sys.getswitchinterval() == before  # restored, on success and on error

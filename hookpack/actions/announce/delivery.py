@@ -14,13 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from hookpack.config import read_secret
 from hookpack.errors import BadInput, HookpackError
 from hookpack.outbox import Failure, Held, Outbox, now_ms, record_attempt, revive
+from hookpack.record import field, record
 
 SINK_NAMES = ("slack", "grafana", "webhook")
 IDEMPOTENCY_HEADER = "X-Hookpack-Idempotency-Key"
@@ -36,7 +36,7 @@ def configured_sinks(settings: Mapping[str, Any]) -> list[str]:
     return [name for name in SINK_NAMES if sink(name).configured(settings)]
 
 
-@dataclass
+@record
 class Secrets:
     """Secrets read on first use from root-only files, each registered with ``redact``."""
 
@@ -132,7 +132,7 @@ def _jittered(settings: Mapping[str, Any]) -> float:
     return float(settings["backoff_base"]) * (1.0 + 0.2 * spread)
 
 
-@dataclass
+@record
 class FlushReport:
     delivered: list[str] = field(default_factory=list)  # "<id> <sink>"
     failed: list[str] = field(default_factory=list)  # "<id> <sink>: reason"

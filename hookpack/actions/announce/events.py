@@ -14,19 +14,19 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hookpack.env import HookEnv
 from hookpack.errors import BadInput
 from hookpack.outbox import now_ms
+from hookpack.record import record
 from hookpack.validate import instance_name
 
 KINDS = ("live-migration", "migration", "failover")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Move:
     kind: str  # one of KINDS
     instance: str

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hookpack.actions.disk_grow.node import Storage
 from hookpack.actions.disk_grow.plan import BlockNode, Decision, Plan, find_block, mib, plan_resize
+from hookpack.record import record
 from hookpack.result import Outcome
 
 
@@ -15,7 +15,7 @@ class Qmp(Protocol):
     def execute(self, command: str, arguments: dict[str, object] | None = None) -> Any: ...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DiskOutcome:
     index: int
     outcome: Outcome

@@ -12,24 +12,24 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hookpack.action import Paths
 from hookpack.env import qemu_disk_id
 from hookpack.errors import ActionError, BadInput
+from hookpack.record import record
 from hookpack.validate import instance_name
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Storage:
     path: Path  # where the instance-disks link points
     size: int  # bytes
     is_file: bool  # a regular file: block_resize truncates it
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RuntimeDisk:
     """One disk of the runtime file: index, QEMU id (``hvinfo.id``) and link."""
 

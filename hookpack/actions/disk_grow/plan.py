@@ -7,15 +7,16 @@ and Ganeti say, so every rule is unit-tested on recorded QEMU 7.2 answers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from hookpack.record import record
 
 MIB = 1 << 20
 SECTOR = 512
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BlockNode:
     """One disk as QEMU's ``query-block`` shows it, and how ``block_resize`` names it.
 
@@ -75,7 +76,7 @@ class Decision(StrEnum):
     SHORT = "short"  # the storage here is smaller than the size Ganeti recorded
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     decision: Decision
     current: int  # what QEMU sees, bytes

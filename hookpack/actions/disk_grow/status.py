@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,10 @@ from hookpack.action import Paths
 from hookpack.actions.disk_grow import node
 from hookpack.actions.disk_grow.plan import find_block, mib
 from hookpack.errors import ActionError
+from hookpack.record import field, record
 
 
-@dataclass
+@record
 class DiskView:
     index: int
     qemu_id: str | None
@@ -34,7 +34,7 @@ class DiskView:
                 "storage_size": self.storage_size, "match": self.match, "error": self.error}
 
 
-@dataclass
+@record
 class DisksView:
     disks: list[DiskView] = field(default_factory=list)
     error: str | None = None

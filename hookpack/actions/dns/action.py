@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hookpack.action import ActionContext, NoRedact, Redactor
 from hookpack.config import Field, add_config_arg
 from hookpack.errors import ActionError, ConfigError
+from hookpack.record import field, record
 from hookpack.result import Outcome, Result
 
 if TYPE_CHECKING:  # typing only: the adapter imports http.client, kept off the hot path
@@ -183,7 +183,7 @@ def _normal(rtype: str, contents: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-@dataclass
+@record
 class Plan:
     changes: dict[str, list[Change]] = field(default_factory=dict)  # zone -> changes
     conflicts: list[str] = field(default_factory=list)

@@ -15,23 +15,23 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from hookpack.actions.netbox.client import Writes, find_vm, listed, owned, ref_id
+from hookpack.record import record
 
 VMIFACE = "virtualization.vminterface"
 FIRST_MAC_OBJECT_VERSION = (4, 2)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NicSpec:
     index: int
     mac: str | None
     ip: str | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VmSpec:
     """What NetBox should hold for one instance."""
 
@@ -216,19 +216,18 @@ class VmObjects:
 
     # -- what goes ----------------------------------------------------------------------
     def drop_unwanted_addresses(self) -> None:
-        for record in self.ips:
-            if id(record) not in self.kept and owned(record):
-                self.w.delete(f"removed IP {record.address}", record)
+        for ip in self.ips:
+            if id(ip) not in self.kept and owned(ip):
+                self.w.delete(f"removed IP {ip.address}", ip)
         for mac in self.macs:
             if id(mac) not in self.kept and owned(mac):
                 self.w.delete(f"removed MAC {mac.mac_address}", mac)
 
     def release(self, iface: Any) -> None:
         """Unassign operators' addresses from ``iface`` so deleting it keeps them."""
-        for record in self.ips:
-            if self.assigned[id(record)] == iface.id and not owned(record) \
-                    and id(record) not in self.kept:
-                self.unassign_ip(record)
+        for ip in self.ips:
+            if self.assigned[id(ip)] == iface.id and not owned(ip) and id(ip) not in self.kept:
+                self.unassign_ip(ip)
         foreign = [m for m in self.macs if self.assigned[id(m)] == iface.id and not owned(m)
                    and id(m) not in self.kept]
         if foreign and getattr(iface, "primary_mac_address", None) is not None:

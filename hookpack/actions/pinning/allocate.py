@@ -8,15 +8,15 @@ input always gives the same plan (every choice is ordered by CPU/node ids).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 from hookpack.actions.pinning.topology import Topology, format_cpulist
+from hookpack.record import field, record, replace
 
 PINNED = "pinned"
 FLOATING = "floating"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     smt: str = "avoid"  # "avoid": no core shared between instances; "allow"
     placement: str = "pack"  # "pack": fullest node that fits; "spread": emptiest
@@ -30,7 +30,7 @@ class Policy:
     shared_set: frozenset[int] | None = None  # CPUs for emulator threads and floating ones
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     name: str
     vcpus: int
@@ -41,7 +41,7 @@ class Request:
     own_memory: Mapping[int, int] = field(default_factory=dict)  # of that, per node
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     name: str
     mode: str  # PINNED or FLOATING
@@ -65,7 +65,7 @@ class Plan:
         return f"floating on CPU(s) {format_cpulist(self.pool)}{where}: {self.reason}"
 
 
-@dataclass
+@record
 class _Node:
     id: int
     usable: tuple[int, ...]  # online, not reserved, dedicated or shared

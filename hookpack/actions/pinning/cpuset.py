@@ -17,14 +17,14 @@ restriction (None).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hookpack.actions.pinning.topology import parse_cpulist
 from hookpack.errors import BadInput
+from hookpack.record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cpuset:
     cpus: frozenset[int] | None  # None: not known, no restriction
     mems: frozenset[int] | None

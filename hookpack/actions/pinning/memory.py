@@ -41,8 +41,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from hookpack.record import field, record
 
 SYS_MIGRATE_PAGES = 256  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
 HELPER_FAILED = 250
@@ -51,7 +52,7 @@ LOCAL_MIN = 0.95  # share of the instance's memory that must end on the target n
 _NODE_FIELD = re.compile(r"^N(\d+)=(\d+)$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Vma:
     start: int
     end: int
@@ -129,7 +130,7 @@ def share_on(usage: dict[int, int], node: int) -> float:
     return usage.get(node, 0) / total if total else 1.0
 
 
-@dataclass
+@record
 class MoveResult:
     node: int
     before: dict[int, int]  # bytes per node (the instance's own memory)

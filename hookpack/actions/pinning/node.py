@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookpack import debugpoints
@@ -33,9 +32,10 @@ from hookpack.actions.pinning.threads import (
 )
 from hookpack.actions.pinning.topology import Topology, format_cpulist, parse_cpulist, read_topology
 from hookpack.errors import BadInput
+from hookpack.record import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Move:
     """One thread's affinity change."""
 
@@ -50,7 +50,7 @@ class Move:
                 f"{format_cpulist(self.old)} -> {format_cpulist(self.new)}")
 
 
-@dataclass
+@record
 class Outcome:
     plans: list[Plan]
     moves: list[Move]
@@ -61,7 +61,7 @@ class Outcome:
     memory: list[pmemory.MoveResult] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NodeState:
     topo: Topology
     observed: dict[str, Observed]  # every running instance

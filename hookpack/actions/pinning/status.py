@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from hookpack.actions.pinning.allocate import Policy
 from hookpack.actions.pinning.memory import node_usage
 from hookpack.actions.pinning.topology import Topology, format_cpulist, read_topology
 from hookpack.errors import HookpackError
+from hookpack.record import field, record
 
 
-@dataclass
+@record
 class VcpuView:
     index: int
     thread_id: int
@@ -41,7 +41,7 @@ class VcpuView:
                 "error": self.error}
 
 
-@dataclass
+@record
 class PinningView:
     cpu_mask: str = "all"
     mode: str | None = None  # the plan's mode: "pinned" | "floating"; None: no plan

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from hookpack.actions.pinning.affinity import read_affinity
 from hookpack.errors import HookpackError
+from hookpack.record import record
 from hookpack.validate import instance_name
 
 _VCPU_NAME = re.compile(r"^CPU (\d+)/(KVM|TCG|HVF|WHPX)$")
@@ -42,7 +42,7 @@ _VHOST_NAME = re.compile(r"^vhost-(\d+)$")
 PF_NO_SETAFFINITY = 0x04000000  # include/linux/sched.h
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Process:
     name: str
     pid: int
@@ -157,7 +157,7 @@ def thread_name(proc_root: Path, pid: int, tid: int) -> str:
         return ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Observed:
     """One QEMU's threads and affinities as /proc shows them."""
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from hookpack.errors import ActionError, BadInput
+from hookpack.record import record
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 MAX_CPU = 1 << 16
@@ -64,7 +64,7 @@ def format_cpulist(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Topology:
     """Online CPUs by NUMA node, and each online CPU's core (its SMT siblings)."""
 

@@ -9,16 +9,16 @@ replaces the 32-bit packet count when the kernel sends it), ``drops``/``overlimi
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
 
 from hookpack.actions.shaping.tc import TcObject, parse_attrs
+from hookpack.record import asdict, record
 
 TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS_PKT64 = 1, 3, 8
 _BASIC = struct.Struct("=QI")  # bytes, packets
 _QUEUE = struct.Struct("=IIIII")  # qlen, backlog, drops, requeues, overlimits
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Counters:
     bytes: int = 0
     packets: int = 0

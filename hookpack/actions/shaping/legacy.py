@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookpack.errors import ActionError
 from hookpack.locks import held_lock_fds
+from hookpack.record import field, record
 
 CHAIN = "HOOKPACK-SHAPE"
 HOOK_CHAIN = "FORWARD"
@@ -33,7 +33,7 @@ _RULE = re.compile(
 _MARKER = "shaping-legacy.json"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tools:
     """The save/restore commands of the backend the host's ``iptables`` uses."""
 
@@ -63,7 +63,7 @@ def detect(preferred: str = "auto") -> Tools | None:
                  (tool("iptables-restore"), tool("ip6tables-restore")))
 
 
-@dataclass
+@record
 class Found:
     """hookpack's old objects in one family's mangle table."""
 

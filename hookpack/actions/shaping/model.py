@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from hookpack.errors import BadInput
+from hookpack.record import record
 
 QUANTUM_MIN = 1000  # HTB's own clamp range when it computes quanta from r2q
 QUANTUM_MAX = 200000
@@ -60,7 +60,7 @@ def format_rate(rate: int) -> str:
     return f"{bits}bit"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ClassParams:
     """One HTB class: ``rate`` guaranteed, ``ceil`` the hard limit, bursts, quantum, prio."""
 

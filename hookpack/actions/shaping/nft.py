@@ -32,14 +32,15 @@ messages by sequence number (a NOOP with an ack after the batch closes it).
 
 from __future__ import annotations
 
+import _socket  # as in tc.py
 import contextlib
 import functools
 import os
-import socket
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from hookpack.record import field, record
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -138,7 +139,7 @@ def _text(raw: bytes | None) -> str:
 # ---- what the kernel has ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Chain:
     name: str
     device: str  # the hook's device ("" for a chain without a device hook)
@@ -150,7 +151,7 @@ class Chain:
                 and self.priority == PRIORITY)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mark:
     """The mark rule of one tap's chain, as read back: ``mark = mark & ~mask | value``."""
 
@@ -162,7 +163,7 @@ class Mark:
     jump: str = ""  # the chain a jump rule goes to
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TapChains:
     """What exists of one tap's two chains (what a write must create, flush or delete)."""
 
@@ -351,7 +352,7 @@ class NftError(OSError):
         super().__init__(code, f"{what}: {os.strerror(code)}" + (f": {text}" if text else ""))
 
 
-@dataclass
+@record
 class BatchResult:
     errors: list[tuple[Msg, int, str]] = field(default_factory=list)  # msg, errno, extack
 
@@ -364,16 +365,16 @@ class Nft:
     """One NETLINK_NETFILTER socket: dumps of hookpack's table, atomic batches."""
 
     def __init__(self, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
                                   NETLINK_NETFILTER)
         self.sock.settimeout(timeout)
-        for force, plain, size in ((33, socket.SO_RCVBUF, 8 << 20),
-                                   (32, socket.SO_SNDBUF, 4 << 20)):
+        for force, plain, size in ((33, _socket.SO_RCVBUF, 8 << 20),
+                                   (32, _socket.SO_SNDBUF, 4 << 20)):
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, size)
+                self.sock.setsockopt(_socket.SOL_SOCKET, force, size)
             except OSError:
                 with contextlib.suppress(OSError):
-                    self.sock.setsockopt(socket.SOL_SOCKET, plain, size)
+                    self.sock.setsockopt(_socket.SOL_SOCKET, plain, size)
         for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
@@ -491,7 +492,7 @@ class Nft:
 
 
 def _batch_mark(mtype: int, seq: int) -> bytes:
-    body = _NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
+    body = _NFGEN.pack(_socket.AF_UNSPEC, 0, _socket.htons(NFNL_SUBSYS_NFTABLES))
     return _NLMSG.pack(_NLMSG.size + len(body), mtype, NLM_F_REQUEST, seq, 0) + body
 
 

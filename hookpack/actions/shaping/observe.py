@@ -10,15 +10,15 @@ every root qdisc, so leftovers of taps that vanished without a hook are found to
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from hookpack.actions.shaping import nft, tc
 from hookpack.actions.shaping.model import MINOR_FIRST, MINOR_HOST, MINOR_ROOT, TAP_MINOR
+from hookpack.record import field, record
 
 _GONE = tc.TcObject(0, 0, 0, 0, "<gone>")
 
 
-@dataclass
+@record
 class TapState:
     ifindex: int | None  # None: the device does not exist
     root: str = "none"  # "ours" | "default" | "foreign" | "none"
@@ -27,7 +27,7 @@ class TapState:
     leaf: tc.Leaf | None = None  # the qdisc under the tap's class (None: no class)
 
 
-@dataclass
+@record
 class Kernel:
     uplink_ifindex: int | None = None
     uplink_root: str = "none"  # "ours" | "default" | "foreign" | "none"
@@ -46,7 +46,7 @@ class Kernel:
     full: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TapMark:
     """One tap's chains in hookpack's netdev table: whose NIC, which mark, and whether
     the tap's frames go through it."""
@@ -64,7 +64,7 @@ class TapMark:
                 and self.instance == instance and self.nic == nic)
 
 
-@dataclass
+@record
 class Marks:
     table: bool = False
     taps: dict[str, TapMark] = field(default_factory=dict)  # chain (= tap) -> mark

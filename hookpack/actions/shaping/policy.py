@@ -19,12 +19,12 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookpack import validate
 from hookpack.actions.shaping.model import parse_rate
 from hookpack.errors import BadInput, ConfigError
+from hookpack.record import field, record
 
 # Ganeti accepts only [\w.+*/:@-] in tags (objects.TaggableObject.VALID_TAG_RE): no "=".
 # So the working form is hookpack:egress:50mbit; hookpack:egress=50mbit (the issue's
@@ -38,7 +38,7 @@ def _ours(tag: str) -> bool:
     return bool(_TAG.fullmatch(tag) or _SCOPE_TAG.fullmatch(tag))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Defaults:
     egress: int
     ingress: int
@@ -63,7 +63,7 @@ class Defaults:
                    rate("max_ingress_rate", "ingress_rate"), scope)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     egress: int
     ingress: int

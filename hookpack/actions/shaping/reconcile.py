@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -42,6 +41,7 @@ from hookpack.actions.shaping.model import (
 from hookpack.actions.shaping.observe import Kernel, TapMark, observe, observe_marks
 from hookpack.actions.shaping.policy import Defaults, Policy, PolicyStore, from_tags
 from hookpack.errors import ActionError, BadInput, ConfigError
+from hookpack.record import field, record
 
 if TYPE_CHECKING:  # a hook imports the stream only when it sends one
     from hookpack.actions.shaping.stream import OpStream
@@ -52,7 +52,7 @@ MAX_LABEL_NAME = nft.COMMENT_MAX - len("hookpack:") - len(":63")
 DUMP_AT = 32  # read-backs on one device from which one dump replaces the gets
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     uplink: str
     major: int
@@ -91,7 +91,7 @@ class Settings:
                    int(s.get("leaf_delay_ms") or 10))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Nic:
     instance: str
     index: int
@@ -183,7 +183,7 @@ class Op(NamedTuple):  # a NamedTuple: a full apply makes 5000
     get: tc.Request | None = None
 
 
-@dataclass
+@record
 class Plan:
     first: list[Op] = field(default_factory=list)  # qdiscs, classes, filters
     nft: list[nft.Msg] = field(default_factory=list)  # one nf_tables transaction
@@ -215,7 +215,7 @@ def _htb(p: ClassParams) -> tc.HtbParams:
     return tc.HtbParams(p.rate, p.ceil, p.burst, p.cburst, p.quantum, p.prio)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LeafCheck:
     """A leaf qdisc to read back after the apply: what it should be."""
 

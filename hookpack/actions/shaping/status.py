@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,12 @@ from hookpack.actions.shaping.observe import TapMark, observe_marks
 from hookpack.actions.shaping.policy import Defaults, PolicyStore, from_tags
 from hookpack.actions.shaping.reconcile import Nic, read_nics, refused_mode
 from hookpack.errors import BadInput, ConfigError
+from hookpack.record import field, record
 
 EGRESS, INGRESS = "egress", "ingress"  # VM -> world (uplink class), world -> VM (tap class)
 
 
-@dataclass
+@record
 class ClassView:
     """One direction of one tap: wanted rate vs the kernel's class."""
 
@@ -57,7 +57,7 @@ class ClassView:
                 "error": self.error}
 
 
-@dataclass
+@record
 class TapView:
     instance: str
     nic: int
@@ -70,7 +70,7 @@ class TapView:
                 "classes": [c.to_json() for c in self.classes]}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class View:
     uplink: str
     major: int

@@ -11,15 +11,16 @@ parsed here too); the tests cross-check the result with ``tc -j`` and pyroute2.
 
 from __future__ import annotations
 
+import _socket  # not socket.py: its enums cost a millisecond of every run's start
 import contextlib
 import errno
 import functools
 import os
-import socket
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from hookpack.record import field, record
 
 # linux/rtnetlink.h
 RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
@@ -123,7 +124,7 @@ def parse_attrs(buf: bytes | memoryview, start: int = 0, end: int | None = None
 # ---- objects as the kernel reports them -------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TcObject:
     """One qdisc, class or filter from a reply: header fields and the parts shaping reads."""
 
@@ -215,7 +216,7 @@ class TcObject:
         return self.options[TCA_BPF_OPS]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Leaf:
     """The qdisc under a class: ``kind`` ("fq_codel", "bfifo", "default": HTB's own
     pfifo) and, for a fifo, its limit (bytes for bfifo, packets for pfifo)."""
@@ -241,7 +242,7 @@ class Leaf:
             and abs((seen.burst or 0) - (self.burst or 0)) <= slack
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HtbParams:
     """An HTB class's parameters in bytes and bytes/s (buffers converted from ticks)."""
 
@@ -384,7 +385,7 @@ class Request(NamedTuple):  # a NamedTuple: a full apply makes 5000, a dataclass
         return self._replace(flags=self.flags | NLM_F_ECHO)
 
     def encode(self, seq: int) -> bytes:
-        tcm = _TCMSG.pack(socket.AF_UNSPEC, self.ifindex, self.handle, self.parent, self.info)
+        tcm = _TCMSG.pack(_socket.AF_UNSPEC, self.ifindex, self.handle, self.parent, self.info)
         payload = tcm + self.body
         return _NLMSG.pack(_NLMSG.size + len(payload), self.type,
                            NLM_F_REQUEST | self.flags, seq, 0) + payload
@@ -457,7 +458,7 @@ def get_class(ifindex: int, major: int, minor: int, what: str) -> Request:
 
 
 def filter_info(prio: int) -> int:
-    return (prio << 16) | socket.htons(ETH_P_ALL)
+    return (prio << 16) | _socket.htons(ETH_P_ALL)
 
 
 def set_fw_filter(ifindex: int, major: int, prio: int, mark: int, classid: int,
@@ -481,16 +482,16 @@ class Netlink:
     CHUNK = 200  # requests per sendmsg: their acks must fit the receive buffer
 
     def __init__(self, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  socket.NETLINK_ROUTE)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                                  _socket.NETLINK_ROUTE)
         self.sock.settimeout(timeout)  # the kernel always answers; never wait unbounded
         # SO_RCVBUFFORCE (33) / SO_SNDBUFFORCE (32) as root, else the capped plain ones
-        for force, plain, size in ((33, socket.SO_RCVBUF, _rcvbuf()),
-                                   (32, socket.SO_SNDBUF, 4 << 20)):
+        for force, plain, size in ((33, _socket.SO_RCVBUF, _rcvbuf()),
+                                   (32, _socket.SO_SNDBUF, 4 << 20)):
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, force, size)
+                self.sock.setsockopt(_socket.SOL_SOCKET, force, size)
             except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, plain, size)
+                self.sock.setsockopt(_socket.SOL_SOCKET, plain, size)
         for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(SOL_NETLINK, opt, 1)
@@ -555,7 +556,7 @@ class Netlink:
         self.seq += 1
         self.reads += 1
         seq = self.seq
-        tcm = _TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, parent, 0)
+        tcm = _TCMSG.pack(_socket.AF_UNSPEC, ifindex, 0, parent, 0)
         self.sock.send(_NLMSG.pack(_NLMSG.size + len(tcm), mtype, NLM_F_REQUEST | NLM_F_DUMP,
                                    seq, 0) + tcm)
         objects: list[TcObject] = []
@@ -627,7 +628,8 @@ def ifindexes(names: Iterable[str]) -> dict[str, int | None]:
     import fcntl
 
     out: dict[str, int | None] = {}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
         for name in names:
             raw = name.encode()
             if not raw or len(raw) > 15 or b"\0" in raw:  # IFNAMSIZ: the kernel's limit
@@ -639,6 +641,8 @@ def ifindexes(names: Iterable[str]) -> dict[str, int | None]:
                 out[name] = None
                 continue
             out[name] = _IFREQ_INDEX.unpack(answer)[1]
+    finally:
+        sock.close()
     return out
 
 
