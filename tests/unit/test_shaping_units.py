@@ -294,6 +294,34 @@ def test_nft_mark_rule_carries_any_value_and_mask(value, mask):
     assert (mark.value, mark.mask) == (value, mask)
 
 
+def test_rule_shapes_read_what_the_full_parse_reads(monkeypatch):
+    """Rules read from a remembered shape give what the full parse gives, for every
+    value, mask and target length; a rule of another shape is parsed in full. (The
+    kernel's dump layout differs from the request's: the netns tests read real dumps.)"""
+    def exprs(msg: nft.Msg) -> bytes:
+        return nft._attrs(msg.encode(1)[tc._NLMSG.size:], nft._NFGEN.size)[nft.RULE_EXPRESSIONS]
+
+    blobs = [exprs(nft.new_mark_rule(f"tap{i}", value, mask, "hookpack:a:0"))
+             for i, (value, mask) in enumerate([(0x10, 0xFFFF), (0x11, 0xFFFF), (0x1234, 0xFF00),
+                                                (0xFFFF, 0xFFFF), (7, 0xFFFFFFFF), (0, 0xFFFF)])]
+    blobs += [exprs(nft.new_jump_rule(tap)) for tap in ("tap1", "tap2", "tap13", "tap14",
+                                                        "vnet123456", "t")]
+    # another rule of hookpack's table: a counter, not a mark or jump
+    blobs.append(nft._nest(nft.RULE_EXPRESSIONS, nft._expr("counter"))[4:])
+    full = [nft._read_exprs(b) for b in blobs]
+    shapes = nft.RuleShapes()
+    assert [shapes.read(b) for b in blobs] == full
+    parsed: list[bytes] = []
+
+    def counting(blob: bytes):
+        parsed.append(blob)
+        return full[blobs.index(blob)]
+
+    monkeypatch.setattr(nft, "_read_exprs", counting)
+    assert [shapes.read(b) for b in blobs] == full  # the second time: from the shapes
+    assert parsed == [blobs[-1]]  # only the counter rule, which has no shape, is parsed
+
+
 def test_ifindexes_agrees_with_if_nametoindex():
     import socket
 
