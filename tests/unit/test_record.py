@@ -144,3 +144,15 @@ def test_hookpack_shaping_apply_path_imports_no_dataclasses():
                          check=True, cwd="/").stdout
     assert out.strip() == "[]"
 
+
+
+def test_no_module_of_hookpack_imports_dataclasses():
+    """One mechanism for value classes (docs/development.md)."""
+    import re
+    from pathlib import Path
+
+    root = Path(rec.__file__).parent
+    users = [str(path.relative_to(root)) for path in sorted(root.rglob("*.py"))
+             if re.search(r"^\s*(from dataclasses import|import dataclasses)",
+                          path.read_text(), re.M)]
+    assert users == []
