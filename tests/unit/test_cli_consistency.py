@@ -183,3 +183,28 @@ def test_an_actions_command_builds_its_own_parser_alone():
                          check=True, timeout=60).stdout.splitlines()
     assert out[0] == "apply True []", out
     assert out[1] == "True", out
+
+
+def test_every_hookpack_process_enters_through_run(monkeypatch):
+    """The console script, `python -m hookpack` and the .deb's command call cli.run, which
+    returns main's exit code and freezes what is left for the interpreter's last
+    collection."""
+    import gc
+    import tomllib
+    from pathlib import Path
+
+    from hookpack import cli
+
+    repo = Path(cli.__file__).resolve().parents[1]
+    scripts = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"hookpack": "hookpack.cli:run"}
+    for entry in (repo / "hookpack" / "__main__.py", repo / "debian" / "bin" / "hookpack"):
+        assert "from hookpack.cli import run\n\nsys.exit(run())" in entry.read_text(), entry
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    made = [[i] for i in range(1000)]  # objects the collector tracks, alive past run()
+    before = gc.get_freeze_count()
+    try:
+        assert cli.run() == 3
+        assert gc.get_freeze_count() >= before + len(made)
+    finally:
+        gc.unfreeze()

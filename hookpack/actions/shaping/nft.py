@@ -133,7 +133,8 @@ def _attr_list(buf: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def _spans(buf: bytes, start: int = 0, end: int | None = None) -> dict[int, tuple[int, int]]:
+def _payload_spans(buf: bytes, start: int = 0, end: int | None = None
+                   ) -> dict[int, tuple[int, int]]:
     """kind -> (start, end) of each attribute's payload in ``buf[start:end]``."""
     out: dict[int, tuple[int, int]] = {}
     stop = len(buf) if end is None else end
@@ -153,7 +154,7 @@ def _span_at(buf: bytes, start: int, end: int, *path: int) -> tuple[int, int] | 
     for kind in path:
         if span is None:
             return None
-        span = _spans(buf, *span).get(kind)
+        span = _payload_spans(buf, *span).get(kind)
     return span
 
 
@@ -259,12 +260,14 @@ class RuleShapes:
 
     def __init__(self) -> None:
         self._spans: dict[tuple[int, int, int], None] = {}  # (length, start, end), ordered
-        self._known: dict[bytes, tuple[int | None, bool]] = {}  # blanked -> (mask, is_mark)
+        # (start, end, the expressions with that span zeroed) -> (mask, is_mark)
+        self._known: dict[tuple[int, int, bytes], tuple[int | None, bool]] = {}
 
     def read(self, blob: bytes) -> tuple[int | None, int | None, str]:
         for length, start, end in self._spans:
             if length == len(blob):
-                hit = self._known.get(blob[:start] + bytes(end - start) + blob[end:])
+                hit = self._known.get((start, end,
+                                       blob[:start] + bytes(end - start) + blob[end:]))
                 if hit is not None:
                     mask, is_mark = hit
                     if is_mark:
@@ -278,7 +281,7 @@ class RuleShapes:
             if ((value is not None and len(field) == 4 and _U32.unpack(field)[0] == value)
                     or (value is None and _text(field) == jump)):
                 self._spans[(len(blob), start, end)] = None
-                self._known[blob[:start] + bytes(end - start) + blob[end:]] = \
+                self._known[(start, end, blob[:start] + bytes(end - start) + blob[end:])] = \
                     (mask, value is not None)
         return value, mask, jump
 

@@ -43,11 +43,11 @@ class OpStream(list[Any]):
         self._finished = False
         self.writes = 0
         self._connect = connect
-        self._interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._interval, SWITCH_INTERVAL))
         self._writer = threading.Thread(target=self._write, name="hookpack-stream",
                                         daemon=True)
         self._writer.start()
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._interval, SWITCH_INTERVAL))
 
     def append(self, op: Any) -> None:
         super().append(op)
