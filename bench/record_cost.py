@@ -102,9 +102,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hp-record-") as tmp:
         work = Path(tmp)
         write_modules(work, classes)
-        # bytecode written first (PYTHONDONTWRITEBYTECODE would have every run compile)
+        # their bytecode written first, as for hookpack (bench.results.write_bytecode)
         compileall.compile_dir(str(work), quiet=1)
-        compileall.compile_dir(str(REPO / "hookpack"), quiet=1)
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):
             for name, code in cases.items():

@@ -6,6 +6,7 @@ average at the start and at the end of the run, the bench's parameters, and its
 figures (a flat ``{key: number}``). README, docs and CHANGELOG quote a figure only as a
 link to its record (``[78.6 ms](bench/results/announce.json "baseline_ms")``), and
 tests/unit/test_doc_figures.py fails when a quoted figure is not in a results file.
+Importing this module writes hookpack's bytecode first (``write_bytecode``).
 
     results = Results("announce", runs=31, cap_s=0.5)
     ...
@@ -15,6 +16,7 @@ tests/unit/test_doc_figures.py fails when a quoted figure is not in a results fi
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import platform
@@ -27,6 +29,18 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+
+
+def write_bytecode() -> None:
+    """hookpack's .pyc files, written as an install writes them. A bench that times
+    hookpack processes run from this tree would otherwise time, in every process, the
+    compilation of each module changed since its .pyc when PYTHONDONTWRITEBYTECODE is set
+    (as it is in some shells and CI images). Silent: a read-only tree (a guest's share)
+    keeps what it has."""
+    compileall.compile_dir(str(REPO / "hookpack"), quiet=2)
+
+
+write_bytecode()  # every bench imports this module before it times anything
 
 
 def _git(*args: str) -> str:

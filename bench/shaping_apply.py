@@ -41,7 +41,6 @@ Usage (root): .venv/bin/python bench/shaping_apply.py [--taps 1000] [--runs 5] [
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import statistics
@@ -379,10 +378,6 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)")
         return 2
-    # hookpack's bytecode written first, as an install does (pip, the .deb): with
-    # PYTHONDONTWRITEBYTECODE set, a module changed since its .pyc would be compiled again
-    # in every timed process
-    compileall.compile_dir(str(REPO / "hookpack"), quiet=1)
     results = Results("shaping_apply", taps=args.taps, runs=args.runs, profile=args.profile)
     with tempfile.TemporaryDirectory(prefix="hps-bench-") as tmp:
         base = Path(tmp)
