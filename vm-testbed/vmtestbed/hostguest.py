@@ -137,9 +137,6 @@ for p in {keep_tmp}; do
     i=$((i + 1)); mkdir -p "$p"; mount --move /run/hpg-keep/$i "$p" || echo "HPG-ERROR keep $p"
 done
 mkdir -p /run/netns /run/lock
-# A soft lockup panics (-> QEMU exits, -no-reboot) with the stuck task's stack on the
-# console, instead of the run hanging until the host-side timeout.
-echo 1 > /proc/sys/kernel/softlockup_panic
 exec </dev/null >/dev/ttyS0 2>&1
 off() {{ sync; echo o > /proc/sysrq-trigger; sleep 10; }}
 for m in {modules}; do
@@ -319,7 +316,14 @@ def run_in_guest(
             "-chardev", f"socket,id=vfs,path={sock}",
             "-device", f"vhost-user-fs-pci,chardev=vfs,tag={TAG}",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 hpg.job={stage2}"
+            # softlockup_panic: a soft lockup, from the first moment of boot on, panics
+            # (-> QEMU exits, -no-reboot) with the stuck task's stack on the console,
+            # instead of the run hanging until the host-side timeout (the fixture then
+            # runs once more). cryptomgr.notests: the crypto self-tests at boot, which
+            # once hung a TCG vCPU (cryptomgr_test stuck for 600 s, CI-like run), as in
+            # vmtestbed/ganeti_kvm.py.
+            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 softlockup_panic=1 "
+                       f"cryptomgr.notests hpg.job={stage2}"
                        + (f" {kernel_args}" if kernel_args else ""),
             "-display", "none", "-nodefaults", "-no-user-config", "-no-reboot",
             "-serial", f"file:{console}", "-nic", "none",
