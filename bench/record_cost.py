@@ -61,7 +61,7 @@ def class_source(cls: type, deco: str) -> str:
     for spec in cls.__record_specs__:  # type: ignore[attr-defined]
         flags = "" if spec.compare and spec.repr else \
             f", compare={spec.compare}, repr={spec.repr}"
-        if spec.factory is not None:
+        if spec.default_factory is not None:
             value = f" = field(default_factory=list{flags})"
         elif spec.default is not MISSING:
             default = spec.default if isinstance(spec.default, SIMPLE) else None

@@ -32,14 +32,18 @@ class FrozenInstanceError(AttributeError):
 
 
 class Field:
-    __slots__ = ("compare", "default", "default_factory", "repr")
+    """One field: what ``field(...)`` gives, and, named, what a record keeps of each."""
 
-    def __init__(self, default: Any, default_factory: Callable[[], Any] | None,
-                 compare: bool, repr: bool) -> None:
+    __slots__ = ("compare", "default", "default_factory", "name", "repr")
+
+    def __init__(self, default: Any = MISSING,
+                 default_factory: Callable[[], Any] | None = None, compare: bool = True,
+                 repr: bool = True, name: str = "") -> None:
         self.default = default
         self.default_factory = default_factory
         self.compare = compare
         self.repr = repr
+        self.name = name
 
 
 def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | None = None,
@@ -47,15 +51,6 @@ def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | None =
     if default is not MISSING and default_factory is not None:
         raise ValueError("field: default and default_factory both given")
     return Field(default, default_factory, compare, repr)
-
-
-class _Spec:
-    __slots__ = ("compare", "default", "factory", "name", "repr")
-
-    def __init__(self, name: str, default: Any, factory: Callable[[], Any] | None,
-                 compare: bool, repr: bool) -> None:
-        self.name, self.default, self.factory = name, default, factory
-        self.compare, self.repr = compare, repr
 
 
 @overload
@@ -90,8 +85,8 @@ def asdict(obj: Any) -> dict[str, Any]:
     return {n: getattr(obj, n) for n in fields(obj)}
 
 
-def _specs(cls: type) -> list[_Spec]:
-    specs: dict[str, _Spec] = {}
+def _specs(cls: type) -> list[Field]:
+    specs: dict[str, Field] = {}
     for base in reversed(cls.__mro__[1:]):
         for spec in base.__dict__.get("__record_specs__", ()):
             specs[spec.name] = spec
@@ -101,8 +96,8 @@ def _specs(cls: type) -> list[_Spec]:
             continue
         value = cls.__dict__.get(name, MISSING)
         if isinstance(value, Field):
-            spec = _Spec(name, value.default, value.default_factory, value.compare,
-                         value.repr)
+            spec = Field(value.default, value.default_factory, value.compare, value.repr,
+                         name)
             if value.default is MISSING:
                 delattr(cls, name)
             else:
@@ -111,11 +106,11 @@ def _specs(cls: type) -> list[_Spec]:
             if isinstance(value, (list, dict, set)):
                 raise ValueError(f"{cls.__name__}.{name}: mutable default; use "
                                  "field(default_factory=...)")
-            spec = _Spec(name, value, None, True, True)
+            spec = Field(value, name=name)
         specs[name] = spec
     seen_default = False
     for spec in specs.values():
-        has_default = spec.default is not MISSING or spec.factory is not None
+        has_default = spec.default is not MISSING or spec.default_factory is not None
         if seen_default and not has_default:
             raise TypeError(f"{cls.__name__}: field {spec.name!r} without a default "
                             "follows one with a default")
@@ -129,8 +124,8 @@ def _build(cls: C, frozen: bool) -> C:
                           "__hp_frozen": FrozenInstanceError}
     params, body = ["self"], []
     for i, s in enumerate(specs):
-        if s.factory is not None:
-            ns[f"__hp_f{i}"] = s.factory
+        if s.default_factory is not None:
+            ns[f"__hp_f{i}"] = s.default_factory
             params.append(f"{s.name}=__hp_factory")
             value = f"__hp_f{i}() if {s.name} is __hp_factory else {s.name}"
         elif s.default is not MISSING:

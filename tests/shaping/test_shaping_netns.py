@@ -495,3 +495,39 @@ def test_tap_vanishing_between_plan_and_apply_is_skipped(shaper):
     assert not again["failures"]
     assert set(s.classes()) == {"4850:1", "4850:2", "4850:10"}
     assert set(s.marks()) == {"tap0"}
+
+
+def test_the_kernels_rule_dump_is_read_by_shape(shaper):
+    """Of the kernel's own dump (its layout, not the request's), the first mark rule and
+    the first jump rule are parsed in full and the others read from their shape, with
+    what the full parse reads."""
+    s = shaper()
+    taps = [f"tap{i}" for i in range(4)]  # one name length: one shape each
+    _setup(s, *taps)
+    for i, tap in enumerate(taps):
+        s.node.nic(f"vm{i}.example.test", 0, tap)
+    assert not s.cli("apply", "--all")["failures"]
+    code = """
+import json
+from hookpack.actions.shaping import nft
+whole = nft._read_exprs
+parsed = []
+def counting(blob):
+    parsed.append(blob)
+    return whole(blob)
+nft._read_exprs = counting
+with nft.Nft() as n:
+    marks = n.marks()
+    raw = n._dump(nft.GETRULE, nft._str(nft.RULE_TABLE, nft.TABLE))
+read = sorted((c, m.value, m.mask, m.jump) for c, ms in marks.items() for m in ms)
+full = []
+for msg in raw:
+    a = nft.parse_attrs(msg, nft._NFGEN.size)
+    full.append((nft._text(a[nft.RULE_CHAIN]), *whole(a[nft.RULE_EXPRESSIONS])))
+print(json.dumps({"same": read == sorted(full), "parsed": len(parsed), "rules": len(raw),
+                  "marks": sorted(v for _c, v, _m, _j in read if v is not None)}))
+"""
+    got = __import__("json").loads(s.node.run(sys.executable, "-c", code))
+    assert got["rules"] == 8 and got["same"]
+    assert len(got["marks"]) == 4
+    assert got["parsed"] == 2  # one mark rule, one jump rule; the other six by shape

@@ -299,7 +299,8 @@ def test_rule_shapes_read_what_the_full_parse_reads(monkeypatch):
     value, mask and target length; a rule of another shape is parsed in full. (The
     kernel's dump layout differs from the request's: the netns tests read real dumps.)"""
     def exprs(msg: nft.Msg) -> bytes:
-        return nft._attrs(msg.encode(1)[tc._NLMSG.size:], nft._NFGEN.size)[nft.RULE_EXPRESSIONS]
+        return tc.parse_attrs(msg.encode(1)[tc._NLMSG.size:], nft._NFGEN.size)[
+            nft.RULE_EXPRESSIONS]
 
     blobs = [exprs(nft.new_mark_rule(f"tap{i}", value, mask, "hookpack:a:0"))
              for i, (value, mask) in enumerate([(0x10, 0xFFFF), (0x11, 0xFFFF), (0x1234, 0xFF00),

@@ -40,6 +40,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from hookpack.actions.shaping.tc import attr, attr_spans, parse_attrs
 from hookpack.record import field, record
 
 NETLINK_NETFILTER = 12
@@ -84,7 +85,6 @@ COMMENT_MAX = 254  # a udata TLV holds 255 bytes, the trailing NUL included
 
 _NLMSG = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")  # family, version, res_id (big endian)
-_NLA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")  # a mark value as the kernel keeps it (host order)
 
 
@@ -92,60 +92,16 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = _NLA.size + len(payload)
-    return _NLA.pack(length, kind) + payload + b"\0" * (_align(length) - length)
-
-
 def _nest(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(parts))
+    return attr(kind | NLA_F_NESTED, b"".join(parts))
 
 
 def _str(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
+    return attr(kind, text.encode() + b"\0")
 
 
 def _be32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack(">i" if value < 0 else ">I", value))
-
-
-def _attrs(buf: bytes | memoryview, start: int = 0) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    pos = start
-    while pos + _NLA.size <= len(buf):
-        length, kind = _NLA.unpack_from(buf, pos)
-        if length < _NLA.size:
-            break
-        out[kind & 0x3FFF] = bytes(buf[pos + _NLA.size: pos + length])
-        pos += _align(length)
-    return out
-
-
-def _attr_list(buf: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    pos = 0
-    while pos + _NLA.size <= len(buf):
-        length, kind = _NLA.unpack_from(buf, pos)
-        if length < _NLA.size:
-            break
-        out.append((kind & 0x3FFF, buf[pos + _NLA.size: pos + length]))
-        pos += _align(length)
-    return out
-
-
-def _payload_spans(buf: bytes, start: int = 0, end: int | None = None
-                   ) -> dict[int, tuple[int, int]]:
-    """kind -> (start, end) of each attribute's payload in ``buf[start:end]``."""
-    out: dict[int, tuple[int, int]] = {}
-    stop = len(buf) if end is None else end
-    pos = start
-    while pos + _NLA.size <= stop:
-        length, kind = _NLA.unpack_from(buf, pos)
-        if length < _NLA.size:
-            break
-        out.setdefault(kind & 0x3FFF, (pos + _NLA.size, pos + length))
-        pos += _align(length)
-    return out
+    return attr(kind, struct.pack(">i" if value < 0 else ">I", value))
 
 
 def _span_at(buf: bytes, start: int, end: int, *path: int) -> tuple[int, int] | None:
@@ -154,7 +110,7 @@ def _span_at(buf: bytes, start: int, end: int, *path: int) -> tuple[int, int] | 
     for kind in path:
         if span is None:
             return None
-        span = _payload_spans(buf, *span).get(kind)
+        span = next(((s, e) for k, s, e in attr_spans(buf, *span) if k == kind), None)
     return span
 
 
@@ -221,18 +177,18 @@ def parse_comment(text: str) -> tuple[str, int] | None:
 
 
 def _chain(msg: bytes) -> Chain:
-    return _chain_of(_attrs(msg, _NFGEN.size))
+    return _chain_of(parse_attrs(msg, _NFGEN.size))
 
 
 def _chain_of(a: dict[int, bytes]) -> Chain:
-    hook = _attrs(a.get(CHAIN_HOOK, b""))
+    hook = parse_attrs(a.get(CHAIN_HOOK, b""))
     num = struct.unpack(">I", hook[HOOK_HOOKNUM][:4])[0] if HOOK_HOOKNUM in hook else None
     prio = struct.unpack(">i", hook[HOOK_PRIORITY][:4])[0] if HOOK_PRIORITY in hook else None
     return Chain(_text(a.get(CHAIN_NAME)), _text(hook.get(HOOK_DEV)), num, prio)
 
 
 def _rule(msg: bytes, shapes: RuleShapes | None = None) -> tuple[str, str, Mark]:
-    a = _attrs(msg, _NFGEN.size)
+    a = parse_attrs(msg, _NFGEN.size)
     table, chain = _text(a.get(RULE_TABLE)), _text(a.get(RULE_CHAIN))
     handle = struct.unpack(">Q", a[RULE_HANDLE][:8])[0] if RULE_HANDLE in a else 0
     udata = a.get(RULE_USERDATA, b"")
@@ -245,7 +201,7 @@ def _rule(msg: bytes, shapes: RuleShapes | None = None) -> tuple[str, str, Mark]
 
 def _read_exprs(blob: bytes) -> tuple[int | None, int | None, str]:
     """(mark value, mark mask, jump target) of a rule's expressions, parsed in full."""
-    exprs = [_attrs(body) for _kind, body in _attr_list(blob)]
+    exprs = [parse_attrs(blob, s, e) for _kind, s, e in attr_spans(blob)]
     return (*_mark_of(exprs), _jump_of(exprs))
 
 
@@ -274,7 +230,8 @@ class RuleShapes:
                         return _U32.unpack(blob[start:end])[0], mask, ""
                     return None, None, _text(blob[start:end])
         value, mask, jump = _read_exprs(blob)
-        span = _mark_span(blob) if value is not None else _jump_span(blob) if jump else None
+        span = (_field_span(blob, *MARK_VALUE_AT) if value is not None
+                else _field_span(blob, *JUMP_TARGET_AT) if jump else None)
         if span is not None:
             start, end = span
             field = blob[start:end]
@@ -286,42 +243,28 @@ class RuleShapes:
         return value, mask, jump
 
 
-def _attr_list_spans(blob: bytes) -> list[tuple[int, int]]:
-    """The payload spans of a list's elements (nested attributes of one kind)."""
-    out = []
-    pos = 0
-    while pos + _NLA.size <= len(blob):
-        length, _kind = _NLA.unpack_from(blob, pos)
-        if length < _NLA.size:
-            break
-        out.append((pos + _NLA.size, pos + length))
-        pos += _align(length)
-    return out
+# where the one field that differs is, in hookpack's two rules: (number of expressions,
+# the expression, the attributes down to the field)
+MARK_VALUE_AT = (3, 1, EXPR_DATA, BITWISE_XOR, DATA_VALUE)
+JUMP_TARGET_AT = (1, 0, EXPR_DATA, IMMEDIATE_DATA, DATA_VERDICT, VERDICT_CHAIN)
 
 
-def _mark_span(blob: bytes) -> tuple[int, int] | None:
-    """Where the mark rule's value is: the bitwise expression's XOR data."""
-    elements = _attr_list_spans(blob)
-    if len(elements) != 3:
+def _field_span(blob: bytes, count: int, at: int, *path: int) -> tuple[int, int] | None:
+    """The span of one field in a rule's expressions: in expression ``at`` of exactly
+    ``count``, the attribute at ``path``."""
+    exprs = attr_spans(blob)
+    if len(exprs) != count:
         return None
-    return _span_at(blob, *elements[1], EXPR_DATA, BITWISE_XOR, DATA_VALUE)
-
-
-def _jump_span(blob: bytes) -> tuple[int, int] | None:
-    """Where the jump rule's target is: the immediate expression's verdict chain."""
-    elements = _attr_list_spans(blob)
-    if len(elements) != 1:
-        return None
-    return _span_at(blob, *elements[0], EXPR_DATA, IMMEDIATE_DATA, DATA_VERDICT,
-                    VERDICT_CHAIN)
+    _kind, start, end = exprs[at]
+    return _span_at(blob, start, end, *path)
 
 
 def _jump_of(exprs: list[dict[int, bytes]]) -> str:
     """The target when the expressions are exactly one ``jump``."""
     if [_text(e.get(EXPR_NAME)) for e in exprs] != ["immediate"]:
         return ""
-    data = _attrs(exprs[0].get(EXPR_DATA, b""))
-    verdict = _attrs(_attrs(data.get(IMMEDIATE_DATA, b"")).get(DATA_VERDICT, b""))
+    data = parse_attrs(exprs[0].get(EXPR_DATA, b""))
+    verdict = parse_attrs(parse_attrs(data.get(IMMEDIATE_DATA, b"")).get(DATA_VERDICT, b""))
     if verdict.get(VERDICT_CODE) != struct.pack(">i", NFT_JUMP):
         return ""
     return _text(verdict.get(VERDICT_CHAIN))
@@ -332,13 +275,13 @@ def _mark_of(exprs: list[dict[int, bytes]]) -> tuple[int | None, int | None]:
     names = [_text(e.get(EXPR_NAME)) for e in exprs]
     if names != ["meta", "bitwise", "meta"]:
         return None, None
-    load, bitwise, store = (_attrs(e.get(EXPR_DATA, b"")) for e in exprs)
+    load, bitwise, store = (parse_attrs(e.get(EXPR_DATA, b"")) for e in exprs)
     if (load.get(META_KEY) != struct.pack(">I", META_MARK)
             or store.get(META_KEY) != struct.pack(">I", META_MARK)
             or META_SREG not in store):
         return None, None
-    keep = _attrs(bitwise.get(BITWISE_MASK, b"")).get(DATA_VALUE)
-    xor = _attrs(bitwise.get(BITWISE_XOR, b"")).get(DATA_VALUE)
+    keep = parse_attrs(bitwise.get(BITWISE_MASK, b"")).get(DATA_VALUE)
+    xor = parse_attrs(bitwise.get(BITWISE_XOR, b"")).get(DATA_VALUE)
     if keep is None or xor is None or len(keep) != 4 or len(xor) != 4:
         return None, None
     return struct.unpack("=I", xor)[0], ~struct.unpack("=I", keep)[0] & 0xFFFFFFFF
@@ -418,8 +361,8 @@ def _bitwise_head(mask: int) -> bytes:
     (a 4-byte attribute needs no padding, and every length is the same for any value)."""
     keep = struct.pack("=I", ~mask & 0xFFFFFFFF)
     whole = _expr("bitwise", _be32(BITWISE_SREG, REG_1), _be32(BITWISE_DREG, REG_1),
-                  _be32(BITWISE_LEN, 4), _nest(BITWISE_MASK, _attr(DATA_VALUE, keep)),
-                  _nest(BITWISE_XOR, _attr(DATA_VALUE, b"\0\0\0\0")))
+                  _be32(BITWISE_LEN, 4), _nest(BITWISE_MASK, attr(DATA_VALUE, keep)),
+                  _nest(BITWISE_XOR, attr(DATA_VALUE, b"\0\0\0\0")))
     return whole[:-4]
 
 
@@ -431,7 +374,7 @@ def new_mark_rule(tap: str, value: int, mask: int, note: str) -> Msg:
     udata = bytes([UDATA_COMMENT, len(raw) + 1]) + raw + b"\0"
     name = record_name(tap)
     body = (_TABLE_ATTR + _str(RULE_CHAIN, name) + mark_expressions(value, mask)
-            + _attr(RULE_USERDATA, udata))
+            + attr(RULE_USERDATA, udata))
     return Msg(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"mark rule of {tap}", tap, name)
 
 
@@ -545,7 +488,7 @@ class Nft:
         """The chains of hookpack's table (a dump lists the family's chains: filtered)."""
         out = {}
         for msg in self._dump(GETCHAIN):
-            a = _attrs(msg, _NFGEN.size)
+            a = parse_attrs(msg, _NFGEN.size)
             if _text(a.get(CHAIN_TABLE)) == TABLE:
                 chain = _chain_of(a)
                 out[chain.name] = chain
@@ -603,7 +546,7 @@ def _error(msg: bytes) -> tuple[int, str]:
     text = ""
     start = 4 + _NLMSG.size
     if len(msg) > start:
-        text = _text(_attrs(msg, start).get(1))  # NLMSGERR_ATTR_MSG
+        text = _text(parse_attrs(msg, start).get(1))  # NLMSGERR_ATTR_MSG
     return code, text
 
 

@@ -107,18 +107,25 @@ def u32(kind: int, value: int) -> bytes:
     return attr(kind, struct.pack("=I", value))
 
 
-def parse_attrs(buf: bytes | memoryview, start: int = 0, end: int | None = None
-                ) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
+def attr_spans(buf: bytes | memoryview, start: int = 0, end: int | None = None
+               ) -> list[tuple[int, int, int]]:
+    """(kind, payload start, payload end) of each attribute in ``buf[start:end]``: the
+    one walk over netlink attributes (rtnetlink here, nf_tables in nft.py)."""
+    out = []
     end = len(buf) if end is None else end
     pos = start
     while pos + _NLA.size <= end:
         length, kind = _NLA.unpack_from(buf, pos)
         if length < _NLA.size:
             break
-        out[kind & NLA_TYPE_MASK] = bytes(buf[pos + _NLA.size: pos + length])
+        out.append((kind & NLA_TYPE_MASK, pos + _NLA.size, pos + length))
         pos += _align(length)
     return out
+
+
+def parse_attrs(buf: bytes | memoryview, start: int = 0, end: int | None = None
+                ) -> dict[int, bytes]:
+    return {kind: bytes(buf[s:e]) for kind, s, e in attr_spans(buf, start, end)}
 
 
 # ---- objects as the kernel reports them -------------------------------------------------
